@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod cni;
 pub mod conf;
 pub mod conflist;
+pub mod fixture;
 pub mod names;
 pub mod netns;
 pub mod node;
@@ -22,6 +23,8 @@ pub mod veth;
 
 pub use bins::Bins;
 pub use cni::{CniCmd, CniError, CniOutput, Invocation};
+pub use fixture::Fixture;
 pub use netns::Netns;
 pub use node::Node;
+pub use node::Pod;
 pub use tempdir::TempDir;
