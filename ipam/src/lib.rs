@@ -1,1 +1,14 @@
-//! trellis-ipam
+//! trellis-ipam: a host-local compatible IPAM library (config, stores, allocator) and the
+//! `trellis-ipam` CNI IPAM plugin built on it.
+
+pub mod alloc;
+pub mod config;
+pub mod error;
+pub mod ip;
+pub mod ops;
+pub mod store;
+
+pub use config::{IpamConfig, Range, RangeSet, Route};
+pub use error::{IpamError, Result};
+pub use ops::{allocate, check, gc, release, status, Allocation};
+pub use store::{matching, with_lock, DiskStore, FaultyStore, Lease, MemStore, Store};
