@@ -1,0 +1,180 @@
+//! Many runtimes at once, and a runtime that dies mid-ADD: the store and the node must stay consistent.
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+use trellis_e2e::cni::{self, CniCmd, Invocation};
+use trellis_e2e::names::Rng;
+use trellis_e2e::{conf, require_root, result, Fixture, Pod};
+
+/// Host-side veths (`tr*`) present in the node netns.
+fn tr_links(fx: &Fixture) -> HashSet<String> {
+    fx.node
+        .ns
+        .link_names()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with("tr") && n != conf::BRIDGE)
+        .collect()
+}
+
+/// Start `cmd` for every pod at once (separate processes), then collect every output.
+fn run_all(
+    fx: &Fixture,
+    c: &serde_json::Value,
+    pods: &[Pod],
+    cmd: CniCmd,
+) -> Vec<trellis_e2e::CniOutput> {
+    let plugin = fx.node.bins.trellis();
+    let started = Instant::now();
+    let children: Vec<_> = pods
+        .iter()
+        .map(|p| {
+            let inv = Invocation::attachment(cmd, c, &p.id, &p.netns(), &p.ifname);
+            let child = fx.node.spawn(&plugin, &inv).unwrap();
+            (inv, child)
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|(inv, child)| cni::finish(&plugin, &inv, child, started).unwrap())
+        .collect()
+}
+
+#[test]
+fn hundred_concurrent_adds_get_distinct_ips_and_dels_empty_the_store() {
+    require_root!();
+    let fx = Fixture::new().unwrap();
+    let c = fx.trellis("1.0.0", "10.244.0.0/24");
+    let pods = fx.pods("cc", 100).unwrap();
+
+    let outs = run_all(&fx, &c, &pods, CniCmd::Add);
+    let failures: Vec<String> = outs
+        .iter()
+        .filter(|o| !o.success())
+        .map(|o| o.describe())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of 100 concurrent ADDs failed; first:\n{}",
+        failures.len(),
+        failures[0]
+    );
+    let ips: Vec<IpAddr> = outs
+        .iter()
+        .map(|o| result::ipv4(&o.result().unwrap()).unwrap())
+        .collect();
+    let distinct: HashSet<_> = ips.iter().collect();
+    assert_eq!(distinct.len(), 100, "duplicate IPs handed out: {ips:?}");
+
+    let allocs = fx.store().allocations().unwrap();
+    assert_eq!(allocs.len(), 100, "IP files in the store");
+    for (pod, ip) in pods.iter().zip(&ips) {
+        let a = allocs
+            .iter()
+            .find(|a| a.ip == *ip)
+            .unwrap_or_else(|| panic!("no IP file for {ip}"));
+        assert_eq!(a.container_id, pod.id, "IP file {ip} names the wrong owner");
+        assert!(
+            pod.ns.addrs("eth0").unwrap().contains(&format!("{ip}/24")),
+            "{ip} not on the pod's eth0"
+        );
+    }
+    assert_eq!(tr_links(&fx).len(), 100);
+
+    let outs = run_all(&fx, &c, &pods, CniCmd::Del);
+    let failures: Vec<String> = outs
+        .iter()
+        .filter(|o| !o.success())
+        .map(|o| o.describe())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of 100 concurrent DELs failed; first:\n{}",
+        failures.len(),
+        failures[0]
+    );
+    assert!(
+        fx.store().ips().unwrap().is_empty(),
+        "IP files left: {:?}",
+        fx.store().ips().unwrap()
+    );
+    assert!(
+        tr_links(&fx).is_empty(),
+        "host veths left: {:?}",
+        tr_links(&fx)
+    );
+}
+
+#[test]
+fn kill_9_mid_add_then_gc_leaves_nothing_of_the_killed() {
+    require_root!();
+    let fx = Fixture::new().unwrap();
+    let c = fx.trellis("1.1.0", "10.244.2.0/24");
+    let live = fx.pods("live", 2).unwrap();
+    let mut add_time = Duration::ZERO;
+    for p in &live {
+        let out = fx.node.pod(CniCmd::Add, &c, p).unwrap();
+        out.result().unwrap();
+        add_time = add_time.max(out.elapsed);
+    }
+
+    // Kill after a random delay spread over a normal ADD's duration, so kills land at different steps.
+    let victims = fx.pods("kill", 8).unwrap();
+    let mut rng = Rng::seeded();
+    let plugin = fx.node.bins.trellis();
+    let span = (add_time.as_micros() as u64 * 3 / 2).max(2_000);
+    let mut delays = Vec::new();
+    for v in &victims {
+        let inv = Invocation::attachment(CniCmd::Add, &c, &v.id, &v.netns(), &v.ifname);
+        let delay = Duration::from_micros(rng.range(0, span));
+        let mut child = fx.node.spawn(&plugin, &inv).unwrap();
+        std::thread::sleep(delay);
+        child.kill().unwrap(); // SIGKILL to the plugin itself (no wrapper process)
+        let status = child.wait().unwrap();
+        delays.push((delay, status.code()));
+    }
+    eprintln!("normal ADD {add_time:?}; kill delays and exit codes: {delays:?}");
+
+    let valid: Vec<(&str, &str)> = live
+        .iter()
+        .map(|p| (p.id.as_str(), p.ifname.as_str()))
+        .collect();
+    let gc = conf::with_valid_attachments(&c, &valid);
+    fx.node.command(CniCmd::Gc, &gc).unwrap().ok().unwrap();
+
+    let allocs = fx.store().allocations().unwrap();
+    let owners: HashSet<&str> = allocs.iter().map(|a| a.container_id.as_str()).collect();
+    for v in &victims {
+        assert!(
+            !owners.contains(v.id.as_str()),
+            "killed attachment {} still holds an IP: {allocs:?}",
+            v.id
+        );
+        assert!(
+            !fx.node.ns.has_link(&v.host_veth()).unwrap(),
+            "killed attachment left host veth {}",
+            v.host_veth()
+        );
+    }
+    let expected: HashSet<String> = live.iter().map(|p| p.host_veth()).collect();
+    assert_eq!(
+        tr_links(&fx),
+        expected,
+        "host veths after GC must be exactly the live ones"
+    );
+    assert_eq!(
+        allocs.len(),
+        live.len(),
+        "one IP per live attachment: {allocs:?}"
+    );
+    for p in &live {
+        assert!(
+            owners.contains(p.id.as_str()),
+            "GC released a live attachment's IP"
+        );
+        assert!(
+            p.ns.ping("10.244.2.1"),
+            "live pod lost connectivity after GC"
+        );
+    }
+}
