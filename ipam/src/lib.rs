@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod ip;
 pub mod ops;
+pub mod resolv;
 pub mod store;
 
 pub use config::{IpamConfig, Range, RangeSet, Route};
