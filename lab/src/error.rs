@@ -1,0 +1,58 @@
+//! The lab library's one error type.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("invalid topology: {0}")]
+    Topology(String),
+    #[error("planning failed: {0}")]
+    Plan(String),
+    #[error("{context}: {path}: {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{cmd}` failed ({status}): {stderr}")]
+    Command {
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("network namespace {name}: {reason}")]
+    Netns { name: String, reason: String },
+    #[error("lab state: {0}")]
+    State(String),
+    #[error("manifest {file}: {reason}")]
+    Manifest { file: String, reason: String },
+    #[error("CNI plugin {plugin} {command} failed: {reason}")]
+    Cni {
+        plugin: String,
+        command: String,
+        reason: String,
+    },
+    #[error("process {what}: {reason}")]
+    Process { what: String, reason: String },
+    #[error("probe: {0}")]
+    Probe(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("teardown left things behind: {0}")]
+    Leftovers(String),
+    #[error("injected fault: {0}")]
+    Injected(String),
+}
+
+pub type Result<T> = std::result::Result<T, LabError>;
+
+impl LabError {
+    pub fn io(context: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        LabError::Io {
+            context,
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! `trellis-lab`: command line over the lab library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use trellis_lab::echo::Proto;
+use trellis_lab::lab::{self, UpOptions};
+use trellis_lab::state::{resolve_lab_name, LabState};
+use trellis_lab::topology::{Mode, Topology};
+
+#[derive(Parser)]
+#[command(
+    name = "trellis-lab",
+    about = "Trellis network lab: nodes and pods as network namespaces"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build a lab: netns, underlay, agents, pods (via the real CNI plugin), echo servers.
+    Up {
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        #[arg(long)]
+        mode: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// Where trellis, trellis-ipam and trellis-agent are (default: next to trellis-lab).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Passed to every agent as --repair-interval-secs.
+        #[arg(long)]
+        repair_interval_secs: Option<u64>,
+        /// Seconds to wait for each agent's conflist and for cross-node routes.
+        #[arg(long, default_value_t = 60)]
+        agent_timeout_secs: u64,
+    },
+    /// Remove every netns, link, process and file of a lab.
+    Down {
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show nodes, pods, IPs and processes.
+    Status {
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Add or change manifests (Services, NetworkPolicies, Namespaces, pod labels) in the lab's control plane.
+    Apply {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Connect from a pod (or node/NAME) to a pod, IP or Service; prints who answered.
+    Probe {
+        #[arg(long)]
+        name: Option<String>,
+        from: String,
+        target: String,
+        port: u16,
+        #[arg(long, default_value = "tcp")]
+        proto: String,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// Probe every pod pair and node -> pod; exit 0 only if the matrix is as expected.
+    Check {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value_t = 1500)]
+        timeout_ms: u64,
+    },
+    /// Run a command in a pod's (or node's) network namespace.
+    Exec {
+        #[arg(long)]
+        name: Option<String>,
+        target: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Throughput, request/response and connect rate: vxlan vs host-gw vs a plain veth pair.
+    Bench {
+        #[command(flatten)]
+        opts: trellis_lab::bench::BenchArgs,
+    },
+    /// (internal) the pods' echo server, run inside the pod netns by `up`.
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        pod_name: String,
+        #[arg(long, value_delimiter = ',')]
+        ports: Vec<u16>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("trellis-lab: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(name: Option<&str>) -> Result<LabState> {
+    let lab = resolve_lab_name(name)?;
+    Ok(LabState::load(&lab)?)
+}
+
+fn run() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    let mut out = std::io::stdout();
+    match cli.cmd {
+        Cmd::Up {
+            topology,
+            mode,
+            name,
+            bin_dir,
+            repair_interval_secs,
+            agent_timeout_secs,
+        } => {
+            let topology = match topology {
+                Some(p) => {
+                    let text = std::fs::read_to_string(&p)
+                        .with_context(|| format!("reading {}", p.display()))?;
+                    Topology::parse(&text).with_context(|| p.display().to_string())?
+                }
+                None => Topology::default_topology(),
+            };
+            let mode = mode.map(|m| m.parse::<Mode>()).transpose()?;
+            let opts = UpOptions {
+                topology,
+                mode,
+                name,
+                bin_dir: match bin_dir {
+                    Some(d) => d,
+                    None => lab::default_bin_dir()?,
+                },
+                lab_exe: std::env::current_exe().context("locating trellis-lab")?,
+                repair_interval_secs,
+                agent_timeout: Duration::from_secs(agent_timeout_secs),
+            };
+            let st = lab::up(&opts, &mut out);
+            match st {
+                Ok(_) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    let lab = opts.name.clone().unwrap_or(opts.topology.name.clone());
+                    bail!("{e}\n(the partial lab is left for inspection; remove it with `trellis-lab down --name {lab}`)")
+                }
+            }
+        }
+        Cmd::Down { name } => {
+            let lab = resolve_lab_name(name.as_deref())?;
+            let r = lab::down(&lab)?;
+            println!(
+                "lab {lab} down: {} processes stopped, {} netns deleted{}",
+                r.processes.len(),
+                r.netns.len(),
+                if r.state_dir { ", state removed" } else { "" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { name } => {
+            let st = load(name.as_deref())?;
+            lab::print_status(&st, &mut out);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Apply { name, files } => {
+            let mut st = load(name.as_deref())?;
+            lab::apply(&mut st, &files, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Probe {
+            name,
+            from,
+            target,
+            port,
+            proto,
+            timeout_ms,
+        } => {
+            let st = load(name.as_deref())?;
+            let proto: Proto = proto.parse()?;
+            match lab::probe(
+                &st,
+                &from,
+                &target,
+                port,
+                proto,
+                Duration::from_millis(timeout_ms),
+            ) {
+                Ok(who) => {
+                    println!("{who}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Cmd::Check { name, timeout_ms } => {
+            let st = load(name.as_deref())?;
+            let m = trellis_lab::check::run(&st, Duration::from_millis(timeout_ms))?;
+            print!("{}", m.render());
+            Ok(if m.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Cmd::Exec { name, target, cmd } => {
+            let st = load(name.as_deref())?;
+            let code = lab::exec(&st, &target, &cmd)?;
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        Cmd::Bench { opts } => {
+            trellis_lab::bench::run(&opts, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Serve { pod_name, ports } => {
+            if ports.is_empty() {
+                bail!("serve needs --ports");
+            }
+            trellis_lab::echo::serve(&pod_name, &ports)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! The lab's control plane: Kubernetes objects as files in the manifests dir the agents watch. Pure builders
+//! (Node, Pod, Namespace, EndpointSlice), the endpoints controller, and atomic file writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+use serde_json::{json, Value};
+
+use crate::error::{LabError, Result};
+use crate::names::{manifest_file_name, LabDirs};
+use crate::plan::{NodePlan, PodPlan};
+
+pub fn node_object(node: &NodePlan) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name}},
+        "spec": {"podCIDR": node.pod_cidr.to_string(), "podCIDRs": [node.pod_cidr.to_string()]},
+        "status": {"addresses": [
+            {"type": "InternalIP", "address": node.internal_ip.to_string()},
+            {"type": "Hostname", "address": node.name}
+        ]}
+    })
+}
+
+pub fn pod_object(pod: &PodPlan, ip: Option<Ipv4Addr>) -> Value {
+    let ports: Vec<Value> = pod
+        .ports
+        .iter()
+        .flat_map(|p| {
+            ["TCP", "UDP"].into_iter().map(move |proto| {
+                let mut v = json!({"containerPort": p.port(), "protocol": proto});
+                if let Some(n) = p.name() {
+                    v["name"] = json!(n);
+                }
+                v
+            })
+        })
+        .collect();
+    let mut status = json!({"phase": if ip.is_some() { "Running" } else { "Pending" }});
+    if let Some(ip) = ip {
+        status["podIP"] = json!(ip.to_string());
+        status["podIPs"] = json!([{"ip": ip.to_string()}]);
+        status["conditions"] = json!([{"type": "Ready", "status": "True"}]);
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": pod.labels},
+        "spec": {"nodeName": pod.node, "containers": [{"name": "echo", "image": "trellis-lab/echo", "ports": ports}]},
+        "status": status
+    })
+}
+
+pub fn namespace_object(name: &str, labels: &BTreeMap<String, String>) -> Value {
+    let mut labels = labels.clone();
+    labels.insert("kubernetes.io/metadata.name".into(), name.into());
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+}
+
+/// Kinds that live in a namespace (the rest are cluster-scoped).
+pub fn is_namespaced(kind: &str) -> bool {
+    !matches!(
+        kind,
+        "Node" | "Namespace" | "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition"
+    )
+}
+
+/// Identity of an object: (kind, namespace, name).
+pub fn object_key(obj: &Value) -> Result<(String, Option<String>, String)> {
+    let bad = |reason: &str| LabError::Manifest {
+        file: "<object>".into(),
+        reason: reason.into(),
+    };
+    let kind = obj
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("no kind"))?;
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("no metadata.name"))?;
+    crate::topology::validate_dns_label("object name", name).or_else(|_| {
+        // Kubernetes allows dotted subdomain names for most kinds.
+        if name.len() <= 253
+            && name
+                .split('.')
+                .all(|l| crate::topology::validate_dns_label("", l).is_ok())
+        {
+            Ok(())
+        } else {
+            Err(bad(&format!(
+                "metadata.name {name:?} is not a DNS subdomain"
+            )))
+        }
+    })?;
+    let ns = if is_namespaced(kind) {
+        Some(
+            obj.pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("default")
+                .to_string(),
+        )
+    } else {
+        None
+    };
+    Ok((kind.to_string(), ns, name.to_string()))
+}
+
+/// Splits a (multi-document) YAML or JSON text into objects; `List` kinds are flattened.
+pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Value>> {
+    use serde::Deserialize;
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let v = Value::deserialize(doc).map_err(|e| LabError::Manifest {
+            file: file.into(),
+            reason: e.to_string(),
+        })?;
+        match v {
+            Value::Null => {}
+            Value::Object(_) if v.get("kind").and_then(Value::as_str) == Some("List") => {
+                if let Some(items) = v.get("items").and_then(Value::as_array) {
+                    out.extend(items.iter().cloned());
+                }
+            }
+            Value::Object(_) => out.push(v),
+            _ => {
+                return Err(LabError::Manifest {
+                    file: file.into(),
+                    reason: "a document is not an object".into(),
+                })
+            }
+        }
+    }
+    for o in &out {
+        object_key(o).map_err(|e| LabError::Manifest {
+            file: file.into(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(out)
+}
+
+fn labels_match(
+    selector: &serde_json::Map<String, Value>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| {
+        v.as_str()
+            .is_some_and(|v| labels.get(k).map(String::as_str) == Some(v))
+    })
+}
+
+/// A pod as the endpoints controller sees it.
+#[derive(Debug, Clone)]
+pub struct EndpointPod<'a> {
+    pub plan: &'a PodPlan,
+    pub ip: Ipv4Addr,
+}
+
+/// The endpoints controller: one EndpointSlice per Service with a selector, listing the ready pods of the
+/// Service's namespace whose labels match. `targetPort` may be a number or a pod port name.
+pub fn endpoint_slice(service: &Value, pods: &[EndpointPod<'_>]) -> Option<Value> {
+    let (_, ns, name) = object_key(service).ok()?;
+    let ns = ns?;
+    let selector = service.pointer("/spec/selector")?.as_object()?;
+    if selector.is_empty() {
+        return None;
+    }
+    let svc_ports: Vec<&Value> = service
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let members: Vec<&EndpointPod> = pods
+        .iter()
+        .filter(|p| p.plan.namespace == ns && labels_match(selector, &p.plan.labels))
+        .collect();
+    // Slice ports come from the first member that can resolve them (named ports may differ per pod; the lab
+    // keeps it simple: one slice, resolved against each pod, pods that cannot resolve a named port are left out).
+    let mut ports = Vec::new();
+    let mut resolved_for: Vec<BTreeSet<usize>> = Vec::new();
+    for sp in &svc_ports {
+        let port = sp.get("port").and_then(Value::as_u64).unwrap_or(0);
+        let target = sp.get("targetPort").cloned().unwrap_or(json!(port));
+        let protocol = sp.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+        let mut number = None;
+        let mut ok = BTreeSet::new();
+        for (i, m) in members.iter().enumerate() {
+            let n = match &target {
+                Value::Number(n) => n.as_u64(),
+                Value::String(s) => match s.parse::<u64>() {
+                    Ok(n) => Some(n),
+                    Err(_) => m
+                        .plan
+                        .ports
+                        .iter()
+                        .find(|p| p.name() == Some(s.as_str()))
+                        .map(|p| u64::from(p.port())),
+                },
+                _ => None,
+            };
+            if let Some(n) = n {
+                if number.is_none() || number == Some(n) {
+                    number = Some(n);
+                    ok.insert(i);
+                }
+            }
+        }
+        let mut p = json!({"port": number.unwrap_or(port), "protocol": protocol});
+        if let Some(n) = sp.get("name").and_then(Value::as_str) {
+            p["name"] = json!(n);
+        } else {
+            p["name"] = json!("");
+        }
+        ports.push(p);
+        resolved_for.push(ok);
+    }
+    let endpoints: Vec<Value> = members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| resolved_for.iter().all(|ok| ok.contains(i)))
+        .map(|(_, m)| {
+            json!({
+                "addresses": [m.ip.to_string()],
+                "conditions": {"ready": true, "serving": true, "terminating": false},
+                "nodeName": m.plan.node,
+                "targetRef": {"kind": "Pod", "name": m.plan.name, "namespace": m.plan.namespace}
+            })
+        })
+        .collect();
+    Some(json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": format!("{name}-lab"),
+            "namespace": ns,
+            "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": "trellis-lab"}
+        },
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": ports
+    }))
+}
+
+/// Picks the lowest free address of the service CIDR (skipping network and .1, like the apiserver's first IP
+/// reserved for `kubernetes`).
+pub fn allocate_cluster_ip(service_cidr: Ipv4Net, taken: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    service_cidr.hosts().skip(1).find(|ip| !taken.contains(ip))
+}
+
+/// Atomic file store for manifests.
+pub struct ManifestStore {
+    dirs: LabDirs,
+}
+
+impl ManifestStore {
+    pub fn new(dirs: LabDirs) -> ManifestStore {
+        ManifestStore { dirs }
+    }
+
+    pub fn write(&self, obj: &Value) -> Result<String> {
+        let (kind, ns, name) = object_key(obj)?;
+        let file = manifest_file_name(&kind, ns.as_deref(), &name);
+        let text = serde_yaml::to_string(obj).map_err(|e| LabError::Manifest {
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
+        let staging = self.dirs.staging();
+        crate::state::ensure_dir(&staging)?;
+        let tmp = staging.join(&file);
+        let dst = self.dirs.manifests().join(&file);
+        std::fs::write(&tmp, text).map_err(|e| LabError::io("writing manifest", &tmp, e))?;
+        // rename() so the agents never read a half-written file.
+        std::fs::rename(&tmp, &dst).map_err(|e| LabError::io("writing manifest", &dst, e))?;
+        Ok(file)
+    }
+
+    pub fn remove(&self, file: &str) -> Result<()> {
+        let p = self.dirs.manifests().join(file);
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(LabError::io("removing manifest", p, e)),
+        }
+    }
+
+    /// Every object in the manifests dir, with its file name.
+    pub fn read_all(&self) -> Result<Vec<(String, Value)>> {
+        let dir = self.dirs.manifests();
+        let rd = std::fs::read_dir(&dir).map_err(|e| LabError::io("reading manifests", &dir, e))?;
+        let mut files: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        files.sort();
+        let mut out = Vec::new();
+        for f in files {
+            let name = f
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            if !(name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json")) {
+                continue;
+            }
+            let text =
+                std::fs::read_to_string(&f).map_err(|e| LabError::io("reading manifest", &f, e))?;
+            for o in parse_documents(&text, &name)? {
+                out.push((name.clone(), o));
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub fn read_file(path: &Path) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path).map_err(|e| LabError::io("reading", path, e))?;
+    parse_documents(&text, &path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::plan;
+    use crate::topology::Topology;
+
+    #[test]
+    fn node_object_carries_cidr_and_internal_ip() {
+        let p = plan(&Topology::default_topology(), None).unwrap();
+        let n = node_object(&p.nodes[1]);
+        assert_eq!(n["spec"]["podCIDR"], "10.244.1.0/24");
+        assert_eq!(n["status"]["addresses"][0]["type"], "InternalIP");
+        assert_eq!(n["status"]["addresses"][0]["address"], "172.30.0.3");
+    }
+
+    #[test]
+    fn pod_object_has_ip_node_and_labels() {
+        let p = plan(&Topology::default_topology(), None).unwrap();
+        let o = pod_object(&p.pods[0], Some(Ipv4Addr::new(10, 244, 0, 5)));
+        assert_eq!(o["status"]["podIP"], "10.244.0.5");
+        assert_eq!(o["spec"]["nodeName"], "node1");
+        assert_eq!(o["metadata"]["labels"]["app"], "web");
+        assert_eq!(pod_object(&p.pods[0], None)["status"]["phase"], "Pending");
+    }
+
+    #[test]
+    fn documents_and_keys() {
+        let docs = parse_documents(
+            "kind: Service\nmetadata: {name: web}\n---\n---\nkind: Namespace\nmetadata: {name: x}\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(
+            object_key(&docs[0]).unwrap(),
+            ("Service".into(), Some("default".into()), "web".into())
+        );
+        assert_eq!(
+            object_key(&docs[1]).unwrap(),
+            ("Namespace".into(), None, "x".into())
+        );
+        assert!(parse_documents("kind: Service\n", "f").is_err());
+        assert!(parse_documents("- 1\n", "f").is_err());
+        assert!(parse_documents("kind: Service\nmetadata: {name: Bad_Name}\n", "f").is_err());
+    }
+
+    #[test]
+    fn endpoint_slice_selects_and_resolves_named_ports() {
+        let p = plan(&Topology::default_topology(), None).unwrap();
+        let pods: Vec<EndpointPod> = p
+            .pods
+            .iter()
+            .enumerate()
+            .map(|(i, plan)| EndpointPod {
+                plan,
+                ip: Ipv4Addr::new(10, 244, 0, 10 + i as u8),
+            })
+            .collect();
+        let svc = parse_documents(
+            "kind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{name: h, port: 80, targetPort: http}]\n",
+            "f",
+        )
+        .unwrap()
+        .remove(0);
+        let s = endpoint_slice(&svc, &pods).unwrap();
+        let eps = s["endpoints"].as_array().unwrap();
+        assert_eq!(eps.len(), 2);
+        assert_eq!(s["ports"][0]["port"], 8080);
+        assert_eq!(s["metadata"]["labels"]["kubernetes.io/service-name"], "web");
+        let names: Vec<&str> = eps
+            .iter()
+            .map(|e| e["targetRef"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["web-1", "web-2"]);
+        // Another namespace: nothing selected. No selector: no slice.
+        let other = json!({"kind": "Service", "metadata": {"name": "web", "namespace": "x"}, "spec": {"selector": {"app": "web"}}});
+        assert_eq!(
+            endpoint_slice(&other, &pods).unwrap()["endpoints"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
+        let none = json!({"kind": "Service", "metadata": {"name": "ext"}, "spec": {}});
+        assert!(endpoint_slice(&none, &pods).is_none());
+    }
+
+    #[test]
+    fn cluster_ip_allocation_skips_taken() {
+        let cidr: Ipv4Net = "10.96.0.0/16".parse().unwrap();
+        let mut taken = BTreeSet::new();
+        let a = allocate_cluster_ip(cidr, &taken).unwrap();
+        assert_eq!(a, Ipv4Addr::new(10, 96, 0, 2));
+        taken.insert(a);
+        assert_eq!(
+            allocate_cluster_ip(cidr, &taken).unwrap(),
+            Ipv4Addr::new(10, 96, 0, 3)
+        );
+        let tiny: Ipv4Net = "10.96.0.0/30".parse().unwrap();
+        taken.insert(Ipv4Addr::new(10, 96, 0, 2));
+        assert!(allocate_cluster_ip(tiny, &taken).is_none());
+    }
+}

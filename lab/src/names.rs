@@ -1,0 +1,105 @@
+//! Every name a lab owns is derived from the lab name, so teardown can find things even without state.json.
+
+use std::path::PathBuf;
+
+/// Root of all labs' state.
+pub const STATE_ROOT: &str = "/run/trellis-lab";
+pub const NETNS_DIR: &str = "/run/netns";
+/// Exported to every process the lab starts, so `down` finds them even after a crash.
+pub const LAB_ENV: &str = "TRELLIS_LAB";
+
+pub fn netns_prefix(lab: &str) -> String {
+    format!("tl-{lab}-")
+}
+pub fn underlay_netns(lab: &str) -> String {
+    format!("tl-{lab}-ul")
+}
+pub fn node_netns(lab: &str, node: &str) -> String {
+    format!("tl-{lab}-node-{node}")
+}
+/// `_` is never part of a namespace or pod name, so the pair stays unambiguous.
+pub fn pod_netns(lab: &str, namespace: &str, pod: &str) -> String {
+    format!("tl-{lab}-pod-{namespace}_{pod}")
+}
+pub fn container_id(lab: &str, namespace: &str, pod: &str) -> String {
+    format!("tl-{lab}-{namespace}_{pod}")
+}
+pub fn netns_path(name: &str) -> PathBuf {
+    PathBuf::from(NETNS_DIR).join(name)
+}
+
+/// Paths under `/run/trellis-lab/<lab>/`.
+#[derive(Debug, Clone)]
+pub struct LabDirs {
+    pub root: PathBuf,
+}
+
+impl LabDirs {
+    pub fn new(lab: &str) -> LabDirs {
+        LabDirs {
+            root: PathBuf::from(STATE_ROOT).join(lab),
+        }
+    }
+    pub fn state_file(&self) -> PathBuf {
+        self.root.join("state.json")
+    }
+    pub fn manifests(&self) -> PathBuf {
+        self.root.join("manifests")
+    }
+    /// Staging dir for atomic manifest writes (same filesystem, outside the watched dir).
+    pub fn staging(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    pub fn pids(&self) -> PathBuf {
+        self.root.join("pids")
+    }
+    pub fn node_dir(&self, node: &str) -> PathBuf {
+        self.root.join("nodes").join(node)
+    }
+    pub fn cni_conf_dir(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("cni")
+    }
+    pub fn ipam_dir(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("ipam")
+    }
+}
+
+/// Manifest file for an object: `<kind>_<namespace>_<name>.yaml`, `<kind>_<name>.yaml` when cluster-scoped.
+pub fn manifest_file_name(kind: &str, namespace: Option<&str>, name: &str) -> String {
+    let kind = kind.to_ascii_lowercase();
+    match namespace {
+        Some(ns) => format!("{kind}_{ns}_{name}.yaml"),
+        None => format!("{kind}_{name}.yaml"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_share_the_lab_prefix() {
+        let p = netns_prefix("a1");
+        for n in [
+            underlay_netns("a1"),
+            node_netns("a1", "x"),
+            pod_netns("a1", "ns", "p"),
+        ] {
+            assert!(n.starts_with(&p), "{n}");
+        }
+        // Lab names have no '-', so lab "a" never claims lab "a1"'s names.
+        assert!(!node_netns("a1", "x").starts_with(&netns_prefix("a")));
+    }
+
+    #[test]
+    fn manifest_names() {
+        assert_eq!(manifest_file_name("Node", None, "n1"), "node_n1.yaml");
+        assert_eq!(
+            manifest_file_name("Service", Some("default"), "web"),
+            "service_default_web.yaml"
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! state.json: the plan plus what `up` learned while building (pod IPs, pids). Written after every step so a
+//! crashed `up` still leaves a usable record.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{LabError, Result};
+use crate::names::{self, LabDirs};
+use crate::plan::{LabPlan, PodPlan};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabState {
+    pub plan: LabPlan,
+    pub bin_dir: PathBuf,
+    pub repair_interval_secs: Option<u64>,
+    /// Node name -> agent pid.
+    pub agents: BTreeMap<String, i32>,
+    /// "namespace/pod" -> IP from the CNI result.
+    pub pod_ips: BTreeMap<String, Ipv4Addr>,
+    /// "namespace/pod" -> echo server pid.
+    pub servers: BTreeMap<String, i32>,
+    /// True once `up` finished.
+    pub ready: bool,
+}
+
+pub fn pod_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+impl LabState {
+    pub fn new(plan: LabPlan, bin_dir: PathBuf, repair_interval_secs: Option<u64>) -> LabState {
+        LabState {
+            plan,
+            bin_dir,
+            repair_interval_secs,
+            agents: BTreeMap::new(),
+            pod_ips: BTreeMap::new(),
+            servers: BTreeMap::new(),
+            ready: false,
+        }
+    }
+
+    pub fn dirs(&self) -> LabDirs {
+        LabDirs::new(&self.plan.name)
+    }
+
+    pub fn save(&self) -> Result<()> {
+        let dirs = self.dirs();
+        let path = dirs.state_file();
+        let tmp = dirs.root.join(".state.json.tmp");
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| LabError::State(e.to_string()))?;
+        std::fs::write(&tmp, text).map_err(|e| LabError::io("writing state", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| LabError::io("writing state", &path, e))
+    }
+
+    pub fn load(lab: &str) -> Result<LabState> {
+        let path = LabDirs::new(lab).state_file();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| LabError::io("reading lab state", &path, e))?;
+        serde_json::from_str(&text).map_err(|e| LabError::State(format!("{}: {e}", path.display())))
+    }
+
+    /// Finds a pod by `name` or `namespace/name`.
+    pub fn pod(&self, name: &str) -> Option<&PodPlan> {
+        match name.split_once('/') {
+            Some((ns, n)) => self
+                .plan
+                .pods
+                .iter()
+                .find(|p| p.namespace == ns && p.name == n),
+            None => self.plan.pods.iter().find(|p| p.name == name),
+        }
+    }
+
+    pub fn pod_ip(&self, pod: &PodPlan) -> Option<Ipv4Addr> {
+        self.pod_ips
+            .get(&pod_key(&pod.namespace, &pod.name))
+            .copied()
+    }
+}
+
+/// The labs that have a state dir.
+pub fn labs_present() -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(names::STATE_ROOT) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `--name` if given, else the only lab that is up.
+pub fn resolve_lab_name(given: Option<&str>) -> Result<String> {
+    if let Some(n) = given {
+        crate::topology::validate_lab_name(n)?;
+        return Ok(n.to_string());
+    }
+    let labs = labs_present();
+    match labs.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(LabError::State(format!(
+            "no lab is up (nothing in {}); pass --name",
+            names::STATE_ROOT
+        ))),
+        many => Err(LabError::State(format!(
+            "several labs are up ({}); pass --name",
+            many.join(", ")
+        ))),
+    }
+}
+
+pub fn ensure_dir(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path).map_err(|e| LabError::io("creating directory", path, e))
+}
