@@ -1,0 +1,518 @@
+//! The `files` source: a directory of Kubernetes manifests (YAML or JSON, multi-document YAML and
+//! `kind: List` allowed), polled for changes.
+//!
+//! Polling by (mtime, size, inode) every ~250 ms is deliberate: it works on every filesystem,
+//! sees atomic rename-replace, and needs no inotify limits. Files whose name starts with `.` are
+//! ignored so writers can stage temp files in the same directory.
+//!
+//! A file that is not valid YAML keeps contributing what it contributed last time it was valid
+//! (nothing, if never): a half-written file must not make nodes vanish and routes flap. A
+//! document that is valid YAML but not a usable object is skipped alone. Both are logged and
+//! counted in `trellis_controlplane_invalid_objects_total`.
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::{ControlPlane, Event, Kind, ObjectKey, Resource};
+use crate::metrics::Metrics;
+use crate::{Error, Result};
+
+const SOURCE: &str = "files";
+
+/// Outcome of decoding one file's text.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub objects: Vec<Resource>,
+    /// Documents/objects skipped, each with a reason.
+    pub invalid: Vec<String>,
+    /// The text is not valid YAML/JSON (from some document on).
+    pub syntax_error: Option<String>,
+}
+
+/// Decode the text of one manifest file. Pure.
+pub fn decode(text: &str) -> Decoded {
+    let mut out = Decoded::default();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = match serde_yaml::Value::deserialize(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                out.syntax_error = Some(format!("document {}: {e}", i + 1));
+                // The YAML parser cannot resynchronise after a syntax error.
+                break;
+            }
+        };
+        if value.is_null() {
+            continue; // empty document, e.g. a leading or trailing `---`
+        }
+        let json = match serde_json::to_value(&value) {
+            Ok(j) => j,
+            Err(e) => {
+                out.invalid.push(format!(
+                    "document {}: not representable as JSON: {e}",
+                    i + 1
+                ));
+                continue;
+            }
+        };
+        decode_value(json, &format!("document {}", i + 1), &mut out);
+    }
+    out
+}
+
+fn decode_value(v: serde_json::Value, at: &str, out: &mut Decoded) {
+    let kind = v
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("")
+        .to_string();
+    match kind.as_str() {
+        "List" | "NodeList" => match v.get("items").and_then(|i| i.as_array()) {
+            Some(items) => {
+                for (j, item) in items.iter().enumerate() {
+                    decode_value(item.clone(), &format!("{at} item {}", j + 1), out);
+                }
+            }
+            None => out
+                .invalid
+                .push(format!("{at}: {kind} without an items array")),
+        },
+        "Node" => {
+            // The list item may omit apiVersion (kubectl output never does, people might).
+            let mut v = v;
+            if v.get("apiVersion").is_none() {
+                v["apiVersion"] = serde_json::Value::String("v1".into());
+            }
+            match serde_json::from_value::<k8s_openapi::api::core::v1::Node>(v) {
+                Ok(n) => {
+                    let r = Resource::Node(Box::new(n));
+                    if r.key().is_some() {
+                        out.objects.push(r);
+                    } else {
+                        out.invalid
+                            .push(format!("{at}: Node without metadata.name"));
+                    }
+                }
+                Err(e) => out.invalid.push(format!("{at}: bad Node: {e}")),
+            }
+        }
+        "" => out.invalid.push(format!("{at}: object without kind")),
+        other => debug!(kind = other, "{at}: ignoring kind the agent does not use"),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    mtime_ns: i128,
+    size: u64,
+    ino: u64,
+}
+
+struct FileState {
+    stamp: Stamp,
+    objects: Vec<Resource>,
+}
+
+/// The directory poller: remembers what every file contributed and reports the difference.
+pub struct Poller {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+    merged: BTreeMap<ObjectKey, Resource>,
+    metrics: Metrics,
+}
+
+impl Poller {
+    pub fn new(dir: impl Into<PathBuf>, metrics: Metrics) -> Self {
+        Poller {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+            merged: BTreeMap::new(),
+            metrics,
+        }
+    }
+
+    fn is_manifest(p: &Path) -> bool {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        !name.starts_with('.')
+            && matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            )
+    }
+
+    /// Scan the directory once; return the events describing what changed since the last scan.
+    /// An unreadable directory is an error and changes nothing.
+    pub fn poll(&mut self) -> Result<Vec<Event>> {
+        let rd = std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let mut seen = BTreeSet::new();
+        for entry in rd.flatten() {
+            let path = entry.path();
+            if !Self::is_manifest(&path) {
+                continue;
+            }
+            // Follow symlinks (ConfigMap mounts are symlink farms).
+            let Ok(md) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if !md.is_file() {
+                continue;
+            }
+            seen.insert(path.clone());
+            let stamp = Stamp {
+                mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+                size: md.len(),
+                ino: md.ino(),
+            };
+            if self.files.get(&path).map(|f| f.stamp) == Some(stamp) {
+                continue;
+            }
+            let text = match std::fs::read(&path) {
+                Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+                Err(e) => {
+                    warn!(file = %path.display(), error = %e, "cannot read manifest; will retry");
+                    continue;
+                }
+            };
+            let decoded = decode(&text);
+            for why in &decoded.invalid {
+                warn!(file = %path.display(), "skipping invalid object: {why}");
+                self.metrics.inc(
+                    "trellis_controlplane_invalid_objects_total",
+                    &[("source", SOURCE), ("reason", "object")],
+                );
+            }
+            let objects = match &decoded.syntax_error {
+                Some(why) => {
+                    warn!(file = %path.display(), "manifest is not valid YAML/JSON, keeping what it held before: {why}");
+                    self.metrics.inc(
+                        "trellis_controlplane_invalid_objects_total",
+                        &[("source", SOURCE), ("reason", "syntax")],
+                    );
+                    self.files
+                        .get(&path)
+                        .map(|f| f.objects.clone())
+                        .unwrap_or_default()
+                }
+                None => decoded.objects,
+            };
+            debug!(file = %path.display(), objects = objects.len(), "manifest loaded");
+            self.files.insert(path, FileState { stamp, objects });
+        }
+        self.files.retain(|p, _| seen.contains(p));
+
+        // Files in name order; a later file wins when two define the same object.
+        let mut merged = BTreeMap::new();
+        for f in self.files.values() {
+            for o in &f.objects {
+                if let Some(k) = o.key() {
+                    merged.insert(k, o.clone());
+                }
+            }
+        }
+        let mut events = Vec::new();
+        for (k, o) in &merged {
+            if self.merged.get(k) != Some(o) {
+                events.push(Event::Applied(o.clone()));
+            }
+        }
+        for k in self.merged.keys() {
+            if !merged.contains_key(k) {
+                events.push(Event::Deleted(k.clone()));
+            }
+        }
+        self.merged = merged;
+        Ok(events)
+    }
+}
+
+/// The `files` control plane source.
+pub struct FilesSource {
+    pub dir: PathBuf,
+    pub interval: Duration,
+    pub metrics: Metrics,
+}
+
+impl FilesSource {
+    pub fn new(dir: impl Into<PathBuf>, metrics: Metrics) -> Self {
+        FilesSource {
+            dir: dir.into(),
+            interval: Duration::from_millis(250),
+            metrics,
+        }
+    }
+}
+
+impl ControlPlane for FilesSource {
+    fn name(&self) -> &'static str {
+        SOURCE
+    }
+
+    fn run(self: Box<Self>, tx: mpsc::Sender<Event>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            let mut poller = Some(Poller::new(self.dir.clone(), self.metrics.clone()));
+            let mut synced = false;
+            let mut last_err: Option<String> = None;
+            let mut tick = tokio::time::interval(self.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let mut p = poller.take().expect("poller is put back after every poll");
+                // Directory reads are blocking I/O: keep them off the async workers.
+                let (p, res) = tokio::task::spawn_blocking(move || {
+                    let r = p.poll();
+                    (p, r)
+                })
+                .await
+                .map_err(|e| Error::Dataplane(format!("files poller task: {e}")))?;
+                poller = Some(p);
+                let events = match res {
+                    Ok(ev) => {
+                        last_err = None;
+                        ev
+                    }
+                    Err(e) => {
+                        // Log once per distinct error; do not prune anything while blind.
+                        let msg = e.to_string();
+                        if last_err.as_deref() != Some(&msg) {
+                            warn!(error = %msg, "manifests directory unreadable; retrying");
+                            last_err = Some(msg);
+                        }
+                        continue;
+                    }
+                };
+                for ev in events {
+                    if let Event::Applied(r) = &ev {
+                        self.metrics.inc(
+                            "trellis_controlplane_events_total",
+                            &[("source", SOURCE), ("kind", r.kind().as_str())],
+                        );
+                    }
+                    if tx.send(ev).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if !synced {
+                    synced = true;
+                    info!(dir = %self.dir.display(), "initial manifests loaded");
+                    if tx.send(Event::Synced).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Kinds this source can produce (all of them, from any file).
+pub const KINDS: &[Kind] = &[Kind::Node];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_yaml(name: &str, cidr: &str, ip: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\nspec:\n  podCIDR: {cidr}\nstatus:\n  addresses:\n  - type: InternalIP\n    address: {ip}\n"
+        )
+    }
+
+    fn names(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                Event::Applied(r) => format!("+{}", r.key().unwrap().name),
+                Event::Deleted(k) => format!("-{}", k.name),
+                Event::Relisted(k, v) => format!("relist {k:?} {}", v.len()),
+                Event::Synced => "synced".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn decodes_multi_document_list_and_json() {
+        let text = format!(
+            "---\n{}---\n{}\n---\n",
+            node_yaml("a", "10.244.1.0/24", "192.168.1.1"),
+            r#"{"apiVersion":"v1","kind":"List","items":[{"kind":"Node","metadata":{"name":"b"}},{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}]}"#
+        );
+        let d = decode(&text);
+        assert!(d.syntax_error.is_none(), "{:?}", d.syntax_error);
+        assert!(d.invalid.is_empty(), "{:?}", d.invalid);
+        let got: Vec<_> = d.objects.iter().map(|o| o.key().unwrap().name).collect();
+        assert_eq!(got, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn bad_documents_are_reported_not_fatal() {
+        let text = format!(
+            "kind: Node\nmetadata:\n  name: 5\nspec: [1,2]\n---\nmetadata: {{name: nokind}}\n---\n{}",
+            node_yaml("good", "10.244.2.0/24", "192.168.1.2")
+        );
+        let d = decode(&text);
+        assert_eq!(d.invalid.len(), 2, "{:?}", d.invalid);
+        assert_eq!(d.objects.len(), 1);
+        let d = decode("kind: Node\nmetadata: {name: x\n  - broken: [\n");
+        assert!(d.syntax_error.is_some());
+        assert!(d.objects.is_empty());
+    }
+
+    #[test]
+    fn poller_reports_add_change_delete_and_skips_bad_yaml() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metrics::new();
+        let mut p = Poller::new(dir.path(), m.clone());
+        assert!(p.poll().unwrap().is_empty());
+
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            node_yaml("a", "10.244.1.0/24", "192.168.1.1"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "kind: Node").unwrap();
+        std::fs::write(
+            dir.path().join(".tmp.yaml"),
+            node_yaml("hidden", "10.244.9.0/24", "192.168.1.9"),
+        )
+        .unwrap();
+        assert_eq!(names(&p.poll().unwrap()), vec!["+a"]);
+        // Nothing changed: nothing reported.
+        assert!(p.poll().unwrap().is_empty());
+
+        // Change: a's CIDR changes (size stays the same: the inode/mtime still tell).
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            node_yaml("a", "10.244.3.0/24", "192.168.1.1"),
+        )
+        .unwrap();
+        let ev = p.poll().unwrap();
+        assert_eq!(names(&ev), vec!["+a"]);
+        let Event::Applied(Resource::Node(n)) = &ev[0] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(
+            n.spec.as_ref().unwrap().pod_cidr.as_deref(),
+            Some("10.244.3.0/24")
+        );
+
+        // A bad file is counted and skipped; the rest keeps working.
+        std::fs::write(dir.path().join("bad.yaml"), "kind: [unclosed\n").unwrap();
+        std::fs::write(
+            dir.path().join("b.yml"),
+            node_yaml("b", "10.244.4.0/24", "192.168.1.4"),
+        )
+        .unwrap();
+        assert_eq!(names(&p.poll().unwrap()), vec!["+b"]);
+        assert_eq!(
+            m.get(
+                "trellis_controlplane_invalid_objects_total",
+                &[("source", "files"), ("reason", "syntax")]
+            ),
+            1.0
+        );
+
+        // A file that turns invalid keeps its previous objects (no flapping on partial writes).
+        std::fs::write(dir.path().join("b.yml"), "kind: Node\nmetadata: {name: b\n").unwrap();
+        assert!(p.poll().unwrap().is_empty());
+        assert_eq!(m.total("trellis_controlplane_invalid_objects_total"), 2.0);
+
+        // Delete.
+        std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        assert_eq!(names(&p.poll().unwrap()), vec!["-a"]);
+    }
+
+    #[test]
+    fn later_file_wins_and_deleting_it_restores_the_earlier() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Poller::new(dir.path(), Metrics::new());
+        std::fs::write(
+            dir.path().join("1.yaml"),
+            node_yaml("a", "10.244.1.0/24", "192.168.1.1"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("2.yaml"),
+            node_yaml("a", "10.244.2.0/24", "192.168.1.1"),
+        )
+        .unwrap();
+        let ev = p.poll().unwrap();
+        let Event::Applied(Resource::Node(n)) = &ev[0] else {
+            panic!()
+        };
+        assert_eq!(
+            n.spec.as_ref().unwrap().pod_cidr.as_deref(),
+            Some("10.244.2.0/24")
+        );
+        std::fs::remove_file(dir.path().join("2.yaml")).unwrap();
+        let ev = p.poll().unwrap();
+        assert_eq!(names(&ev), vec!["+a"]);
+        let Event::Applied(Resource::Node(n)) = &ev[0] else {
+            panic!()
+        };
+        assert_eq!(
+            n.spec.as_ref().unwrap().pod_cidr.as_deref(),
+            Some("10.244.1.0/24")
+        );
+    }
+
+    #[tokio::test]
+    async fn source_sends_initial_objects_then_synced_then_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            node_yaml("a", "10.244.1.0/24", "192.168.1.1"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            node_yaml("b", "10.244.2.0/24", "192.168.1.2"),
+        )
+        .unwrap();
+        let mut src = FilesSource::new(dir.path(), Metrics::new());
+        src.interval = Duration::from_millis(20);
+        let (tx, mut rx) = mpsc::channel(16);
+        let task = tokio::spawn(Box::new(src).run(tx));
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(
+                tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        assert_eq!(names(&got), vec!["+a", "+b", "synced"]);
+        std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(names(&[ev]), vec!["-a"]);
+        drop(rx);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn missing_directory_is_not_synced_until_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("later");
+        let mut src = FilesSource::new(&sub, Metrics::new());
+        src.interval = Duration::from_millis(20);
+        let (tx, mut rx) = mpsc::channel(16);
+        let task = tokio::spawn(Box::new(src).run(tx));
+        assert!(tokio::time::timeout(Duration::from_millis(150), rx.recv())
+            .await
+            .is_err());
+        std::fs::create_dir(&sub).unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev, Event::Synced);
+        task.abort();
+    }
+}

@@ -1,0 +1,192 @@
+//! `trellis-agent`: the Trellis node agent. Run one per node, inside the node's network
+//! namespace. It watches Nodes (Kubernetes API or a manifests directory), keeps the node-to-node
+//! overlay (VXLAN or host-gw) programmed and repaired, writes the node's CNI conflist, and serves
+//! Prometheus metrics.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{ArgAction, Parser, ValueEnum};
+use ipnet::IpNet;
+use tracing::{error, info};
+
+use trellis_agent::agent::{self, AgentConfig, CniSettings};
+use trellis_agent::controlplane::{self, ControlPlane};
+use trellis_agent::metrics::{self, Metrics};
+use trellis_agent::overlay::netlink::NetlinkDataplane;
+use trellis_agent::overlay::{Mode, OverlayConfig};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Source {
+    /// The Kubernetes API (in-cluster config, or a kubeconfig).
+    Kube,
+    /// A directory of Kubernetes manifests (YAML/JSON), polled for changes.
+    Files,
+}
+
+/// Trellis node agent: connects this node's pods to every other node's (VXLAN or host-gw),
+/// repairs what gets deleted, and writes the node's CNI conflist once its podCIDR is known.
+///
+/// Run it inside the node's network namespace; it touches nothing outside it.
+#[derive(Debug, Parser)]
+#[command(name = "trellis-agent", version)]
+struct Args {
+    /// Name of the Node object this agent runs for.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+
+    /// Where Node objects come from.
+    #[arg(long, value_enum, default_value = "kube")]
+    source: Source,
+
+    /// Manifests directory for `--source files` (multi-document YAML, JSON, `kind: List`).
+    #[arg(long, required_if_eq("source", "files"))]
+    manifests_dir: Option<PathBuf>,
+
+    /// Kubeconfig for `--source kube` (default: in-cluster, then $KUBECONFIG or ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+
+    /// How pods on different nodes reach each other.
+    #[arg(long, value_enum, default_value = "vxlan")]
+    overlay: Mode,
+
+    /// VXLAN network identifier.
+    #[arg(long, default_value_t = 1)]
+    vxlan_vni: u32,
+
+    /// VXLAN UDP destination port.
+    #[arg(long, default_value_t = 8472)]
+    vxlan_port: u16,
+
+    /// VXLAN device name.
+    #[arg(long, default_value = "trellis.1")]
+    vxlan_device: String,
+
+    /// Underlay interface (default: the interface holding this node's InternalIP).
+    #[arg(long)]
+    underlay_iface: Option<String>,
+
+    /// Cluster-wide pod CIDR (written into the conflist as clusterCIDR).
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: IpNet,
+
+    /// Directory the CNI conflist is written to.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+
+    /// File name of the CNI conflist.
+    #[arg(long, default_value = "10-trellis.conflist")]
+    cni_conf_name: String,
+
+    /// IPAM data directory written into the conflist.
+    #[arg(long, default_value = "/var/lib/cni/networks")]
+    ipam_data_dir: PathBuf,
+
+    /// Pod bridge name written into the conflist.
+    #[arg(long, default_value = "trellis0")]
+    bridge: String,
+
+    /// Masquerade pod egress leaving the cluster CIDR (written into the conflist).
+    #[arg(long, action = ArgAction::Set, default_value_t = true)]
+    ip_masq: bool,
+
+    /// Seconds between repair rounds (re-adding routes/FDB/neighbours/devices deleted by hand).
+    #[arg(long, default_value_t = 10)]
+    repair_interval_secs: u64,
+
+    /// Address for Prometheus metrics (GET /metrics); empty disables.
+    #[arg(long, default_value = "127.0.0.1:9962")]
+    metrics_addr: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if args.node_name.trim().is_empty() {
+        bail!("--node-name must not be empty");
+    }
+    if args.repair_interval_secs == 0 {
+        bail!("--repair-interval-secs must be at least 1");
+    }
+    if args.vxlan_vni == 0 || args.vxlan_vni > 0xff_ffff {
+        bail!("--vxlan-vni must be within 1..=16777215");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    if !args.metrics_addr.is_empty() {
+        let l = tokio::net::TcpListener::bind(&args.metrics_addr)
+            .await
+            .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
+        info!(addr = %args.metrics_addr, "serving metrics");
+        tokio::spawn(metrics::serve(l, metrics.clone()));
+    }
+
+    let source: Box<dyn ControlPlane> = match args.source {
+        Source::Files => {
+            let dir = args
+                .manifests_dir
+                .clone()
+                .context("--manifests-dir is required with --source files")?;
+            Box::new(controlplane::files::FilesSource::new(dir, metrics.clone()))
+        }
+        Source::Kube => {
+            let client = controlplane::kube::client(args.kubeconfig.as_deref()).await?;
+            Box::new(controlplane::kube::KubeSource::new(client, metrics.clone()))
+        }
+    };
+
+    let cfg = AgentConfig {
+        node_name: args.node_name.clone(),
+        overlay: OverlayConfig {
+            mode: args.overlay,
+            vni: args.vxlan_vni,
+            port: args.vxlan_port,
+            device: args.vxlan_device.clone(),
+            underlay_iface: args.underlay_iface.clone(),
+        },
+        cni: CniSettings {
+            conf_dir: args.cni_conf_dir.clone(),
+            conf_name: args.cni_conf_name.clone(),
+            bridge: args.bridge.clone(),
+            ip_masq: args.ip_masq,
+            cluster_cidr: args.cluster_cidr,
+            ipam_data_dir: args.ipam_data_dir.clone(),
+        },
+        repair_interval: Duration::from_secs(args.repair_interval_secs),
+    };
+    info!(node = %cfg.node_name, source = source.name(), overlay = ?cfg.overlay.mode, "trellis-agent starting");
+    // The worker opens its netlink socket on its own thread, in this (the node's) netns.
+    let (to_worker, worker) = agent::spawn_worker(cfg, NetlinkDataplane::new, metrics.clone());
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let res = tokio::select! {
+        r = agent::run_control_plane(source, to_worker, metrics) => r.map_err(anyhow::Error::from),
+        _ = tokio::signal::ctrl_c() => { info!("interrupted; leaving the dataplane in place"); Ok(()) }
+        _ = sigterm.recv() => { info!("terminated; leaving the dataplane in place"); Ok(()) }
+    };
+    if worker.is_finished() {
+        match worker.join() {
+            Ok(Err(e)) => {
+                error!("overlay worker failed: {e}");
+                return Err(e.into());
+            }
+            Err(_) => bail!("overlay worker panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    res
+}

@@ -1,0 +1,298 @@
+//! A tiny Prometheus registry (counters and gauges with labels) and its text exposition.
+//!
+//! Hand-written on purpose: the agent exposes a dozen series, which does not justify a client
+//! library; the text format is simple and stable.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricType {
+    Counter,
+    Gauge,
+}
+
+type Labels = Vec<(String, String)>;
+
+#[derive(Default)]
+struct Family {
+    help: &'static str,
+    kind: Option<MetricType>,
+    series: BTreeMap<Labels, f64>,
+}
+
+/// Shared, cheaply clonable metrics registry.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    inner: Arc<Mutex<BTreeMap<&'static str, Family>>>,
+}
+
+/// Every metric the agent exports, declared once so /metrics shows them even at zero.
+pub const CATALOG: &[(&str, MetricType, &str)] = &[
+    (
+        "trellis_controlplane_events_total",
+        MetricType::Counter,
+        "Control plane events received, by source and kind.",
+    ),
+    (
+        "trellis_controlplane_invalid_objects_total",
+        MetricType::Counter,
+        "Control plane objects or documents that could not be used and were skipped.",
+    ),
+    (
+        "trellis_controlplane_synced",
+        MetricType::Gauge,
+        "1 once the control plane source finished its initial list.",
+    ),
+    (
+        "trellis_overlay_nodes_skipped_total",
+        MetricType::Counter,
+        "Peer nodes skipped by the overlay because they lack a podCIDR or InternalIP.",
+    ),
+    (
+        "trellis_overlay_peer_rejected_total",
+        MetricType::Counter,
+        "Peers refused by host-gw because they are not on the underlay's L2 segment.",
+    ),
+    (
+        "trellis_overlay_peers",
+        MetricType::Gauge,
+        "Peer nodes currently programmed.",
+    ),
+    (
+        "trellis_overlay_reconciles_total",
+        MetricType::Counter,
+        "Overlay reconcile rounds.",
+    ),
+    (
+        "trellis_overlay_reconcile_errors_total",
+        MetricType::Counter,
+        "Failed dataplane operations during overlay reconcile, by operation.",
+    ),
+    (
+        "trellis_overlay_changes_total",
+        MetricType::Counter,
+        "Kernel entries added or removed by the overlay reconciler, by object and action.",
+    ),
+    (
+        "trellis_cni_conflist_writes_total",
+        MetricType::Counter,
+        "Times the CNI conflist was (re)written.",
+    ),
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let m = Metrics::default();
+        {
+            let mut g = m.lock();
+            for (name, kind, help) in CATALOG {
+                let f = g.entry(name).or_default();
+                f.help = help;
+                f.kind = Some(*kind);
+            }
+        }
+        m
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, Family>> {
+        // A panic while holding the lock cannot leave a family half-updated; keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn labels(labels: &[(&str, &str)]) -> Labels {
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Add `by` to a counter.
+    pub fn add(&self, name: &'static str, labels: &[(&str, &str)], by: f64) {
+        let mut g = self.lock();
+        let f = g.entry(name).or_default();
+        f.kind.get_or_insert(MetricType::Counter);
+        *f.series.entry(Self::labels(labels)).or_insert(0.0) += by;
+    }
+
+    /// Increment a counter by one.
+    pub fn inc(&self, name: &'static str, labels: &[(&str, &str)]) {
+        self.add(name, labels, 1.0);
+    }
+
+    /// Set a gauge.
+    pub fn set(&self, name: &'static str, labels: &[(&str, &str)], value: f64) {
+        let mut g = self.lock();
+        let f = g.entry(name).or_default();
+        f.kind.get_or_insert(MetricType::Gauge);
+        f.series.insert(Self::labels(labels), value);
+    }
+
+    /// Current value of a series (0 when never touched); for tests and logs.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let g = self.lock();
+        g.get(name)
+            .and_then(|f| f.series.get(&Self::labels(labels)))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// Sum of all series of a family.
+    pub fn total(&self, name: &str) -> f64 {
+        let g = self.lock();
+        g.get(name).map(|f| f.series.values().sum()).unwrap_or(0.0)
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let g = self.lock();
+        let mut out = String::new();
+        for (name, f) in g.iter() {
+            if !f.help.is_empty() {
+                let _ = writeln!(out, "# HELP {name} {}", f.help);
+            }
+            let kind = match f.kind {
+                Some(MetricType::Gauge) => "gauge",
+                _ => "counter",
+            };
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            if f.series.is_empty() {
+                let _ = writeln!(out, "{name} 0");
+            }
+            for (labels, v) in &f.series {
+                if labels.is_empty() {
+                    let _ = writeln!(out, "{name} {v}");
+                } else {
+                    let l: Vec<String> = labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                        .collect();
+                    let _ = writeln!(out, "{name}{{{}}} {v}", l.join(","));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Serve `GET /metrics` on `addr` until the task is dropped. Plain HTTP/1.0-style: one request
+/// per connection, which is all a Prometheus scraper or curl needs.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut n = 0;
+            // Read until the end of the request head (or the buffer is full / peer closes).
+            while n < buf.len() {
+                match tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    sock.read(&mut buf[n..]),
+                )
+                .await
+                {
+                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+                    Ok(Ok(k)) => {
+                        n += k;
+                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n")
+                            || buf[..n].windows(2).any(|w| w == b"\n\n")
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let mut parts = head.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let (status, ctype, body) =
+                if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) {
+                    (
+                        "200 OK",
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        metrics.render(),
+                    )
+                } else if method == "GET" && path == "/healthz" {
+                    ("200 OK", "text/plain", "ok\n".to_string())
+                } else {
+                    (
+                        "404 Not Found",
+                        "text/plain",
+                        "not found; try /metrics\n".to_string(),
+                    )
+                };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_gauges_and_labels() {
+        let m = Metrics::new();
+        m.inc("trellis_overlay_peer_rejected_total", &[("node", "n\"2")]);
+        m.inc("trellis_overlay_peer_rejected_total", &[("node", "n\"2")]);
+        m.set("trellis_overlay_peers", &[], 3.0);
+        let text = m.render();
+        assert!(
+            text.contains("# TYPE trellis_overlay_peer_rejected_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("trellis_overlay_peer_rejected_total{node=\"n\\\"2\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE trellis_overlay_peers gauge"),
+            "{text}"
+        );
+        assert!(text.contains("trellis_overlay_peers 3"), "{text}");
+        // Untouched families still show up at zero.
+        assert!(
+            text.contains("trellis_cni_conflist_writes_total 0"),
+            "{text}"
+        );
+        assert_eq!(
+            m.get("trellis_overlay_peer_rejected_total", &[("node", "n\"2")]),
+            2.0
+        );
+        assert_eq!(m.total("trellis_overlay_peer_rejected_total"), 2.0);
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_over_http() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let m = Metrics::new();
+        m.inc("trellis_overlay_reconciles_total", &[]);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(serve(l, m));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        assert!(out.contains("trellis_overlay_reconciles_total 1"), "{out}");
+        task.abort();
+    }
+}

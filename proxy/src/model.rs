@@ -1,0 +1,313 @@
+//! The desired-state model: control plane events folded into typed, validated cluster state.
+//! Pure: no I/O besides counting rejected objects in the metrics registry.
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Node;
+use tracing::warn;
+
+use crate::controlplane::{Event, Kind, ObjectKey, Resource};
+use crate::metrics::Metrics;
+
+/// What the overlay needs to know about a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// InternalIP addresses (at most one per family), in the order the node lists them.
+    pub internal_ips: Vec<IpAddr>,
+    /// Pod CIDRs (at most one per family), IPv4 first if both.
+    pub pod_cidrs: Vec<IpNet>,
+}
+
+impl NodeInfo {
+    pub fn internal_ip_v4(&self) -> Option<IpAddr> {
+        self.internal_ips.iter().copied().find(IpAddr::is_ipv4)
+    }
+    pub fn internal_ip_v6(&self) -> Option<IpAddr> {
+        self.internal_ips.iter().copied().find(IpAddr::is_ipv6)
+    }
+    /// The InternalIP of the same family as `net`.
+    pub fn internal_ip_for(&self, net: &IpNet) -> Option<IpAddr> {
+        match net {
+            IpNet::V4(_) => self.internal_ip_v4(),
+            IpNet::V6(_) => self.internal_ip_v6(),
+        }
+    }
+    pub fn pod_cidr_v4(&self) -> Option<IpNet> {
+        self.pod_cidrs
+            .iter()
+            .copied()
+            .find(|n| matches!(n, IpNet::V4(_)))
+    }
+    pub fn pod_cidr_v6(&self) -> Option<IpNet> {
+        self.pod_cidrs
+            .iter()
+            .copied()
+            .find(|n| matches!(n, IpNet::V6(_)))
+    }
+}
+
+/// Validate a Node object into [`NodeInfo`]. A node that simply has no podCIDR or InternalIP yet
+/// is valid (the overlay skips it until it has); malformed values are errors.
+pub fn node_info(node: &Node) -> Result<NodeInfo, String> {
+    let name = node
+        .metadata
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or("Node without metadata.name")?;
+    let spec = node.spec.as_ref();
+    let raw: Vec<String> = match spec
+        .and_then(|s| s.pod_cidrs.clone())
+        .filter(|v| !v.is_empty())
+    {
+        Some(v) => v,
+        None => spec.and_then(|s| s.pod_cidr.clone()).into_iter().collect(),
+    };
+    let mut pod_cidrs: Vec<IpNet> = Vec::new();
+    for s in &raw {
+        let net: IpNet = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("podCIDR {s:?} is not a CIDR"))?;
+        if net.network() != net.addr() {
+            return Err(format!(
+                "podCIDR {s:?} has host bits set (network is {})",
+                net.trunc()
+            ));
+        }
+        if pod_cidrs
+            .iter()
+            .any(|n| n.addr().is_ipv4() == net.addr().is_ipv4())
+        {
+            return Err(format!(
+                "podCIDRs {raw:?} hold more than one CIDR of a family"
+            ));
+        }
+        pod_cidrs.push(net);
+    }
+    pod_cidrs.sort_by_key(|n| n.addr().is_ipv6());
+    let mut internal_ips: Vec<IpAddr> = Vec::new();
+    let addrs = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+    for a in addrs
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+    {
+        let ip: IpAddr = a
+            .address
+            .trim()
+            .parse()
+            .map_err(|_| format!("InternalIP {:?} is not an IP address", a.address))?;
+        // Kubernetes lists one per family; later ones of the same family are ignored.
+        if !internal_ips.iter().any(|x| x.is_ipv4() == ip.is_ipv4()) {
+            internal_ips.push(ip);
+        }
+    }
+    Ok(NodeInfo {
+        name,
+        internal_ips,
+        pod_cidrs,
+    })
+}
+
+/// Cluster state as far as the agent needs it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Cluster {
+    pub nodes: BTreeMap<String, NodeInfo>,
+    /// The source finished its initial list: absent objects are really absent.
+    pub synced: bool,
+}
+
+/// Folds events into a [`Cluster`], rejecting malformed objects.
+pub struct Model {
+    pub cluster: Cluster,
+    source: &'static str,
+    metrics: Metrics,
+}
+
+impl Model {
+    pub fn new(source: &'static str, metrics: Metrics) -> Self {
+        Model {
+            cluster: Cluster::default(),
+            source,
+            metrics,
+        }
+    }
+
+    /// Apply one event; true when the cluster state changed.
+    pub fn apply(&mut self, ev: Event) -> bool {
+        let before = self.cluster.clone();
+        match ev {
+            Event::Applied(r) => self.upsert(r),
+            Event::Deleted(key) => self.remove(&key),
+            Event::Relisted(kind, objects) => {
+                match kind {
+                    Kind::Node => self.cluster.nodes.clear(),
+                }
+                for r in objects.into_iter().filter(|r| r.kind() == kind) {
+                    self.upsert(r);
+                }
+            }
+            Event::Synced => self.cluster.synced = true,
+        }
+        self.metrics.set(
+            "trellis_controlplane_synced",
+            &[],
+            if self.cluster.synced { 1.0 } else { 0.0 },
+        );
+        self.cluster != before
+    }
+
+    fn remove(&mut self, key: &ObjectKey) {
+        match key.kind {
+            Kind::Node => {
+                self.cluster.nodes.remove(&key.name);
+            }
+        }
+    }
+
+    fn upsert(&mut self, r: Resource) {
+        match r {
+            Resource::Node(n) => match node_info(&n) {
+                Ok(info) => {
+                    self.cluster.nodes.insert(info.name.clone(), info);
+                }
+                Err(why) => {
+                    let name = n.metadata.name.clone().unwrap_or_default();
+                    warn!(node = %name, "skipping invalid Node: {why}");
+                    self.metrics.inc(
+                        "trellis_controlplane_invalid_objects_total",
+                        &[("source", self.source), ("reason", "node")],
+                    );
+                    // Whatever we knew of it is no longer trustworthy.
+                    self.cluster.nodes.remove(&name);
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
+
+    pub fn node(name: &str, cidrs: &[&str], ips: &[&str]) -> Node {
+        Node {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: cidrs.first().map(|s| s.to_string()),
+                pod_cidrs: Some(cidrs.iter().map(|s| s.to_string()).collect()),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                addresses: Some(
+                    ips.iter()
+                        .map(|ip| NodeAddress {
+                            type_: "InternalIP".into(),
+                            address: ip.to_string(),
+                        })
+                        .chain([NodeAddress {
+                            type_: "Hostname".into(),
+                            address: name.into(),
+                        }])
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn node_info_parses_dual_stack() {
+        let n = node(
+            "a",
+            &["fd00:10:244:1::/64", "10.244.1.0/24"],
+            &["192.168.1.1", "fd00::1"],
+        );
+        let i = node_info(&n).unwrap();
+        assert_eq!(i.pod_cidr_v4().unwrap().to_string(), "10.244.1.0/24");
+        assert_eq!(i.pod_cidr_v6().unwrap().to_string(), "fd00:10:244:1::/64");
+        assert_eq!(i.pod_cidrs[0].to_string(), "10.244.1.0/24", "IPv4 first");
+        assert_eq!(i.internal_ip_v4().unwrap().to_string(), "192.168.1.1");
+        assert_eq!(i.internal_ip_v6().unwrap().to_string(), "fd00::1");
+    }
+
+    #[test]
+    fn node_info_rejects_bad_values() {
+        for (cidrs, ips) in [
+            (vec!["banana"], vec!["192.168.1.1"]),
+            (vec!["10.244.1.0/33"], vec!["192.168.1.1"]),
+            (vec!["10.244.1.7/24"], vec!["192.168.1.1"]),
+            (vec!["10.244.1.0/24", "10.244.2.0/24"], vec!["192.168.1.1"]),
+            (vec!["10.244.1.0/24"], vec!["192.168.1.300"]),
+        ] {
+            assert!(
+                node_info(&node("a", &cidrs, &ips)).is_err(),
+                "{cidrs:?} {ips:?}"
+            );
+        }
+        // Missing values are not errors: the overlay skips such nodes.
+        let i = node_info(&node("a", &[], &[])).unwrap();
+        assert!(i.pod_cidrs.is_empty() && i.internal_ips.is_empty());
+    }
+
+    #[test]
+    fn model_applies_events_and_counts_bad_nodes() {
+        let m = Metrics::new();
+        let mut model = Model::new("files", m.clone());
+        assert!(model.apply(Event::Applied(Resource::Node(Box::new(node(
+            "a",
+            &["10.244.1.0/24"],
+            &["192.168.1.1"]
+        ))))));
+        assert!(!model.apply(Event::Applied(Resource::Node(Box::new(node(
+            "a",
+            &["10.244.1.0/24"],
+            &["192.168.1.1"]
+        ))))));
+        assert!(model.apply(Event::Applied(Resource::Node(Box::new(node(
+            "b",
+            &["10.244.2.0/24"],
+            &["192.168.1.2"]
+        ))))));
+        // b turns bad: it is dropped and counted; a stays.
+        assert!(model.apply(Event::Applied(Resource::Node(Box::new(node(
+            "b",
+            &["nope"],
+            &["192.168.1.2"]
+        ))))));
+        assert_eq!(model.cluster.nodes.keys().collect::<Vec<_>>(), vec!["a"]);
+        assert_eq!(
+            m.get(
+                "trellis_controlplane_invalid_objects_total",
+                &[("source", "files"), ("reason", "node")]
+            ),
+            1.0
+        );
+        assert!(!model.cluster.synced);
+        assert!(model.apply(Event::Synced));
+        assert_eq!(m.get("trellis_controlplane_synced", &[]), 1.0);
+        // A relist replaces the kind wholesale.
+        model.apply(Event::Relisted(
+            Kind::Node,
+            vec![Resource::Node(Box::new(node(
+                "c",
+                &["10.244.3.0/24"],
+                &["192.168.1.3"],
+            )))],
+        ));
+        assert_eq!(model.cluster.nodes.keys().collect::<Vec<_>>(), vec!["c"]);
+        assert!(model.apply(Event::Deleted(ObjectKey {
+            kind: Kind::Node,
+            namespace: None,
+            name: "c".into()
+        })));
+        assert!(model.cluster.nodes.is_empty());
+    }
+}
