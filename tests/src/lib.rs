@@ -15,6 +15,7 @@ pub mod fixture;
 pub mod names;
 pub mod netns;
 pub mod node;
+pub mod podman;
 pub mod privilege;
 pub mod result;
 pub mod store;

@@ -96,3 +96,26 @@ fn conflist_runner_chains_portmap() {
         "DNAT survived DEL:\n{nat}"
     );
 }
+
+#[test]
+fn private_podman_runs_a_container_on_a_reference_conflist() {
+    require_root!();
+    let fx = Fixture::with_bins(&reference_bins()).unwrap();
+    let ipam = conf::host_local(fx.data.path(), "10.97.0.0/24");
+    let mut bridge = conf::reference_bridge("1.0.0", &fx.network, "refbr2", ipam);
+    bridge.as_object_mut().unwrap().remove("cniVersion");
+    let list = conf::conflist("1.0.0", &fx.network, vec![bridge]);
+    let podman = trellis_e2e::podman::Podman::new(&fx.node.ns, &fx.node.bins).unwrap();
+    podman.add_network(&list).unwrap();
+    let id = podman.run_sleeper(&fx.network).unwrap();
+    let ip = podman.ip(&id, &fx.network).unwrap();
+    assert!(ip.starts_with("10.97.0."), "podman recorded IP {ip:?}");
+    podman
+        .run(&["exec", &id, "/bin/ping", "-c1", "-W1", "10.97.0.1"])
+        .unwrap();
+    podman.rm(&id).unwrap();
+    assert!(
+        fx.store().ips().unwrap().is_empty(),
+        "podman rm -f did not release the IP"
+    );
+}
