@@ -1,12 +1,429 @@
-//! Benchmark (placeholder, filled in below).
-use crate::error::Result;
+//! `trellis-lab bench`: pod-to-pod TCP throughput, request/response rate (1-byte ping-pong on one connection)
+//! and connect rate (connect, 1 byte each way, close) across nodes with vxlan, with host-gw, and over a plain
+//! veth pair between two namespaces (the limit). Client and server are threads of this process, each in its
+//! netns.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+
+use crate::error::{LabError, Result};
+use crate::lab::{self, UpOptions};
+use crate::names;
+use crate::net::{IpCmd, LabNet};
+use crate::nsexec;
+use crate::state::LabState;
+use crate::topology::{Mode, Topology};
+use crate::underlay;
+
+pub const MARKER: &str = "<!-- lab-bench -->";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
+    /// Seconds per measurement.
     #[arg(long, default_value_t = 3)]
     pub secs: u64,
+    /// Replace the section between `<!-- lab-bench -->` markers in this file (created/appended if needed).
+    #[arg(long)]
+    pub write: bool,
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub file: PathBuf,
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Name prefix of the labs the bench builds (default: b + pid).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
-pub fn run(_a: &BenchArgs, _out: &mut dyn std::io::Write) -> Result<()> {
-    Ok(())
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Numbers {
+    /// Gbit/s
+    pub throughput: f64,
+    /// round trips per second
+    pub rr: f64,
+    /// connections per second
+    pub crr: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub path: String,
+    pub n: Numbers,
+}
+
+const PORT_STREAM: u16 = 5201;
+const PORT_RR: u16 = 5202;
+const PORT_CRR: u16 = 5203;
+
+/// Runs the three measurements from the netns `client` to `server_ip` served from the netns `server`.
+pub fn measure(client: &Path, server: &Path, server_ip: Ipv4Addr, secs: Duration) -> Result<Numbers> {
+    Ok(Numbers {
+        throughput: run_pair(client, server, server_ip, PORT_STREAM, secs, Kind::Stream)?,
+        rr: run_pair(client, server, server_ip, PORT_RR, secs, Kind::Rr)?,
+        crr: run_pair(client, server, server_ip, PORT_CRR, secs, Kind::Crr)?,
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Stream,
+    Rr,
+    Crr,
+}
+
+fn io_err(what: &str) -> impl Fn(std::io::Error) -> LabError + '_ {
+    move |e| LabError::Probe(format!("bench {what}: {e}"))
+}
+
+/// Server thread in `server` netns, client thread in `client` netns. Returns Gbit/s (stream) or ops/s.
+fn run_pair(client: &Path, server: &Path, ip: Ipv4Addr, port: u16, secs: Duration, kind: Kind) -> Result<f64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+    let server_path = server.to_path_buf();
+    let stop_srv = stop.clone();
+    let srv = std::thread::spawn(move || -> Result<u64> {
+        let f = std::fs::File::open(&server_path).map_err(|e| LabError::io("netns", &server_path, e))?;
+        nsexec::enter(&f, &server_path)?;
+        let l = match TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready_tx.send(Err(LabError::Probe(format!("bench bind {port}: {e}"))));
+                return Ok(0);
+            }
+        };
+        l.set_nonblocking(true).map_err(io_err("listener"))?;
+        let _ = ready_tx.send(Ok(()));
+        serve_kind(&l, kind, &stop_srv)
+    });
+    ready_rx
+        .recv()
+        .map_err(|_| LabError::Probe("bench server thread died".into()))??;
+    let target = SocketAddrV4::new(ip, port);
+    let client_path = client.to_path_buf();
+    let cli = nsexec::run_in(&client_path, move || client_kind(target, kind, secs))?;
+    stop.store(true, Ordering::SeqCst);
+    let server_bytes = srv
+        .join()
+        .map_err(|_| LabError::Probe("bench server panicked".into()))??;
+    let (ops, elapsed) = cli?;
+    Ok(match kind {
+        Kind::Stream => server_bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9,
+        _ => ops as f64 / elapsed.as_secs_f64(),
+    })
+}
+
+/// Accepts until `stop`; returns bytes received (stream) or 0.
+fn serve_kind(l: &TcpListener, kind: Kind, stop: &AtomicBool) -> Result<u64> {
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    while !stop.load(Ordering::SeqCst) {
+        let (mut s, _) = match l.accept() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
+            }
+            Err(e) => return Err(io_err("accept")(e)),
+        };
+        s.set_nonblocking(false).map_err(io_err("socket"))?;
+        s.set_nodelay(true).map_err(io_err("socket"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(io_err("socket"))?;
+        match kind {
+            Kind::Stream => loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n as u64,
+                }
+            },
+            Kind::Rr => {
+                let mut b = [0u8; 1];
+                while let Ok(1) = s.read(&mut b) {
+                    if s.write_all(&b).is_err() {
+                        break;
+                    }
+                }
+            }
+            Kind::Crr => {
+                // One exchange per connection; the server closes first so TIME_WAIT stays on this side and
+                // the client's ephemeral ports do not run out.
+                let mut b = [0u8; 1];
+                if let Ok(1) = s.read(&mut b) {
+                    let _ = s.write_all(&b);
+                }
+            }
+        }
+    }
+    Ok(total)
+}
+
+fn client_kind(target: SocketAddrV4, kind: Kind, secs: Duration) -> Result<(u64, Duration)> {
+    let start = Instant::now();
+    let mut ops = 0u64;
+    match kind {
+        Kind::Stream => {
+            let mut s = TcpStream::connect_timeout(&target.into(), Duration::from_secs(3)).map_err(io_err("connect"))?;
+            let buf = vec![0x5au8; 128 * 1024];
+            while start.elapsed() < secs {
+                s.write_all(&buf).map_err(io_err("write"))?;
+                ops += 1;
+            }
+            s.shutdown(std::net::Shutdown::Write).map_err(io_err("shutdown"))?;
+            // Wait for the server to drain so its byte count covers what was sent.
+            let mut b = [0u8; 16];
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = s.read(&mut b);
+        }
+        Kind::Rr => {
+            let mut s = TcpStream::connect_timeout(&target.into(), Duration::from_secs(3)).map_err(io_err("connect"))?;
+            s.set_nodelay(true).map_err(io_err("socket"))?;
+            s.set_read_timeout(Some(Duration::from_secs(3))).map_err(io_err("socket"))?;
+            let mut b = [1u8; 1];
+            while start.elapsed() < secs {
+                for _ in 0..64 {
+                    s.write_all(&b).map_err(io_err("write"))?;
+                    s.read_exact(&mut b).map_err(io_err("read"))?;
+                    ops += 1;
+                }
+            }
+        }
+        Kind::Crr => {
+            let mut b = [1u8; 1];
+            while start.elapsed() < secs {
+                let mut s =
+                    TcpStream::connect_timeout(&target.into(), Duration::from_secs(3)).map_err(io_err("connect"))?;
+                s.set_nodelay(true).map_err(io_err("socket"))?;
+                s.set_read_timeout(Some(Duration::from_secs(3))).map_err(io_err("socket"))?;
+                s.write_all(&b).map_err(io_err("write"))?;
+                s.read_exact(&mut b).map_err(io_err("read"))?;
+                let mut rest = [0u8; 1];
+                let _ = s.read(&mut rest); // EOF from the server's close
+                ops += 1;
+            }
+        }
+    }
+    Ok((ops, start.elapsed()))
+}
+
+/// Bench topology: 2 nodes, one pod on each.
+pub fn bench_topology(name: &str, mode: Mode) -> Result<Topology> {
+    Topology::parse(&format!(
+        "name: {name}\nmode: {}\nnodes: [{{name: node1}}, {{name: node2}}]\npods:\n  - {{name: server, node: node1}}\n  - {{name: client, node: node2}}\n",
+        mode.as_str()
+    ))
+}
+
+/// A bare veth pair between two namespaces (named like a lab, so `down` can remove it).
+pub struct VethPair {
+    lab: String,
+    /// Server side, 10.99.0.1.
+    pub a: String,
+    /// Client side, 10.99.0.2.
+    pub b: String,
+}
+
+impl VethPair {
+    pub fn create(lab: &str) -> Result<VethPair> {
+        let p = VethPair {
+            lab: lab.into(),
+            a: format!("{}v1", names::netns_prefix(lab)),
+            b: format!("{}v2", names::netns_prefix(lab)),
+        };
+        let mut net = IpCmd;
+        net.ensure_netns(&p.a)?;
+        net.ensure_netns(&p.b)?;
+        net.add_veth(&p.a, "eth0", &p.b, "eth0", 1500)?;
+        let a: Ipv4Net = "10.99.0.1/24".parse().expect("literal");
+        let b: Ipv4Net = "10.99.0.2/24".parse().expect("literal");
+        net.add_addr(&p.a, "eth0", a)?;
+        net.add_addr(&p.b, "eth0", b)?;
+        net.set_up(&p.a, "eth0")?;
+        net.set_up(&p.b, "eth0")?;
+        Ok(p)
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        let _ = underlay::teardown_netns(&mut IpCmd, &self.lab);
+    }
+}
+
+/// Tears a bench lab down even when a measurement fails.
+struct LabGuard(String);
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if let Err(e) = lab::down(&self.0) {
+            eprintln!("bench: cleaning up lab {}: {e}", self.0);
+        }
+    }
+}
+
+fn lab_pair(st: &LabState) -> Result<(PathBuf, PathBuf, Ipv4Addr)> {
+    let srv = st.pod("server").ok_or_else(|| LabError::State("bench lab has no server pod".into()))?;
+    let cli = st.pod("client").ok_or_else(|| LabError::State("bench lab has no client pod".into()))?;
+    let ip = st
+        .pod_ip(srv)
+        .ok_or_else(|| LabError::State("bench server pod has no IP".into()))?;
+    Ok((names::netns_path(&cli.netns), names::netns_path(&srv.netns), ip))
+}
+
+pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
+    let base = args.name.clone().unwrap_or_else(|| format!("b{}", std::process::id()));
+    crate::topology::validate_lab_name(&format!("{base}vx"))?;
+    let secs = Duration::from_secs(args.secs.max(1));
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => lab::default_bin_dir()?,
+    };
+    let lab_exe = std::env::current_exe().map_err(|e| LabError::io("locating trellis-lab", "/proc/self/exe", e))?;
+    let mut rows = Vec::new();
+
+    {
+        let veth_lab = format!("{base}ve");
+        let _guard = LabGuard(veth_lab.clone());
+        let pair = VethPair::create(&veth_lab)?;
+        let n = measure(
+            &names::netns_path(&pair.b),
+            &names::netns_path(&pair.a),
+            Ipv4Addr::new(10, 99, 0, 1),
+            secs,
+        )?;
+        let _ = writeln!(out, "veth: {n:?}");
+        rows.push(Row { path: "veth pair (limit)".into(), n });
+    }
+    for (suffix, mode, label) in [("hg", Mode::HostGw, "host-gw, across nodes"), ("vx", Mode::Vxlan, "vxlan, across nodes")] {
+        let name = format!("{base}{suffix}");
+        let _guard = LabGuard(name.clone());
+        let opts = UpOptions {
+            topology: bench_topology(&name, mode)?,
+            mode: None,
+            name: None,
+            bin_dir: bin_dir.clone(),
+            lab_exe: lab_exe.clone(),
+            repair_interval_secs: None,
+            agent_timeout: Duration::from_secs(60),
+        };
+        let st = lab::up(&opts, &mut std::io::sink())?;
+        let (c, s, ip) = lab_pair(&st)?;
+        let n = measure(&c, &s, ip, secs)?;
+        let _ = writeln!(out, "{label}: {n:?}");
+        rows.push(Row { path: label.into(), n });
+    }
+    let table = render(&rows, &command_line(args));
+    let _ = writeln!(out, "\n{table}");
+    if args.write {
+        write_section(&args.file, &table)?;
+        let _ = writeln!(out, "written to {}", args.file.display());
+    }
+    Ok(rows)
+}
+
+fn command_line(args: &BenchArgs) -> String {
+    let profile = if cfg!(debug_assertions) { "" } else { " --release" };
+    format!("cargo run -p trellis-lab{profile} -- bench --secs {}{}", args.secs, if args.write { " --write" } else { "" })
+}
+
+fn find<'a>(rows: &'a [Row], prefix: &str) -> Option<&'a Numbers> {
+    rows.iter().find(|r| r.path.starts_with(prefix)).map(|r| &r.n)
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "n/a".into(),
+    }
+}
+
+/// The markdown section: table, ratios against the goals, and the command.
+pub fn render(rows: &[Row], command: &str) -> String {
+    let mut s = String::from("| path | TCP throughput (Gbit/s) | TCP RR (trans/s) | TCP CRR (conn/s) |\n| --- | ---: | ---: | ---: |\n");
+    for r in rows {
+        s.push_str(&format!("| {} | {:.2} | {:.0} | {:.0} |\n", r.path, r.n.throughput, r.n.rr, r.n.crr));
+    }
+    let hg = find(rows, "host-gw");
+    let vx = find(rows, "vxlan");
+    let ve = find(rows, "veth");
+    s.push_str(&format!(
+        "\nhost-gw RR / veth RR = {} (goal >= 0.90); vxlan CRR / host-gw CRR = {} (goal >= 0.70); vxlan throughput / host-gw = {}\n",
+        ratio(hg.map(|n| n.rr), ve.map(|n| n.rr)),
+        ratio(vx.map(|n| n.crr), hg.map(|n| n.crr)),
+        ratio(vx.map(|n| n.throughput), hg.map(|n| n.throughput)),
+    ));
+    s.push_str(&format!("\nCommand: `{command}`\n"));
+    s
+}
+
+/// Replaces the text between the first two markers, or appends a marked section.
+pub fn splice(doc: &str, section: &str) -> String {
+    let block = format!("{MARKER}\n{section}{MARKER}");
+    let mut parts = doc.splitn(3, MARKER);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(before), Some(_), Some(after)) => format!("{before}{block}{after}"),
+        _ => {
+            let sep = if doc.is_empty() || doc.ends_with("\n\n") {
+                ""
+            } else if doc.ends_with('\n') {
+                "\n"
+            } else {
+                "\n\n"
+            };
+            let head = if doc.is_empty() { "# Benchmarks\n\n" } else { "" };
+            format!("{head}{doc}{sep}## Network lab (trellis-lab bench)\n\n{block}\n")
+        }
+    }
+}
+
+fn write_section(path: &Path, section: &str) -> Result<()> {
+    let doc = match std::fs::read_to_string(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(LabError::io("reading", path, e)),
+    };
+    std::fs::write(path, splice(&doc, section)).map_err(|e| LabError::io("writing", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows() -> Vec<Row> {
+        let r = |p: &str, t, rr, crr| Row { path: p.into(), n: Numbers { throughput: t, rr, crr } };
+        vec![r("veth pair (limit)", 40.0, 50000.0, 10000.0), r("host-gw, across nodes", 30.0, 45000.0, 8000.0), r("vxlan, across nodes", 10.0, 30000.0, 6000.0)]
+    }
+
+    #[test]
+    fn render_has_ratios_and_command() {
+        let s = render(&rows(), "cmd");
+        assert!(s.contains("host-gw RR / veth RR = 0.90"), "{s}");
+        assert!(s.contains("vxlan CRR / host-gw CRR = 0.75"), "{s}");
+        assert!(s.contains("| vxlan, across nodes | 10.00 | 30000 | 6000 |"), "{s}");
+        assert!(s.contains("`cmd`"));
+        assert!(render(&rows()[..1], "c").contains("n/a"));
+    }
+
+    #[test]
+    fn splice_replaces_or_appends() {
+        let first = splice("", "T1\n");
+        assert!(first.starts_with("# Benchmarks"));
+        assert_eq!(first.matches(MARKER).count(), 2);
+        let second = splice(&format!("intro\n{first}outro\n"), "T2\n");
+        assert!(second.contains("T2") && !second.contains("T1"));
+        assert!(second.starts_with("intro\n") && second.ends_with("outro\n"));
+        let appended = splice("# B\n\nother table\n", "T3\n");
+        assert!(appended.starts_with("# B\n\nother table\n\n## Network lab"));
+        assert!(appended.contains(&format!("{MARKER}\nT3\n{MARKER}")));
+    }
+
+    #[test]
+    fn bench_topology_is_two_nodes_one_pod_each() {
+        let t = bench_topology("bx", Mode::HostGw).unwrap();
+        assert_eq!(t.nodes.len(), 2);
+        assert_eq!(t.pods.len(), 2);
+        assert_ne!(t.pods[0].node, t.pods[1].node);
+    }
 }
