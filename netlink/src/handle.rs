@@ -8,7 +8,7 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE,
     NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
     LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -518,11 +518,17 @@ impl Handle {
         msg.header.index = index;
         msg.attributes.push(AddressAttribute::Local(addr.addr()));
         msg.attributes.push(AddressAttribute::Address(addr.addr()));
-        if let IpNet::V4(v4) = addr {
-            if v4.prefix_len() < 31 {
+        match addr {
+            IpNet::V4(v4) if v4.prefix_len() < 31 => {
                 msg.attributes
                     .push(AddressAttribute::Broadcast(v4.broadcast()));
             }
+            // No duplicate address detection: addresses come from IPAM, and DAD would hold a pod's address
+            // "tentative" (unusable) for a second or more after ADD returns.
+            IpNet::V6(_) => msg
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad)),
+            _ => {}
         }
         msg
     }

@@ -1,0 +1,424 @@
+//! ADD, DEL, CHECK, STATUS, GC over any [`Dataplane`]: validate first, then apply, and roll back what this call
+//! created when a later step fails.
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use trellis_cni_types::{codes, CniError, CniResult, Env, NetConf};
+
+use crate::config::PluginConfig;
+use crate::dataplane::Dataplane;
+use crate::ipam::{IpamBackend, IpamOutcome};
+use crate::naming::host_veth_name;
+use crate::plan::{plan, render};
+
+/// Everything a command needs, parsed and validated.
+pub struct Call<'a> {
+    pub env: &'a Env,
+    pub conf: &'a NetConf,
+    pub cfg: &'a PluginConfig,
+    pub ipam: &'a IpamBackend,
+    pub stdin: &'a [u8],
+}
+
+pub fn add<D: Dataplane>(dp: &mut D, c: &Call) -> Result<CniResult, CniError> {
+    let host = host_veth_name(c.env.container_id(), c.env.ifname());
+    // A repeated ADD of a live attachment must not tear it down if this call fails.
+    let existed = dp.host_veth(&host)?.is_some();
+    let outcome = c.ipam.add(c.env, c.stdin)?;
+    match add_links(dp, c, &outcome) {
+        Ok(r) => Ok(r),
+        Err(e) if existed => Err(e),
+        Err(e) => {
+            // Undo in reverse; the original error is what the runtime needs to see.
+            let _ = dp.delete_pod_link(&host, c.env.ifname());
+            let _ = c.ipam.del(c.env, c.stdin);
+            Err(e)
+        }
+    }
+}
+
+fn add_links<D: Dataplane>(
+    dp: &mut D,
+    c: &Call,
+    outcome: &IpamOutcome,
+) -> Result<CniResult, CniError> {
+    let mtu = match c.cfg.mtu {
+        Some(m) => m,
+        None => dp.default_mtu(&c.cfg.bridge)?,
+    };
+    let netns = c
+        .env
+        .netns
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let p = plan(
+        c.cfg,
+        c.env.container_id(),
+        c.env.ifname(),
+        &netns,
+        mtu,
+        outcome,
+    )?;
+    let bridge = dp.ensure_bridge(&c.cfg.bridge, c.cfg.mtu, &p.bridge_addrs)?;
+    dp.ensure_forwarding(p.has_v4, p.has_v6)?;
+    let host = dp.ensure_pod_link(&p, &bridge)?;
+    let pod = dp.configure_pod(&p)?;
+    if c.cfg.ip_masq {
+        let sources: Vec<_> = p.addresses.iter().map(|a| a.trunc()).collect();
+        dp.ensure_masquerade(&c.conf.name, &sources, &c.cfg.cluster_cidrs)?;
+    }
+    Ok(render(&p, outcome, &bridge, &host, &pod))
+}
+
+/// DEL: every step runs even if an earlier one failed; missing things are success.
+pub fn del<D: Dataplane>(dp: &mut D, c: &Call) -> Result<(), CniError> {
+    let host = host_veth_name(c.env.container_id(), c.env.ifname());
+    let links = dp.delete_pod_link(&host, c.env.ifname());
+    let ipam = c.ipam.del(c.env, c.stdin);
+    links.and(ipam)
+}
+
+fn drift(msg: String) -> CniError {
+    CniError::new(
+        codes::INTERFACE_DRIFT,
+        msg,
+        "the pod's network differs from what ADD set up (prevResult)",
+    )
+}
+
+/// CHECK: the pod interface, its addresses and routes match prevResult; the host veth exists; IPAM agrees.
+pub fn check<D: Dataplane>(dp: &mut D, c: &Call) -> Result<(), CniError> {
+    let prev: &CniResult = c.conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(
+            codes::INVALID_NETWORK_CONFIG,
+            "CHECK needs prevResult in the network config",
+            "",
+        )
+    })?;
+    let ifname = c.env.ifname();
+    let idx = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == ifname && i.sandbox.is_some())
+        .ok_or_else(|| {
+            drift(format!(
+                "prevResult names no interface {ifname} inside the pod"
+            ))
+        })?;
+    let expected: Vec<_> = prev
+        .ips
+        .iter()
+        .filter(|i| i.interface.is_none_or(|x| x == idx))
+        .collect();
+    let seen = dp
+        .observe_pod(ifname)?
+        .ok_or_else(|| drift(format!("interface {ifname} is missing from the pod netns")))?;
+    if !seen.up {
+        return Err(drift(format!("interface {ifname} is down")));
+    }
+    for ip in &expected {
+        if !seen.addresses.contains(&ip.address) {
+            return Err(drift(format!(
+                "address {} is missing from {ifname}",
+                ip.address
+            )));
+        }
+    }
+    for r in &prev.routes {
+        if !seen
+            .routes
+            .iter()
+            .any(|(d, g)| *d == r.dst && (r.gw.is_none() || *g == r.gw))
+        {
+            return Err(drift(format!(
+                "route {}{} is missing from the pod",
+                r.dst,
+                r.gw.map(|g| format!(" via {g}")).unwrap_or_default()
+            )));
+        }
+    }
+    if let Some(m) = c.cfg.mtu {
+        if seen.mtu != m {
+            return Err(drift(format!(
+                "{ifname} has MTU {} instead of {m}",
+                seen.mtu
+            )));
+        }
+    }
+    let host = host_veth_name(c.env.container_id(), ifname);
+    if dp.host_veth(&host)?.is_none() {
+        return Err(drift(format!("host veth {host} is missing")));
+    }
+    let ips: Vec<IpAddr> = expected.iter().map(|i| i.address.addr()).collect();
+    c.ipam.check(c.env, c.stdin, &ips)
+}
+
+/// STATUS: can ADD succeed now? (IPAM store writable, ranges not exhausted.)
+pub fn status(c: &Call) -> Result<(), CniError> {
+    c.ipam.status(c.env, c.stdin, c.conf.cni_version.is_1_1())
+}
+
+/// GC: release every allocation and host veth not named in `cni.dev/valid-attachments`.
+pub fn gc<D: Dataplane>(dp: &mut D, c: &Call) -> Result<(), CniError> {
+    let valid = c.conf.valid_attachments.as_ref().ok_or_else(|| {
+        CniError::new(
+            codes::INVALID_NETWORK_CONFIG,
+            "GC needs cni.dev/valid-attachments in the network config",
+            "",
+        )
+    })?;
+    let keep: HashSet<String> = valid
+        .iter()
+        .map(|a| host_veth_name(&a.container_id, &a.ifname))
+        .collect();
+    let mut first_err = None;
+    for name in dp.host_veths_on(&c.cfg.bridge)? {
+        if !keep.contains(&name) {
+            if let Err(e) = dp.delete_pod_link(&name, "") {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Err(e) = c
+        .ipam
+        .gc(c.env, c.stdin, valid, c.conf.cni_version.is_1_1())
+    {
+        first_err.get_or_insert(e);
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{FakeDataplane, FaultyDataplane};
+    use serde_json::json;
+    use trellis_cni_types::{Command, Version};
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Fixture {
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+        fn conf(&self, extra: serde_json::Value) -> NetConf {
+            let mut v = json!({"cniVersion": "1.1.0", "name": "testnet", "type": "trellis", "mtu": 1450,
+                "ipMasq": true, "clusterCIDR": "10.244.0.0/16",
+                "ipam": {"type": "trellis-ipam", "ranges": [[{"subnet": "10.244.1.0/29"}]],
+                         "dataDir": self.dir.path().to_str().unwrap()}});
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            NetConf::from_value(v).unwrap()
+        }
+        fn env(&self, cmd: Command, id: &str, ifname: &str) -> Env {
+            Env {
+                command: cmd,
+                container_id: Some(id.into()),
+                netns: Some("/run/netns/pod".into()),
+                ifname: Some(ifname.into()),
+                args: vec![],
+                path: vec![],
+            }
+        }
+        fn ip_files(&self) -> usize {
+            std::fs::read_dir(self.dir.path().join("testnet"))
+                .map(|d| {
+                    d.filter(|e| {
+                        e.as_ref()
+                            .unwrap()
+                            .file_name()
+                            .to_string_lossy()
+                            .starts_with("10.")
+                    })
+                    .count()
+                })
+                .unwrap_or(0)
+        }
+    }
+
+    fn run<T>(
+        fx: &Fixture,
+        cmd: Command,
+        id: &str,
+        extra: serde_json::Value,
+        f: impl FnOnce(&Call) -> Result<T, CniError>,
+    ) -> Result<T, CniError> {
+        run_if(fx, cmd, id, "eth0", extra, f)
+    }
+
+    /// The fake has a single pod netns: attachments that coexist use distinct ifnames.
+    fn run_if<T>(
+        fx: &Fixture,
+        cmd: Command,
+        id: &str,
+        ifname: &str,
+        extra: serde_json::Value,
+        f: impl FnOnce(&Call) -> Result<T, CniError>,
+    ) -> Result<T, CniError> {
+        let conf = fx.conf(extra);
+        let cfg = PluginConfig::from_conf(&conf).unwrap();
+        let ipam = IpamBackend::new(&cfg, &conf.name).unwrap();
+        let env = fx.env(cmd, id, ifname);
+        let call = Call {
+            env: &env,
+            conf: &conf,
+            cfg: &cfg,
+            ipam: &ipam,
+            stdin: b"{}",
+        };
+        f(&call)
+    }
+
+    #[test]
+    fn add_builds_everything_and_is_idempotent_and_del_undoes_it() {
+        let fx = Fixture::new();
+        let mut dp = FakeDataplane::new();
+        let r = run(&fx, Command::Add, "c1", json!({}), |c| add(&mut dp, c)).unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.244.1.2/29");
+        assert_eq!(r.ips[0].interface, Some(2));
+        let host = host_veth_name("c1", "eth0");
+        assert_eq!(dp.node_links[&host].master.as_deref(), Some("trellis0"));
+        assert!(dp.node_links[&host].hairpin);
+        assert_eq!(
+            dp.node_links["trellis0"].addrs,
+            vec!["10.244.1.1/29".parse().unwrap()]
+        );
+        assert_eq!(dp.pod_links["eth0"].mtu, 1450);
+        assert!(dp.pod_links["eth0"]
+            .routes
+            .contains(&("0.0.0.0/0".parse().unwrap(), "10.244.1.1".parse().ok())));
+        assert_eq!(dp.forwarding, (true, false));
+        assert_eq!(dp.masq["testnet"].0, vec!["10.244.1.0/29".parse().unwrap()]);
+        // repeated ADD: same address, nothing new
+        let again = run(&fx, Command::Add, "c1", json!({}), |c| add(&mut dp, c)).unwrap();
+        assert_eq!(again.ips, r.ips);
+        assert_eq!(fx.ip_files(), 1);
+        // CHECK passes against its own result
+        let prev = r.to_json(Version::V1_1_0, "1.1.0");
+        run(
+            &fx,
+            Command::Check,
+            "c1",
+            json!({"prevResult": prev}),
+            |c| check(&mut dp, c),
+        )
+        .unwrap();
+        // DEL twice
+        run(&fx, Command::Del, "c1", json!({}), |c| del(&mut dp, c)).unwrap();
+        run(&fx, Command::Del, "c1", json!({}), |c| del(&mut dp, c)).unwrap();
+        assert!(!dp.node_links.contains_key(&host));
+        assert!(dp.pod_links.is_empty());
+        assert_eq!(fx.ip_files(), 0);
+    }
+
+    #[test]
+    fn check_reports_drift() {
+        let fx = Fixture::new();
+        let mut dp = FakeDataplane::new();
+        let r = run(&fx, Command::Add, "c1", json!({}), |c| add(&mut dp, c)).unwrap();
+        let prev = r.to_json(Version::V1_1_0, "1.1.0");
+        dp.pod_links.get_mut("eth0").unwrap().addrs.clear();
+        let e = run(
+            &fx,
+            Command::Check,
+            "c1",
+            json!({"prevResult": prev.clone()}),
+            |c| check(&mut dp, c),
+        )
+        .unwrap_err();
+        assert!(e.msg.contains("address 10.244.1.2/29 is missing"), "{e}");
+        dp.pod_links.clear();
+        let e = run(
+            &fx,
+            Command::Check,
+            "c1",
+            json!({"prevResult": prev}),
+            |c| check(&mut dp, c),
+        )
+        .unwrap_err();
+        assert!(e.msg.contains("missing from the pod netns"), "{e}");
+        let e = run(&fx, Command::Check, "c1", json!({}), |c| check(&mut dp, c)).unwrap_err();
+        assert_eq!(e.code, 7);
+    }
+
+    #[test]
+    fn a_failure_at_any_step_leaves_nothing_behind() {
+        // With mtu set and ipMasq on, ADD makes 6 dataplane calls (host_veth, ensure_bridge, ensure_forwarding,
+        // ensure_pod_link, configure_pod, ensure_masquerade): fail each in turn; neither a link nor an
+        // allocation may survive. The 7th "fault" never fires, so that ADD succeeds.
+        for fail_at in 1..=6 {
+            let fx = Fixture::new();
+            let mut dp = FaultyDataplane::new(FakeDataplane::new(), fail_at);
+            let r = run(&fx, Command::Add, "c1", json!({}), |c| add(&mut dp, c));
+            assert!(r.is_err(), "call {fail_at} should fail ADD");
+            let host = host_veth_name("c1", "eth0");
+            assert!(
+                !dp.inner.node_links.contains_key(&host),
+                "host veth left after fault at {fail_at}"
+            );
+            assert!(
+                dp.inner.pod_links.is_empty(),
+                "pod link left after fault at {fail_at}"
+            );
+            assert_eq!(
+                fx.ip_files(),
+                0,
+                "allocation leaked after fault at {fail_at}"
+            );
+        }
+        let fx = Fixture::new();
+        let mut dp = FaultyDataplane::new(FakeDataplane::new(), 7);
+        run(&fx, Command::Add, "c1", json!({}), |c| add(&mut dp, c)).unwrap();
+        assert_eq!(dp.calls, 6);
+    }
+
+    #[test]
+    fn failed_repeat_add_keeps_the_live_attachment() {
+        let fx = Fixture::new();
+        let mut dp = FakeDataplane::new();
+        run(&fx, Command::Add, "c1", json!({}), |c| add(&mut dp, c)).unwrap();
+        let mut faulty = FaultyDataplane::new(dp, 3);
+        assert!(run(&fx, Command::Add, "c1", json!({}), |c| add(&mut faulty, c)).is_err());
+        assert!(faulty.inner.pod_links.contains_key("eth0"));
+        assert_eq!(fx.ip_files(), 1);
+    }
+
+    #[test]
+    fn exhaustion_status_and_gc() {
+        let fx = Fixture::new();
+        let mut dp = FakeDataplane::new();
+        // /29: .1 gateway, .2-.6 usable (.7 broadcast)
+        for i in 0..5 {
+            run_if(
+                &fx,
+                Command::Add,
+                &format!("c{i}"),
+                &format!("eth{i}"),
+                json!({}),
+                |c| add(&mut dp, c),
+            )
+            .unwrap();
+        }
+        let e = run_if(&fx, Command::Add, "c9", "eth9", json!({}), |c| {
+            add(&mut dp, c)
+        })
+        .unwrap_err();
+        assert_eq!(e.code, 110, "{e}");
+        let st = run(&fx, Command::Status, "x", json!({}), |c| status(c)).unwrap_err();
+        assert_eq!(st.code, codes::NOT_AVAILABLE, "{st}");
+        let valid = json!({"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth1"}]});
+        run(&fx, Command::Gc, "x", valid, |c| gc(&mut dp, c)).unwrap();
+        assert_eq!(fx.ip_files(), 1);
+        let hosts = dp.host_veths_on("trellis0").unwrap();
+        assert_eq!(hosts, vec![host_veth_name("c1", "eth1")]);
+        run(&fx, Command::Status, "x", json!({}), |c| status(c)).unwrap();
+        let e = run(&fx, Command::Gc, "x", json!({}), |c| gc(&mut dp, c)).unwrap_err();
+        assert_eq!(e.code, 7);
+    }
+}

@@ -1,0 +1,193 @@
+//! The `trellis` plugin's own fields of the network config, parsed and validated before anything is touched.
+use ipnet::IpNet;
+use serde_json::Value;
+use trellis_cni_types::{codes, CniError, NetConf};
+
+pub const DEFAULT_BRIDGE: &str = "trellis0";
+pub const TRELLIS_IPAM: &str = "trellis-ipam";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginConfig {
+    pub bridge: String,
+    pub mtu: Option<u32>,
+    pub hairpin: bool,
+    pub default_gateway: bool,
+    pub ip_masq: bool,
+    pub cluster_cidrs: Vec<IpNet>,
+    /// The `ipam` object as sent; its `type` picks in-process (`trellis-ipam`) or a delegated plugin.
+    pub ipam: Value,
+    pub ipam_type: String,
+}
+
+fn field<'a>(raw: &'a Value, key: &str) -> Option<&'a Value> {
+    raw.get(key).filter(|v| !v.is_null())
+}
+
+fn bad(field: &str, why: impl std::fmt::Display) -> CniError {
+    CniError::new(
+        codes::INVALID_NETWORK_CONFIG,
+        format!("invalid network config: {field}: {why}"),
+        "",
+    )
+}
+
+fn bool_field(raw: &Value, key: &str, default: bool) -> Result<bool, CniError> {
+    match field(raw, key) {
+        None => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(bad(key, format!("must be true or false, got {other}"))),
+    }
+}
+
+impl PluginConfig {
+    pub fn from_conf(conf: &NetConf) -> Result<PluginConfig, CniError> {
+        let raw = &conf.raw;
+        let bridge = match field(raw, "bridge") {
+            None => DEFAULT_BRIDGE.to_string(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => return Err(bad("bridge", format!("must be a string, got {other}"))),
+        };
+        trellis_cni_types::env::validate_ifname(&bridge).map_err(|_| {
+            bad(
+                "bridge",
+                format!(
+                    "{bridge:?} is not a valid interface name (1-15 bytes, no '/', ':' or spaces)"
+                ),
+            )
+        })?;
+        let mtu = match field(raw, "mtu") {
+            None => None,
+            Some(v) => match v.as_u64() {
+                Some(m) if (68..=65535).contains(&m) => Some(m as u32),
+                _ => {
+                    return Err(bad(
+                        "mtu",
+                        format!("must be an integer between 68 and 65535, got {v}"),
+                    ))
+                }
+            },
+        };
+        let cluster_cidrs = match field(raw, "clusterCIDR") {
+            None => vec![],
+            Some(Value::String(s)) => {
+                parse_cidrs(s.split(',').map(str::trim).filter(|x| !x.is_empty()))?
+            }
+            Some(Value::Array(a)) => {
+                let strs: Option<Vec<&str>> = a.iter().map(|v| v.as_str()).collect();
+                parse_cidrs(
+                    strs.ok_or_else(|| bad("clusterCIDR", "must hold CIDR strings"))?
+                        .into_iter(),
+                )?
+            }
+            Some(other) => {
+                return Err(bad(
+                    "clusterCIDR",
+                    format!("must be a CIDR string, got {other}"),
+                ))
+            }
+        };
+        let ip_masq = bool_field(raw, "ipMasq", false)?;
+        if ip_masq && cluster_cidrs.is_empty() {
+            return Err(bad(
+                "ipMasq",
+                "needs \"clusterCIDR\" so that traffic inside the cluster is not masqueraded",
+            ));
+        }
+        let ipam = field(raw, "ipam")
+            .cloned()
+            .ok_or_else(|| bad("ipam", "missing: trellis needs an IPAM section"))?;
+        let ipam_type = ipam
+            .get("type")
+            .and_then(|t| t.as_str())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| bad("ipam.type", "missing"))?
+            .to_string();
+        for unsupported in ["vlan", "promiscMode", "macspoofchk"] {
+            if field(raw, unsupported).is_some() {
+                return Err(CniError::new(
+                    codes::UNSUPPORTED_FIELD,
+                    format!("unsupported field {unsupported:?}: trellis does not implement it"),
+                    "remove it from the network config",
+                ));
+            }
+        }
+        Ok(PluginConfig {
+            bridge,
+            mtu,
+            hairpin: bool_field(raw, "hairpinMode", true)?,
+            default_gateway: bool_field(raw, "isDefaultGateway", true)?,
+            ip_masq,
+            cluster_cidrs,
+            ipam,
+            ipam_type,
+        })
+    }
+
+    pub fn in_process_ipam(&self) -> bool {
+        self.ipam_type == TRELLIS_IPAM
+    }
+}
+
+fn parse_cidrs<'a>(items: impl Iterator<Item = &'a str>) -> Result<Vec<IpNet>, CniError> {
+    items
+        .map(|s| {
+            s.parse::<IpNet>()
+                .map(|n| n.trunc())
+                .map_err(|_| bad("clusterCIDR", format!("{s:?} is not a CIDR")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn conf(extra: Value) -> Result<PluginConfig, CniError> {
+        let mut v = json!({"cniVersion": "1.0.0", "name": "n", "type": "trellis",
+                           "ipam": {"type": "trellis-ipam", "ranges": [[{"subnet": "10.1.0.0/24"}]]}});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        PluginConfig::from_conf(&NetConf::from_value(v)?)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = conf(json!({})).unwrap();
+        assert_eq!(c.bridge, "trellis0");
+        assert!(c.hairpin && c.default_gateway && !c.ip_masq);
+        assert_eq!(c.mtu, None);
+        assert!(c.in_process_ipam());
+    }
+
+    #[test]
+    fn full_config() {
+        let c = conf(json!({"bridge": "br-x", "mtu": 1450, "ipMasq": true, "clusterCIDR": "10.244.0.0/16, fd00::/48",
+                            "hairpinMode": false}))
+        .unwrap();
+        assert_eq!(c.mtu, Some(1450));
+        assert_eq!(c.cluster_cidrs.len(), 2);
+        assert!(!c.hairpin);
+    }
+
+    #[test]
+    fn rejects_bad_fields_with_codes() {
+        for (extra, code) in [
+            (json!({"bridge": "a/b"}), 7),
+            (json!({"bridge": "waytoolongbridgename"}), 7),
+            (json!({"bridge": 3}), 7),
+            (json!({"mtu": 10}), 7),
+            (json!({"mtu": "1500"}), 7),
+            (json!({"ipMasq": true}), 7),
+            (json!({"ipMasq": "yes", "clusterCIDR": "10.0.0.0/8"}), 7),
+            (json!({"clusterCIDR": "10.0.0.0/33"}), 7),
+            (json!({"ipam": {}}), 7),
+            (json!({"ipam": null}), 7),
+            (json!({"vlan": 100}), 2),
+        ] {
+            let e = conf(extra.clone()).unwrap_err();
+            assert_eq!(e.code, code, "{extra}: {e}");
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Kernel access of the plugin, behind one trait: the real one (netlink + nftables), an in-memory fake, and a
+//! faulty wrapper that fails the Nth call, so the ADD/DEL logic and its rollback are tested without privileges.
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use trellis_cni_types::CniError;
+
+use crate::plan::{LinkInfo, PodPlan};
+
+mod fake;
+mod real;
+
+pub use fake::{FakeDataplane, FaultyDataplane};
+pub use real::RealDataplane;
+
+/// What CHECK reads back from the pod's netns.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observed {
+    pub addresses: Vec<IpNet>,
+    /// (destination, gateway) of the pod's routes through this interface.
+    pub routes: Vec<(IpNet, Option<IpAddr>)>,
+    pub mtu: u32,
+    pub up: bool,
+}
+
+pub trait Dataplane {
+    /// MTU for pods when the config sets none: the bridge's if it exists, else the default route's device's.
+    fn default_mtu(&mut self, bridge: &str) -> Result<u32, CniError>;
+    /// The bridge exists, is up, and holds `addrs` (the range gateways).
+    fn ensure_bridge(
+        &mut self,
+        name: &str,
+        mtu: Option<u32>,
+        addrs: &[IpNet],
+    ) -> Result<LinkInfo, CniError>;
+    /// IP forwarding in the node's netns for the families pods use.
+    fn ensure_forwarding(&mut self, v4: bool, v6: bool) -> Result<(), CniError>;
+    /// The host veth of an attachment, if present.
+    fn host_veth(&mut self, name: &str) -> Result<Option<LinkInfo>, CniError>;
+    /// Creates the veth pair (pod end directly in the pod netns), attached to the bridge, hairpin as planned.
+    /// An existing, complete pair is reused.
+    fn ensure_pod_link(&mut self, plan: &PodPlan, bridge: &LinkInfo) -> Result<LinkInfo, CniError>;
+    /// Addresses, up, routes inside the pod netns; returns the pod interface.
+    fn configure_pod(&mut self, plan: &PodPlan) -> Result<LinkInfo, CniError>;
+    /// Removes the pair (by its host end, or the pod end if only that is left). Missing is success.
+    fn delete_pod_link(&mut self, host_veth: &str, ifname: &str) -> Result<(), CniError>;
+    /// Reads the pod interface back; None if it does not exist.
+    fn observe_pod(&mut self, ifname: &str) -> Result<Option<Observed>, CniError>;
+    /// The bridge ports that look like our host veths.
+    fn host_veths_on(&mut self, bridge: &str) -> Result<Vec<String>, CniError>;
+    /// nftables masquerade for `sources` leaving `cluster`, keyed by network name. Idempotent.
+    fn ensure_masquerade(
+        &mut self,
+        network: &str,
+        sources: &[IpNet],
+        cluster: &[IpNet],
+    ) -> Result<(), CniError>;
+}
