@@ -213,6 +213,10 @@ impl Handle {
         if let Some(m) = mtu {
             msg.attributes.push(LinkAttribute::Mtu(m));
         }
+        // A set address pins the bridge's MAC. Otherwise the kernel makes it follow the lowest port MAC, so the
+        // pods' gateway MAC changes whenever a pod comes or goes and their ARP entries go stale.
+        msg.attributes
+            .push(LinkAttribute::Address(random_local_mac().to_vec()));
         msg.attributes
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
                 InfoKind::Bridge,
@@ -853,6 +857,24 @@ impl Handle {
             r => r,
         }
     }
+}
+
+/// A random locally administered unicast MAC.
+pub fn random_local_mac() -> [u8; 6] {
+    use std::io::Read;
+    let mut b = [0u8; 6];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let x = t.as_nanos() as u64 ^ ((std::process::id() as u64) << 20);
+        b.copy_from_slice(&x.to_le_bytes()[..6]);
+    }
+    b[0] = (b[0] & 0xfe) | 0x02;
+    b
 }
 
 fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {

@@ -11,7 +11,7 @@ pub mod netns;
 mod types;
 
 pub use error::{Error, Result};
-pub use handle::Handle;
+pub use handle::{random_local_mac, Handle};
 pub use types::{
     format_mac, parse_mac, Family, Fdb, Link, Neigh, Route, Scope, VethSpec, VxlanSpec, RTPROT_BOOT,
 };
