@@ -335,7 +335,8 @@ fn parse_range(field: &str, raw: &RawRange) -> Result<Range> {
     // An address of this range: same family, inside the subnet, not network/broadcast.
     let addr = |name: &str, s: &Option<String>, default: u128| -> Result<IpAddr> {
         let field = format!("{field}.{name}");
-        let Some(s) = s else {
+        // host-local (Go's net.IP) reads "" as absent.
+        let Some(s) = s.as_deref().filter(|s| !s.trim().is_empty()) else {
             return Ok(ip::from_u128(default, family));
         };
         let a = parse_ip(&field, s)?;
@@ -441,7 +442,7 @@ fn check_no_overlap_across_sets(sets: &[RangeSet]) -> Result<()> {
 fn parse_route(i: usize, raw: &RawRoute) -> Result<Route> {
     let field = format!("routes[{i}]");
     let dst = parse_cidr(&format!("{field}.dst"), &raw.dst)?;
-    let gw = match &raw.gw {
+    let gw = match raw.gw.as_deref().filter(|s| !s.trim().is_empty()) {
         None => None,
         Some(s) => {
             let gw = parse_ip(&format!("{field}.gw"), s)?;

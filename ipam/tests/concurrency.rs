@@ -62,3 +62,42 @@ fn concurrent_adds_get_distinct_addresses_and_dels_leave_the_store_clean() {
         vec!["last_reserved_ip.0", "last_reserved_ip.1", "lock"]
     );
 }
+
+/// host-local and trellis-ipam take the same flock, so they can run side by side on one store.
+#[test]
+fn concurrent_adds_mixed_with_host_local_never_collide() {
+    const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
+    if !std::path::Path::new(HOST_LOCAL).exists() {
+        eprintln!("SKIP: {HOST_LOCAL} not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let c = conf("1.0.0", tmp.path(), json!([[{"subnet": "10.51.0.0/24"}]]));
+    let children: Vec<_> = (0..60)
+        .map(|i| {
+            let bin = if i % 2 == 0 { HOST_LOCAL } else { BIN };
+            (
+                bin,
+                spawn_plugin(bin, "ADD", &c, &format!("m{i:02}"), "eth0"),
+            )
+        })
+        .collect();
+    let mut seen: HashSet<IpAddr> = HashSet::new();
+    for (bin, child) in children {
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "{bin}: {} {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        for ip in ips_of(&json_out(&o)) {
+            assert!(seen.insert(ip), "{ip} handed out twice");
+        }
+    }
+    assert_eq!(seen.len(), 60);
+    assert_eq!(
+        leases(tmp.path()).keys().copied().collect::<HashSet<_>>(),
+        seen
+    );
+}

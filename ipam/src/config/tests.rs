@@ -88,6 +88,19 @@ fn legacy_flat_form_is_prepended() {
 }
 
 #[test]
+fn empty_strings_mean_absent_like_host_local() {
+    let c = parse(
+        json!({"ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "", "gateway": " "}]],
+        "routes": [{"dst": "0.0.0.0/0", "gw": ""}], "resolvConf": ""}),
+    )
+    .unwrap();
+    assert_eq!(c.range_sets[0].ranges[0].range_start, ip("10.0.0.1"));
+    assert_eq!(c.range_sets[0].ranges[0].gateway, ip("10.0.0.1"));
+    assert_eq!(c.routes[0].gw, None);
+    assert_eq!(c.resolv_conf, None);
+}
+
+#[test]
 fn legacy_fields_without_subnet_are_rejected() {
     let e = err_of(json!({"rangeStart": "10.0.0.5", "ranges": [[{"subnet": "10.0.0.0/24"}]]}));
     assert!(

@@ -233,6 +233,9 @@ impl Store for DiskStore {
                 continue;
             };
             let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
             match fs::read(&path) {
                 Ok(bytes) => leases.push(parse_lease(ip, &String::from_utf8_lossy(&bytes))),
                 Err(e) if e.kind() == ErrorKind::NotFound => {}

@@ -72,6 +72,7 @@ fn reads_files_written_by_host_local_including_the_old_format() {
     fs::write(dir.join("10.1.0.6"), "ctr-old\n").unwrap();
     fs::write(dir.join("last_reserved_ip.0"), "10.1.0.6").unwrap();
     fs::write(dir.join("unrelated.txt"), "10.1.0.7").unwrap();
+    fs::create_dir(dir.join("10.1.0.9")).unwrap();
     let mut s = DiskStore::open(tmp.path(), "mynet").unwrap();
     let mut leases = with_lock(&mut s, |s| s.list()).unwrap();
     leases.sort_by_key(|l| l.ip);
@@ -99,6 +100,11 @@ fn reads_files_written_by_host_local_including_the_old_format() {
     let c = cfg(tmp.path(), json!([[{"subnet": "10.1.0.0/24"}]]));
     let a = ops::allocate(&mut s, &c, "ctr-x", "eth0").unwrap();
     assert_eq!(a[0].address.addr(), ip("10.1.0.7"));
+    // A directory named like an address is neither a lease nor handed out.
+    let b = ops::allocate(&mut s, &c, "ctr-y", "eth0").unwrap();
+    assert_eq!(b[0].address.addr(), ip("10.1.0.8"));
+    let c2 = ops::allocate(&mut s, &c, "ctr-z", "eth0").unwrap();
+    assert_eq!(c2[0].address.addr(), ip("10.1.0.10"));
     assert_eq!(
         with_lock(&mut s, |s| s.release_by_id("ctr-old", "eth0")).unwrap(),
         vec![ip("10.1.0.6")]
