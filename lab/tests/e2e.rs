@@ -174,7 +174,7 @@ fn apply_service_writes_endpoint_slice_and_relabels_pods() {
     let f = dir.path().join("svc.yaml");
     std::fs::write(
         &f,
-        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http, protocol: TCP}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: client-1, namespace: default, labels: {app: web, role: extra}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: default}\nspec: {podSelector: {}}\n",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: client-1, namespace: default, labels: {app: web, role: extra}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: default}\nspec: {podSelector: {}}\n",
     )
     .unwrap();
     let o = lab.run("apply", &[f.to_str().unwrap()]);
