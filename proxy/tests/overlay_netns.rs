@@ -1,0 +1,512 @@
+//! Privileged tests: the real `trellis-agent` binary in two (or three) node network namespaces
+//! joined by a veth pair, driven through a manifests directory, checked with ip(8)/bridge(8).
+//!
+//! Root only (skips loudly otherwise). Every netns is uniquely named (pid + counter) and
+//! deleted, every agent killed, by a Drop guard, pass or fail. Nothing touches the root netns.
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!(
+                "SKIPPED: {} needs root (network namespaces)",
+                module_path!()
+            );
+            return;
+        }
+    };
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Like `sh` but failure is an empty string (for polling state that may not exist yet).
+fn try_sh(args: &[&str]) -> String {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Owns everything a test creates; Drop tears it all down.
+struct Lab {
+    prefix: String,
+    netns: Vec<String>,
+    agents: Vec<(String, Child)>,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let prefix = format!(
+            "trag{}n{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        Lab {
+            prefix,
+            netns: vec![],
+            agents: vec![],
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn ns(&self, node: &str) -> String {
+        format!("{}{node}", self.prefix)
+    }
+
+    fn add_node_ns(&mut self, node: &str) -> String {
+        let ns = self.ns(node);
+        sh(&["ip", "netns", "add", &ns]);
+        self.netns.push(ns.clone());
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Two node netns joined by a veth pair `eth0` <-> `eth0` (the underlay), addresses a/b.
+    fn two_nodes(&mut self, a: (&str, &str), b: (&str, &str)) {
+        let na = self.add_node_ns(a.0);
+        let nb = self.add_node_ns(b.0);
+        sh(&[
+            "ip", "link", "add", "eth0", "netns", &na, "type", "veth", "peer", "name", "eth0",
+            "netns", &nb,
+        ]);
+        for (ns, addr) in [(&na, a.1), (&nb, b.1)] {
+            sh(&["ip", "-n", ns, "addr", "add", addr, "dev", "eth0"]);
+            sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+        }
+    }
+
+    fn manifests(&self) -> PathBuf {
+        let p = self.dir.path().join("manifests");
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    fn write_node(&self, name: &str, cidr: &str, ip: &str) {
+        let text = format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\nspec:\n  podCIDR: {cidr}\n  podCIDRs: [{cidr}]\nstatus:\n  addresses:\n  - {{type: InternalIP, address: {ip}}}\n  - {{type: Hostname, address: {name}}}\n"
+        );
+        // Atomic, like the lab would do: temp (hidden) + rename.
+        let tmp = self.manifests().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.manifests().join(format!("node-{name}.yaml"))).unwrap();
+    }
+
+    fn remove_node(&self, name: &str) {
+        std::fs::remove_file(self.manifests().join(format!("node-{name}.yaml"))).unwrap();
+    }
+
+    fn conf_dir(&self, node: &str) -> PathBuf {
+        self.dir.path().join(format!("net.d-{node}"))
+    }
+
+    fn start_agent(&mut self, node: &str, extra: &[&str]) {
+        let ns = self.ns(node);
+        let log = std::fs::File::create(self.dir.path().join(format!("agent-{node}.log"))).unwrap();
+        let manifests = self.manifests();
+        let conf = self.conf_dir(node);
+        let mut args: Vec<String> = vec![
+            "netns".into(),
+            "exec".into(),
+            ns,
+            env!("CARGO_BIN_EXE_trellis-agent").into(),
+            "--node-name".into(),
+            node.into(),
+            "--source".into(),
+            "files".into(),
+            "--manifests-dir".into(),
+            manifests.display().to_string(),
+            "--cni-conf-dir".into(),
+            conf.display().to_string(),
+            "--ipam-data-dir".into(),
+            self.dir.path().join("ipam").display().to_string(),
+            "--repair-interval-secs".into(),
+            "1".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new("ip")
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn agent");
+        self.agents.push((node.to_string(), child));
+    }
+
+    fn log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("agent-{node}.log")))
+            .unwrap_or_default()
+    }
+
+    fn ip(&self, node: &str, args: &[&str]) -> String {
+        let ns = self.ns(node);
+        let mut v = vec!["ip", "-n", ns.as_str()];
+        v.extend_from_slice(args);
+        try_sh(&v)
+    }
+
+    fn bridge(&self, node: &str, args: &[&str]) -> String {
+        let ns = self.ns(node);
+        let mut v = vec!["bridge", "-n", ns.as_str()];
+        v.extend_from_slice(args);
+        try_sh(&v)
+    }
+
+    fn ping(&self, node: &str, dst: &str) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(node), "ping", "-c1", "-W1", dst])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// GET /metrics from inside a node's netns (the agent binds 127.0.0.1 there).
+    fn metrics(&self, node: &str, addr: &str) -> String {
+        let path = PathBuf::from(format!("/run/netns/{}", self.ns(node)));
+        let addr = addr.to_string();
+        trellis_netlink::netns::run_in(&path, move || {
+            let mut s = TcpStream::connect(&addr).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).ok()?;
+            Some(out)
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+    }
+
+    fn dump(&self) -> String {
+        let mut out = String::new();
+        for (n, _) in &self.agents {
+            out += &format!("--- agent {n} log ---\n{}\n", self.log(n));
+            out += &format!("--- {n} routes ---\n{}\n", self.ip(n, &["route"]));
+        }
+        out
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.dump());
+        }
+        for (_, c) in &mut self.agents {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn has(hay: &str, needle: &str) -> bool {
+    hay.contains(needle)
+}
+
+#[test]
+fn vxlan_overlay_programs_repairs_and_prunes() {
+    require_root!();
+    let mut lab = Lab::new();
+    lab.two_nodes(("a", "192.168.77.1/24"), ("b", "192.168.77.2/24"));
+    lab.write_node("a", "10.244.1.0/24", "192.168.77.1");
+    lab.write_node("b", "10.244.2.0/24", "192.168.77.2");
+    lab.start_agent("a", &["--metrics-addr", "127.0.0.1:9962"]);
+    lab.start_agent("b", &["--metrics-addr", ""]);
+    let t = Duration::from_secs(10);
+
+    // Device: VNI, port, learning off, derived MAC, MTU, address.
+    wait_until("vxlan device on a", t, || {
+        has(
+            &lab.ip("a", &["-d", "link", "show", "trellis.1"]),
+            "vxlan id 1",
+        )
+    });
+    let link = lab.ip("a", &["-d", "link", "show", "trellis.1"]);
+    for want in [
+        "dstport 8472",
+        "nolearning",
+        "link/ether 0e:7e:c0:a8:4d:01",
+        "mtu 1450",
+        "local 192.168.77.1",
+        "dev eth0",
+    ] {
+        assert!(has(&link, want), "missing {want:?} in {link}");
+    }
+    assert!(has(
+        &lab.ip("a", &["addr", "show", "dev", "trellis.1"]),
+        "inet 10.244.1.0/32"
+    ));
+    // Per peer: FDB, neighbour, onlink route with our protocol.
+    let route_b = || lab.ip("a", &["route", "show", "10.244.2.0/24"]);
+    wait_until("route to b's pods on a", t, || {
+        has(&route_b(), "via 10.244.2.0 dev trellis.1")
+    });
+    let r = route_b();
+    assert!(has(&r, "onlink") && has(&r, "proto 126"), "{r}");
+    assert!(has(
+        &lab.bridge("a", &["fdb", "show", "dev", "trellis.1"]),
+        "0e:7e:c0:a8:4d:02 dst 192.168.77.2"
+    ));
+    let neigh = lab.ip("a", &["neigh", "show", "dev", "trellis.1"]);
+    assert!(
+        has(&neigh, "10.244.2.0 lladdr 0e:7e:c0:a8:4d:02 PERMANENT"),
+        "{neigh}"
+    );
+    // The node's own podCIDR is not routed through the overlay.
+    assert!(!has(&lab.ip("a", &["route"]), "10.244.1.0/24 via"));
+    // Forwarding on, in the node netns.
+    assert_eq!(
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &lab.ns("a"),
+            "cat",
+            "/proc/sys/net/ipv4/ip_forward"
+        ])
+        .trim(),
+        "1"
+    );
+    // Conflist with the pod MTU.
+    let conf = lab.conf_dir("a").join("10-trellis.conflist");
+    wait_until("conflist on a", t, || conf.exists());
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&conf).unwrap()).unwrap();
+    assert_eq!(v["plugins"][0]["mtu"], 1450);
+    assert_eq!(
+        v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+        "10.244.1.0/24"
+    );
+
+    // Packets really cross the overlay: a's VXLAN address to b's.
+    wait_until("b programmed", t, || {
+        has(
+            &lab.ip("b", &["route", "show", "10.244.1.0/24"]),
+            "trellis.1",
+        )
+    });
+    wait_until("ping a -> b over VXLAN", t, || lab.ping("a", "10.244.2.0"));
+
+    // Repair: delete things by hand, they come back within a repair interval (1 s).
+    sh(&["ip", "-n", &lab.ns("a"), "route", "del", "10.244.2.0/24"]);
+    wait_until("route restored", Duration::from_secs(5), || {
+        has(&route_b(), "via 10.244.2.0 dev trellis.1")
+    });
+    sh(&[
+        "bridge",
+        "-n",
+        &lab.ns("a"),
+        "fdb",
+        "del",
+        "0e:7e:c0:a8:4d:02",
+        "dev",
+        "trellis.1",
+        "dst",
+        "192.168.77.2",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &lab.ns("a"),
+        "neigh",
+        "del",
+        "10.244.2.0",
+        "dev",
+        "trellis.1",
+    ]);
+    wait_until("fdb restored", Duration::from_secs(5), || {
+        has(
+            &lab.bridge("a", &["fdb", "show", "dev", "trellis.1"]),
+            "dst 192.168.77.2",
+        )
+    });
+    wait_until("neighbour restored", Duration::from_secs(5), || {
+        has(
+            &lab.ip("a", &["neigh", "show", "dev", "trellis.1"]),
+            "10.244.2.0 lladdr",
+        )
+    });
+    sh(&["ip", "-n", &lab.ns("a"), "link", "del", "trellis.1"]);
+    wait_until("device and route restored", Duration::from_secs(5), || {
+        has(&route_b(), "via 10.244.2.0 dev trellis.1")
+    });
+    wait_until("ping again after repair", t, || lab.ping("a", "10.244.2.0"));
+    // A route that is not ours survives.
+    sh(&[
+        "ip",
+        "-n",
+        &lab.ns("a"),
+        "route",
+        "add",
+        "10.99.0.0/24",
+        "via",
+        "192.168.77.2",
+    ]);
+
+    // A new node appears, then b goes away: reflected within about a second.
+    lab.write_node("c", "10.244.3.0/24", "192.168.77.3");
+    wait_until("route to c", Duration::from_secs(3), || {
+        has(
+            &lab.ip("a", &["route", "show", "10.244.3.0/24"]),
+            "trellis.1",
+        )
+    });
+    lab.remove_node("b");
+    wait_until("b pruned", Duration::from_secs(3), || {
+        !has(&lab.ip("a", &["route"]), "10.244.2.0/24")
+    });
+    assert!(!has(
+        &lab.bridge("a", &["fdb", "show", "dev", "trellis.1"]),
+        "192.168.77.2"
+    ));
+    assert!(!has(
+        &lab.ip("a", &["neigh", "show", "dev", "trellis.1"]),
+        "10.244.2.0"
+    ));
+    assert!(
+        has(&lab.ip("a", &["route"]), "10.99.0.0/24 via 192.168.77.2"),
+        "foreign route pruned"
+    );
+
+    let m = lab.metrics("a", "127.0.0.1:9962");
+    assert!(has(&m, "trellis_controlplane_synced 1"), "{m}");
+    assert!(has(&m, "trellis_overlay_peers 1"), "{m}");
+    assert!(
+        has(
+            &m,
+            "trellis_overlay_changes_total{object=\"route\",action=\"del\"}"
+        ),
+        "{m}"
+    );
+}
+
+#[test]
+fn host_gw_routes_same_segment_and_refuses_others() {
+    require_root!();
+    let mut lab = Lab::new();
+    lab.two_nodes(("a", "192.168.78.1/24"), ("b", "192.168.78.2/24"));
+    lab.write_node("a", "10.244.1.0/24", "192.168.78.1");
+    lab.write_node("b", "10.244.2.0/24", "192.168.78.2");
+    lab.write_node("far", "10.244.3.0/24", "10.200.0.3");
+    // A bad manifest does not stop anything.
+    std::fs::write(
+        lab.manifests().join("broken.yaml"),
+        "kind: Node\nmetadata: {name: [\n",
+    )
+    .unwrap();
+    lab.start_agent(
+        "a",
+        &["--overlay", "host-gw", "--metrics-addr", "127.0.0.1:9962"],
+    );
+    lab.start_agent("b", &["--overlay", "host-gw", "--metrics-addr", ""]);
+    let t = Duration::from_secs(10);
+
+    let route_b = || lab.ip("a", &["route", "show", "10.244.2.0/24"]);
+    wait_until("host-gw route to b", t, || {
+        has(&route_b(), "via 192.168.78.2 dev eth0")
+    });
+    assert!(has(&route_b(), "proto 126"));
+    assert!(
+        lab.ip("a", &["route", "show", "10.244.3.0/24"])
+            .trim()
+            .is_empty(),
+        "no black hole for far"
+    );
+    assert!(
+        lab.ip("a", &["link", "show", "trellis.1"])
+            .trim()
+            .is_empty(),
+        "no vxlan device in host-gw"
+    );
+    wait_until("rejection logged", t, || has(&lab.log("a"), "refuses peer"));
+    let m = lab.metrics("a", "127.0.0.1:9962");
+    assert!(has(&m, "trellis_overlay_peer_rejected_total 1"), "{m}");
+    assert!(
+        has(
+            &m,
+            "trellis_controlplane_invalid_objects_total{source=\"files\",reason=\"syntax\"} 1"
+        ),
+        "{m}"
+    );
+    let conf = lab.conf_dir("a").join("10-trellis.conflist");
+    wait_until("conflist", t, || conf.exists());
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&conf).unwrap()).unwrap();
+    assert_eq!(v["plugins"][0]["mtu"], 1500);
+
+    // Traffic to a "pod" address on b follows the route.
+    sh(&[
+        "ip",
+        "-n",
+        &lab.ns("b"),
+        "addr",
+        "add",
+        "10.244.2.1/32",
+        "dev",
+        "lo",
+    ]);
+    wait_until("ping a -> b pod address", t, || lab.ping("a", "10.244.2.1"));
+
+    // Repair and prune.
+    sh(&["ip", "-n", &lab.ns("a"), "route", "del", "10.244.2.0/24"]);
+    wait_until("route restored", Duration::from_secs(5), || {
+        has(&route_b(), "via 192.168.78.2")
+    });
+    lab.remove_node("b");
+    wait_until("b pruned", Duration::from_secs(3), || {
+        route_b().trim().is_empty()
+    });
+}
+
+#[test]
+fn cleanup_leaves_no_netns_behind() {
+    require_root!();
+    let prefix;
+    {
+        let mut lab = Lab::new();
+        prefix = lab.prefix.clone();
+        lab.two_nodes(("a", "192.168.79.1/24"), ("b", "192.168.79.2/24"));
+        assert!(sh(&["ip", "netns", "list"]).contains(&prefix));
+    }
+    assert!(!sh(&["ip", "netns", "list"]).contains(&prefix));
+}
