@@ -15,7 +15,7 @@ use ipnet::Ipv4Net;
 use crate::error::{LabError, Result};
 use crate::lab::{self, UpOptions};
 use crate::names;
-use crate::net::{IpCmd, LabNet};
+use crate::net::{LabNet, NetlinkNet};
 use crate::nsexec;
 use crate::state::LabState;
 use crate::topology::{Mode, Topology};
@@ -61,7 +61,12 @@ const PORT_RR: u16 = 5202;
 const PORT_CRR: u16 = 5203;
 
 /// Runs the three measurements from the netns `client` to `server_ip` served from the netns `server`.
-pub fn measure(client: &Path, server: &Path, server_ip: Ipv4Addr, secs: Duration) -> Result<Numbers> {
+pub fn measure(
+    client: &Path,
+    server: &Path,
+    server_ip: Ipv4Addr,
+    secs: Duration,
+) -> Result<Numbers> {
     Ok(Numbers {
         throughput: run_pair(client, server, server_ip, PORT_STREAM, secs, Kind::Stream)?,
         rr: run_pair(client, server, server_ip, PORT_RR, secs, Kind::Rr)?,
@@ -81,13 +86,21 @@ fn io_err(what: &str) -> impl Fn(std::io::Error) -> LabError + '_ {
 }
 
 /// Server thread in `server` netns, client thread in `client` netns. Returns Gbit/s (stream) or ops/s.
-fn run_pair(client: &Path, server: &Path, ip: Ipv4Addr, port: u16, secs: Duration, kind: Kind) -> Result<f64> {
+fn run_pair(
+    client: &Path,
+    server: &Path,
+    ip: Ipv4Addr,
+    port: u16,
+    secs: Duration,
+    kind: Kind,
+) -> Result<f64> {
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
     let server_path = server.to_path_buf();
     let stop_srv = stop.clone();
     let srv = std::thread::spawn(move || -> Result<u64> {
-        let f = std::fs::File::open(&server_path).map_err(|e| LabError::io("netns", &server_path, e))?;
+        let f = std::fs::File::open(&server_path)
+            .map_err(|e| LabError::io("netns", &server_path, e))?;
         nsexec::enter(&f, &server_path)?;
         let l = match TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)) {
             Ok(l) => l,
@@ -132,7 +145,8 @@ fn serve_kind(l: &TcpListener, kind: Kind, stop: &AtomicBool) -> Result<u64> {
         };
         s.set_nonblocking(false).map_err(io_err("socket"))?;
         s.set_nodelay(true).map_err(io_err("socket"))?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(io_err("socket"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(io_err("socket"))?;
         match kind {
             Kind::Stream => loop {
                 match s.read(&mut buf) {
@@ -166,22 +180,26 @@ fn client_kind(target: SocketAddrV4, kind: Kind, secs: Duration) -> Result<(u64,
     let mut ops = 0u64;
     match kind {
         Kind::Stream => {
-            let mut s = TcpStream::connect_timeout(&target.into(), Duration::from_secs(3)).map_err(io_err("connect"))?;
+            let mut s = TcpStream::connect_timeout(&target.into(), Duration::from_secs(3))
+                .map_err(io_err("connect"))?;
             let buf = vec![0x5au8; 128 * 1024];
             while start.elapsed() < secs {
                 s.write_all(&buf).map_err(io_err("write"))?;
                 ops += 1;
             }
-            s.shutdown(std::net::Shutdown::Write).map_err(io_err("shutdown"))?;
+            s.shutdown(std::net::Shutdown::Write)
+                .map_err(io_err("shutdown"))?;
             // Wait for the server to drain so its byte count covers what was sent.
             let mut b = [0u8; 16];
             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
             let _ = s.read(&mut b);
         }
         Kind::Rr => {
-            let mut s = TcpStream::connect_timeout(&target.into(), Duration::from_secs(3)).map_err(io_err("connect"))?;
+            let mut s = TcpStream::connect_timeout(&target.into(), Duration::from_secs(3))
+                .map_err(io_err("connect"))?;
             s.set_nodelay(true).map_err(io_err("socket"))?;
-            s.set_read_timeout(Some(Duration::from_secs(3))).map_err(io_err("socket"))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))
+                .map_err(io_err("socket"))?;
             let mut b = [1u8; 1];
             while start.elapsed() < secs {
                 for _ in 0..64 {
@@ -194,10 +212,11 @@ fn client_kind(target: SocketAddrV4, kind: Kind, secs: Duration) -> Result<(u64,
         Kind::Crr => {
             let mut b = [1u8; 1];
             while start.elapsed() < secs {
-                let mut s =
-                    TcpStream::connect_timeout(&target.into(), Duration::from_secs(3)).map_err(io_err("connect"))?;
+                let mut s = TcpStream::connect_timeout(&target.into(), Duration::from_secs(3))
+                    .map_err(io_err("connect"))?;
                 s.set_nodelay(true).map_err(io_err("socket"))?;
-                s.set_read_timeout(Some(Duration::from_secs(3))).map_err(io_err("socket"))?;
+                s.set_read_timeout(Some(Duration::from_secs(3)))
+                    .map_err(io_err("socket"))?;
                 s.write_all(&b).map_err(io_err("write"))?;
                 s.read_exact(&mut b).map_err(io_err("read"))?;
                 let mut rest = [0u8; 1];
@@ -233,7 +252,7 @@ impl VethPair {
             a: format!("{}v1", names::netns_prefix(lab)),
             b: format!("{}v2", names::netns_prefix(lab)),
         };
-        let mut net = IpCmd;
+        let mut net = NetlinkNet::default();
         net.ensure_netns(&p.a)?;
         net.ensure_netns(&p.b)?;
         net.add_veth(&p.a, "eth0", &p.b, "eth0", 1500)?;
@@ -249,7 +268,7 @@ impl VethPair {
 
 impl Drop for VethPair {
     fn drop(&mut self) {
-        let _ = underlay::teardown_netns(&mut IpCmd, &self.lab);
+        let _ = underlay::teardown_netns(&mut NetlinkNet::default(), &self.lab);
     }
 }
 
@@ -264,23 +283,35 @@ impl Drop for LabGuard {
 }
 
 fn lab_pair(st: &LabState) -> Result<(PathBuf, PathBuf, Ipv4Addr)> {
-    let srv = st.pod("server").ok_or_else(|| LabError::State("bench lab has no server pod".into()))?;
-    let cli = st.pod("client").ok_or_else(|| LabError::State("bench lab has no client pod".into()))?;
+    let srv = st
+        .pod("server")
+        .ok_or_else(|| LabError::State("bench lab has no server pod".into()))?;
+    let cli = st
+        .pod("client")
+        .ok_or_else(|| LabError::State("bench lab has no client pod".into()))?;
     let ip = st
         .pod_ip(srv)
         .ok_or_else(|| LabError::State("bench server pod has no IP".into()))?;
-    Ok((names::netns_path(&cli.netns), names::netns_path(&srv.netns), ip))
+    Ok((
+        names::netns_path(&cli.netns),
+        names::netns_path(&srv.netns),
+        ip,
+    ))
 }
 
 pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
-    let base = args.name.clone().unwrap_or_else(|| format!("b{}", std::process::id()));
+    let base = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("b{}", std::process::id()));
     crate::topology::validate_lab_name(&format!("{base}vx"))?;
     let secs = Duration::from_secs(args.secs.max(1));
     let bin_dir = match &args.bin_dir {
         Some(d) => d.clone(),
         None => lab::default_bin_dir()?,
     };
-    let lab_exe = std::env::current_exe().map_err(|e| LabError::io("locating trellis-lab", "/proc/self/exe", e))?;
+    let lab_exe = std::env::current_exe()
+        .map_err(|e| LabError::io("locating trellis-lab", "/proc/self/exe", e))?;
     let mut rows = Vec::new();
 
     {
@@ -294,9 +325,15 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
             secs,
         )?;
         let _ = writeln!(out, "veth: {n:?}");
-        rows.push(Row { path: "veth pair (limit)".into(), n });
+        rows.push(Row {
+            path: "veth pair (limit)".into(),
+            n,
+        });
     }
-    for (suffix, mode, label) in [("hg", Mode::HostGw, "host-gw, across nodes"), ("vx", Mode::Vxlan, "vxlan, across nodes")] {
+    for (suffix, mode, label) in [
+        ("hg", Mode::HostGw, "host-gw, across nodes"),
+        ("vx", Mode::Vxlan, "vxlan, across nodes"),
+    ] {
         let name = format!("{base}{suffix}");
         let _guard = LabGuard(name.clone());
         let opts = UpOptions {
@@ -312,7 +349,10 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
         let (c, s, ip) = lab_pair(&st)?;
         let n = measure(&c, &s, ip, secs)?;
         let _ = writeln!(out, "{label}: {n:?}");
-        rows.push(Row { path: label.into(), n });
+        rows.push(Row {
+            path: label.into(),
+            n,
+        });
     }
     let table = render(&rows, &command_line(args));
     let _ = writeln!(out, "\n{table}");
@@ -324,12 +364,22 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
 }
 
 fn command_line(args: &BenchArgs) -> String {
-    let profile = if cfg!(debug_assertions) { "" } else { " --release" };
-    format!("cargo run -p trellis-lab{profile} -- bench --secs {}{}", args.secs, if args.write { " --write" } else { "" })
+    let profile = if cfg!(debug_assertions) {
+        ""
+    } else {
+        " --release"
+    };
+    format!(
+        "cargo run -p trellis-lab{profile} -- bench --secs {}{}",
+        args.secs,
+        if args.write { " --write" } else { "" }
+    )
 }
 
 fn find<'a>(rows: &'a [Row], prefix: &str) -> Option<&'a Numbers> {
-    rows.iter().find(|r| r.path.starts_with(prefix)).map(|r| &r.n)
+    rows.iter()
+        .find(|r| r.path.starts_with(prefix))
+        .map(|r| &r.n)
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
@@ -343,7 +393,10 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 pub fn render(rows: &[Row], command: &str) -> String {
     let mut s = String::from("| path | TCP throughput (Gbit/s) | TCP RR (trans/s) | TCP CRR (conn/s) |\n| --- | ---: | ---: | ---: |\n");
     for r in rows {
-        s.push_str(&format!("| {} | {:.2} | {:.0} | {:.0} |\n", r.path, r.n.throughput, r.n.rr, r.n.crr));
+        s.push_str(&format!(
+            "| {} | {:.2} | {:.0} | {:.0} |\n",
+            r.path, r.n.throughput, r.n.rr, r.n.crr
+        ));
     }
     let hg = find(rows, "host-gw");
     let vx = find(rows, "vxlan");
@@ -372,7 +425,11 @@ pub fn splice(doc: &str, section: &str) -> String {
             } else {
                 "\n\n"
             };
-            let head = if doc.is_empty() { "# Benchmarks\n\n" } else { "" };
+            let head = if doc.is_empty() {
+                "# Benchmarks\n\n"
+            } else {
+                ""
+            };
             format!("{head}{doc}{sep}## Network lab (trellis-lab bench)\n\n{block}\n")
         }
     }
@@ -392,8 +449,19 @@ mod tests {
     use super::*;
 
     fn rows() -> Vec<Row> {
-        let r = |p: &str, t, rr, crr| Row { path: p.into(), n: Numbers { throughput: t, rr, crr } };
-        vec![r("veth pair (limit)", 40.0, 50000.0, 10000.0), r("host-gw, across nodes", 30.0, 45000.0, 8000.0), r("vxlan, across nodes", 10.0, 30000.0, 6000.0)]
+        let r = |p: &str, t, rr, crr| Row {
+            path: p.into(),
+            n: Numbers {
+                throughput: t,
+                rr,
+                crr,
+            },
+        };
+        vec![
+            r("veth pair (limit)", 40.0, 50000.0, 10000.0),
+            r("host-gw, across nodes", 30.0, 45000.0, 8000.0),
+            r("vxlan, across nodes", 10.0, 30000.0, 6000.0),
+        ]
     }
 
     #[test]
@@ -401,7 +469,10 @@ mod tests {
         let s = render(&rows(), "cmd");
         assert!(s.contains("host-gw RR / veth RR = 0.90"), "{s}");
         assert!(s.contains("vxlan CRR / host-gw CRR = 0.75"), "{s}");
-        assert!(s.contains("| vxlan, across nodes | 10.00 | 30000 | 6000 |"), "{s}");
+        assert!(
+            s.contains("| vxlan, across nodes | 10.00 | 30000 | 6000 |"),
+            "{s}"
+        );
         assert!(s.contains("`cmd`"));
         assert!(render(&rows()[..1], "c").contains("n/a"));
     }

@@ -23,6 +23,12 @@ pub enum LabError {
     },
     #[error("network namespace {name}: {reason}")]
     Netns { name: String, reason: String },
+    #[error("netlink in {netns}: {source}")]
+    Netlink {
+        netns: String,
+        #[source]
+        source: trellis_netlink::Error,
+    },
     #[error("lab state: {0}")]
     State(String),
     #[error("manifest {file}: {reason}")]

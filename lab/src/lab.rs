@@ -15,7 +15,7 @@ use crate::echo::{self, Proto};
 use crate::error::{LabError, Result};
 use crate::manifests::{self, EndpointPod, ManifestStore};
 use crate::names::{self, LabDirs};
-use crate::net::{IpCmd, LabNet};
+use crate::net::{LabNet, NetlinkNet};
 use crate::nsexec;
 use crate::plan::{self, PodPlan, POD_IFNAME};
 use crate::state::{self, pod_key, LabState};
@@ -72,7 +72,10 @@ fn check_binaries(bin_dir: &Path) -> Result<()> {
 pub fn lab_exists(lab: &str) -> Result<bool> {
     let prefix = names::netns_prefix(lab);
     Ok(LabDirs::new(lab).root.exists()
-        || IpCmd.list_netns()?.iter().any(|n| n.starts_with(&prefix))
+        || NetlinkNet::default()
+            .list_netns()?
+            .iter()
+            .any(|n| n.starts_with(&prefix))
         || !nsexec::pids_tagged(lab).is_empty())
 }
 
@@ -122,7 +125,7 @@ pub fn up(opts: &UpOptions, out: &mut dyn std::io::Write) -> Result<LabState> {
     );
     st.save()?;
 
-    underlay::setup_skeleton(&mut IpCmd, &plan)?;
+    underlay::setup_skeleton(&mut NetlinkNet::default(), &plan)?;
     let _ = writeln!(
         out,
         "lab {lab}: {} nodes on {} ({})",
@@ -345,10 +348,21 @@ fn wait_server(pod: &PodPlan) -> Result<()> {
     }
 }
 
-/// The IPv4 routes of a node (or any lab netns), one `ip route` line each.
-pub fn routes(netns: &str) -> Result<Vec<String>> {
-    let out = crate::net::run(Command::new("ip").args(["-n", netns, "-4", "route", "show"]))?;
-    Ok(out.lines().map(str::to_string).collect())
+/// Destinations of the IPv4 routes in a lab netns (main table).
+pub fn route_destinations(netns: &str) -> Result<Vec<ipnet::Ipv4Net>> {
+    let nl = |source| LabError::Netlink {
+        netns: netns.to_string(),
+        source,
+    };
+    let mut h = trellis_netlink::Handle::in_netns(&names::netns_path(netns)).map_err(nl)?;
+    let routes = h.routes(trellis_netlink::Family::V4).map_err(nl)?;
+    Ok(routes
+        .into_iter()
+        .filter_map(|r| match r.dst {
+            ipnet::IpNet::V4(d) => Some(d),
+            ipnet::IpNet::V6(_) => None,
+        })
+        .collect())
 }
 
 /// Waits until every node has a route to every other node's podCIDR (the agents' work).
@@ -357,10 +371,9 @@ fn wait_peer_routes(st: &LabState, timeout: Duration) -> Result<()> {
     loop {
         let mut missing = Vec::new();
         for n in &st.plan.nodes {
-            let rs = routes(&n.netns)?;
+            let rs = route_destinations(&n.netns)?;
             for peer in st.plan.nodes.iter().filter(|p| p.name != n.name) {
-                let want = format!("{} ", peer.pod_cidr);
-                if !rs.iter().any(|r| r.starts_with(&want)) {
+                if !rs.contains(&peer.pod_cidr) {
                     missing.push(format!("{} -> {}", n.name, peer.pod_cidr));
                 }
             }
@@ -710,7 +723,7 @@ pub struct DownReport {
 pub fn down(lab: &str) -> Result<DownReport> {
     crate::topology::validate_lab_name(lab)?;
     let prefix = names::netns_prefix(lab);
-    let mut net = IpCmd;
+    let mut net = NetlinkNet::default();
     let ours: Vec<PathBuf> = net
         .list_netns()?
         .into_iter()

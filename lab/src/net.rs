@@ -1,6 +1,7 @@
 //! Kernel access for building the lab's skeleton (netns, underlay bridge, node uplinks), behind a trait with a
-//! real implementation (ip(8), always addressed with `-n <netns>` so the root namespace is never touched), a fake
-//! (in memory) and a faulty one (fails the n-th call) for rollback tests.
+//! real implementation (rtnetlink through trellis-netlink, one socket opened inside each lab netns, so the root
+//! namespace is never touched), an ip(8) one kept for comparison/debugging, a fake (in memory) and a faulty one
+//! (fails the n-th call) for rollback tests.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -31,7 +32,96 @@ pub trait LabNet {
     fn set_up(&mut self, netns: &str, link: &str) -> Result<()>;
 }
 
-/// ip(8) based implementation.
+/// rtnetlink implementation: a handle per lab netns, opened inside it.
+#[derive(Default)]
+pub struct NetlinkNet {
+    handles: BTreeMap<String, trellis_netlink::Handle>,
+}
+
+fn nl(netns: &str) -> impl FnOnce(trellis_netlink::Error) -> LabError + '_ {
+    move |source| LabError::Netlink {
+        netns: netns.to_string(),
+        source,
+    }
+}
+
+impl NetlinkNet {
+    fn handle(&mut self, netns: &str) -> Result<&mut trellis_netlink::Handle> {
+        if !self.handles.contains_key(netns) {
+            let h =
+                trellis_netlink::Handle::in_netns(&names::netns_path(netns)).map_err(nl(netns))?;
+            self.handles.insert(netns.to_string(), h);
+        }
+        Ok(self.handles.get_mut(netns).expect("just inserted"))
+    }
+
+    fn index(&mut self, netns: &str, link: &str) -> Result<u32> {
+        let h = self.handle(netns)?;
+        Ok(h.require_link(link).map_err(nl(netns))?.index)
+    }
+}
+
+impl LabNet for NetlinkNet {
+    fn ensure_netns(&mut self, name: &str) -> Result<()> {
+        if !names::netns_path(name).exists() {
+            trellis_netlink::netns::create(name).map_err(nl(name))?;
+        }
+        let lo = self.index(name, "lo")?;
+        self.handle(name)?.set_up(lo).map_err(nl(name))
+    }
+    fn delete_netns(&mut self, name: &str) -> Result<()> {
+        // Our socket would keep the namespace (and its links) alive after the unmount.
+        self.handles.remove(name);
+        trellis_netlink::netns::delete(name).map_err(nl(name))
+    }
+    fn list_netns(&mut self) -> Result<Vec<String>> {
+        let mut v = trellis_netlink::netns::list();
+        v.sort();
+        Ok(v)
+    }
+    fn ensure_bridge(&mut self, netns: &str, name: &str, mtu: u32) -> Result<()> {
+        let h = self.handle(netns)?;
+        let l = h.ensure_bridge(name, Some(mtu)).map_err(nl(netns))?;
+        h.set_up(l.index).map_err(nl(netns))
+    }
+    fn add_veth(
+        &mut self,
+        netns: &str,
+        name: &str,
+        peer_netns: &str,
+        peer: &str,
+        mtu: u32,
+    ) -> Result<()> {
+        use std::os::fd::AsFd;
+        let fd =
+            trellis_netlink::netns::open(&names::netns_path(peer_netns)).map_err(nl(peer_netns))?;
+        let spec = trellis_netlink::VethSpec {
+            name,
+            peer,
+            peer_netns: Some(fd.as_fd()),
+            mtu: Some(mtu),
+            ..Default::default()
+        };
+        self.handle(netns)?.create_veth(&spec).map_err(nl(netns))
+    }
+    fn set_master(&mut self, netns: &str, link: &str, master: &str) -> Result<()> {
+        let l = self.index(netns, link)?;
+        let m = self.index(netns, master)?;
+        self.handle(netns)?.set_master(l, m).map_err(nl(netns))
+    }
+    fn add_addr(&mut self, netns: &str, link: &str, addr: Ipv4Net) -> Result<()> {
+        let l = self.index(netns, link)?;
+        self.handle(netns)?
+            .ensure_addr(l, ipnet::IpNet::V4(addr))
+            .map_err(nl(netns))
+    }
+    fn set_up(&mut self, netns: &str, link: &str) -> Result<()> {
+        let l = self.index(netns, link)?;
+        self.handle(netns)?.set_up(l).map_err(nl(netns))
+    }
+}
+
+/// ip(8) based implementation (every call addressed with `-n <netns>`).
 #[derive(Debug, Default)]
 pub struct IpCmd;
 
