@@ -134,6 +134,19 @@ fn kill_9_mid_add_then_gc_leaves_nothing_of_the_killed() {
         delays.push((delay, status.code()));
     }
     eprintln!("normal ADD {add_time:?}; kill delays and exit codes: {delays:?}");
+    assert!(
+        delays.iter().any(|(_, code)| code.is_none()),
+        "no kill landed before ADD finished (delays {delays:?}): the test proved nothing"
+    );
+    let left: Vec<String> = victims
+        .iter()
+        .map(|v| v.host_veth())
+        .filter(|n| fx.node.ns.has_link(n).unwrap())
+        .collect();
+    eprintln!(
+        "before GC: {} IP files, killed attachments' veths present: {left:?}",
+        fx.store().ips().unwrap().len()
+    );
 
     let valid: Vec<(&str, &str)> = live
         .iter()
