@@ -37,6 +37,13 @@ pub enum IpamError {
     #[error("no IP addresses available in range set {rangeset} ({ranges})")]
     Exhausted { rangeset: usize, ranges: String },
 
+    /// A specifically requested address cannot be given.
+    #[error("requested address {ip} is not available: {reason}")]
+    Unavailable {
+        ip: std::net::IpAddr,
+        reason: String,
+    },
+
     /// A file operation of the disk store failed.
     #[error("{op} {}: {source}", path.display())]
     Io {
@@ -65,7 +72,9 @@ impl IpamError {
             IpamError::StoreBusy { .. } => code::TRY_AGAIN_LATER,
             IpamError::Exhausted { .. } => code::NO_ADDRESSES,
             IpamError::Io { .. } => code::IO_FAILURE,
-            IpamError::CheckFailed(_) | IpamError::Store(_) => code::OTHER,
+            IpamError::Unavailable { .. } | IpamError::CheckFailed(_) | IpamError::Store(_) => {
+                code::OTHER
+            }
         }
     }
 
@@ -119,6 +128,11 @@ mod tests {
         let io = IpamError::io("open", "/x", std::io::Error::other("boom"));
         assert_eq!(io.cni_code(), 5);
         assert_eq!(IpamError::Store("x".into()).cni_code(), 999);
+        let taken = IpamError::Unavailable {
+            ip: "10.0.0.1".parse().unwrap(),
+            reason: "taken".into(),
+        };
+        assert_eq!(taken.cni_code(), 999);
     }
 
     #[test]

@@ -11,5 +11,5 @@ pub mod store;
 
 pub use config::{IpamConfig, Range, RangeSet, Route};
 pub use error::{IpamError, Result};
-pub use ops::{allocate, check, gc, release, status, Allocation};
+pub use ops::{allocate, allocate_requested, check, gc, release, status, Allocation};
 pub use store::{matching, with_lock, DiskStore, FaultyStore, Lease, MemStore, Store};

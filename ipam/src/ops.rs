@@ -72,10 +72,23 @@ pub fn allocate<S: Store + ?Sized>(
     container_id: &str,
     ifname: &str,
 ) -> Result<Vec<Allocation>> {
+    allocate_requested(store, cfg, container_id, ifname, &[])
+}
+
+/// [`allocate`], with specific addresses requested (host-local's `CNI_ARGS IP=`, `args.cni.ips`,
+/// `runtimeConfig.ips`): at most one per range set; range sets without one allocate as usual.
+pub fn allocate_requested<S: Store + ?Sized>(
+    store: &mut S,
+    cfg: &IpamConfig,
+    container_id: &str,
+    ifname: &str,
+    requested: &[IpAddr],
+) -> Result<Vec<Allocation>> {
     validate_args(container_id, ifname)?;
+    let wanted = assign_requested(cfg, requested)?;
     with_lock(store, |s| {
         let mut fresh = Vec::new();
-        let out = allocate_locked(s, cfg, container_id, ifname, &mut fresh);
+        let out = allocate_locked(s, cfg, container_id, ifname, &wanted, &mut fresh);
         if out.is_err() {
             for ip in fresh {
                 // Best effort: a failed release still carries this ID, so the runtime's DEL frees it.
@@ -91,6 +104,7 @@ fn allocate_locked<S: Store + ?Sized>(
     cfg: &IpamConfig,
     id: &str,
     ifname: &str,
+    wanted: &[Option<IpAddr>],
     fresh: &mut Vec<IpAddr>,
 ) -> Result<Vec<Allocation>> {
     // One directory read gives both the used set and this attachment's existing leases.
@@ -99,7 +113,32 @@ fn allocate_locked<S: Store + ?Sized>(
     let mut used: HashSet<IpAddr> = leases.iter().map(|l| l.ip).collect();
     let mut out = Vec::with_capacity(cfg.range_sets.len());
     for (idx, set) in cfg.range_sets.iter().enumerate() {
-        if let Some(a) = mine.iter().find_map(|ip| allocation_of(cfg, idx, *ip)) {
+        let existing = mine.iter().find_map(|ip| allocation_of(cfg, idx, *ip));
+        if let Some(want) = wanted[idx] {
+            let unavailable = |reason: String| IpamError::Unavailable { ip: want, reason };
+            match existing {
+                Some(a) if a.address.addr() == want => out.push(a),
+                Some(a) => {
+                    return Err(unavailable(format!(
+                        "{id}/{ifname} already holds {} in range set {idx}",
+                        a.address.addr()
+                    )))
+                }
+                None if used.contains(&want) || !s.reserve(id, ifname, want, idx)? => {
+                    return Err(unavailable("it is allocated to another container".into()))
+                }
+                None => {
+                    fresh.push(want);
+                    used.insert(want);
+                    out.push(
+                        allocation_of(cfg, idx, want)
+                            .ok_or_else(|| unavailable("not in its range set".into()))?,
+                    );
+                }
+            }
+            continue;
+        }
+        if let Some(a) = existing {
             out.push(a);
             continue;
         }
@@ -126,6 +165,36 @@ fn allocate_locked<S: Store + ?Sized>(
         out.push(a);
     }
     Ok(out)
+}
+
+/// Which range set each requested address goes to (pure). Every address must lie in a range,
+/// not be a reserved address, and share its range set with no other requested address.
+pub fn assign_requested(cfg: &IpamConfig, requested: &[IpAddr]) -> Result<Vec<Option<IpAddr>>> {
+    let mut wanted = vec![None; cfg.range_sets.len()];
+    for &ip in requested {
+        let bad = |reason: String| IpamError::BadArgs {
+            name: "IP",
+            reason: format!("requested address {ip} {reason}"),
+        };
+        let (idx, range) = cfg
+            .range_sets
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.range_for(ip).map(|r| (i, r)))
+            .ok_or_else(|| bad("is in none of the configured ranges".into()))?;
+        if range.is_reserved(ip) {
+            return Err(bad(format!(
+                "is reserved in {} (gateway, network or broadcast)",
+                range.subnet
+            )));
+        }
+        if let Some(other) = wanted[idx].replace(ip) {
+            return Err(bad(format!(
+                "and {other} are in the same range set {idx}; request one per range set"
+            )));
+        }
+    }
+    Ok(wanted)
 }
 
 /// Release every address of `container_id`/`ifname` in this network's store; nothing held is Ok.

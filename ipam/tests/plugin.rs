@@ -271,3 +271,57 @@ fn shares_one_store_with_host_local() {
     check["prevResult"] = json!({"cniVersion": "1.0.0", "ips": [{"address": "10.76.0.6/24"}]});
     host_local("CHECK", &check, "c3");
 }
+
+#[test]
+fn requested_addresses_from_cni_args_args_and_runtime_config() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let c = conf(
+        "1.0.0",
+        tmp.path(),
+        json!([[{"subnet": "10.77.0.0/24"}], [{"subnet": "fd00:77::/64"}]]),
+    );
+    let add_with_args = |id: &str, cni_args: &str, conf: &serde_json::Value| {
+        let mut ch = Command::new(BIN)
+            .env_clear()
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", "/x")
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_ARGS", cni_args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        ch.stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
+        ch.wait_with_output().unwrap()
+    };
+    let o = add_with_args("c1", "IgnoreUnknown=1;IP=10.77.0.50,fd00:77::50", &c);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(
+        ips_of(&json_out(&o)),
+        vec![ip("10.77.0.50"), ip("fd00:77::50")]
+    );
+    // The same address for someone else: error JSON, nothing reserved.
+    let o = add_with_args("c2", "IP=10.77.0.50", &c);
+    assert!(!o.status.success());
+    assert_eq!(json_out(&o)["code"], 999);
+    let mut rc = c.clone();
+    rc["runtimeConfig"] = json!({"ips": ["10.77.0.60/24"]});
+    assert_eq!(ips_of(&ok("ADD", &rc, "c3", "eth0"))[0], ip("10.77.0.60"));
+    let mut args = c.clone();
+    args["args"] = json!({"cni": {"ips": ["fd00:77::70"]}});
+    assert_eq!(
+        ips_of(&ok("ADD", &args, "c4", "eth0"))[1],
+        ip("fd00:77::70")
+    );
+    // Outside every range: a bad argument.
+    let o = add_with_args("c5", "IP=192.168.0.1", &c);
+    assert_eq!(json_out(&o)["code"], 4);
+    assert_eq!(leases(tmp.path()).len(), 6);
+}

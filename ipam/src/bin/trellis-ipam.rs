@@ -40,8 +40,15 @@ fn run(env: &Env, stdin: &[u8], version: &str) -> Result<Option<Value>, CniError
     let mut store = DiskStore::open_config(&cfg).map_err(cni_error)?;
     match env.command {
         Command::Add => {
-            let allocs = ops::allocate(&mut store, &cfg, env.container_id(), env.ifname())
-                .map_err(cni_error)?;
+            let requested = requested_ips(env, &conf)?;
+            let allocs = ops::allocate_requested(
+                &mut store,
+                &cfg,
+                env.container_id(),
+                env.ifname(),
+                &requested,
+            )
+            .map_err(cni_error)?;
             let result = CniResult {
                 interfaces: vec![],
                 ips: allocs
@@ -107,6 +114,50 @@ fn run(env: &Env, stdin: &[u8], version: &str) -> Result<Option<Value>, CniError
         }
         Command::Version => Ok(Some(trellis_cni_types::Version::version_answer(version))),
     }
+}
+
+/// Addresses asked for, as host-local reads them: `CNI_ARGS` `IP=a,b`, `args.cni.ips` and
+/// `runtimeConfig.ips` (each "addr" or "addr/prefix"). Duplicates collapse.
+fn requested_ips(env: &Env, conf: &NetConf) -> Result<Vec<IpAddr>, CniError> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    let mut push = |s: &str, bad: &dyn Fn(String) -> CniError| -> Result<(), CniError> {
+        let s = s.trim();
+        let addr = s.split_once('/').map_or(s, |(a, _)| a);
+        let ip: IpAddr = addr
+            .parse()
+            .map_err(|_| bad(format!("requested IP {s:?} is not an address")))?;
+        if !out.contains(&ip) {
+            out.push(ip);
+        }
+        Ok(())
+    };
+    if let Some(list) = env.arg("IP") {
+        for s in list.split(',').filter(|s| !s.trim().is_empty()) {
+            push(s, &|m| CniError::env(format!("CNI_ARGS: {m}")))?;
+        }
+    }
+    for (field, v) in [
+        ("args.cni.ips", conf.raw.pointer("/args/cni/ips")),
+        ("runtimeConfig.ips", conf.runtime_config.get("ips")),
+    ] {
+        match v {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                for item in items {
+                    let s = item.as_str().ok_or_else(|| {
+                        CniError::config(format!("{field}: {item} is not a string"))
+                    })?;
+                    push(s, &|m| CniError::config(format!("{field}: {m}")))?;
+                }
+            }
+            Some(other) => {
+                return Err(CniError::config(format!(
+                    "{field} must be an array of strings, got {other}"
+                )))
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The `cniVersion` on stdin ("" if absent or unreadable).

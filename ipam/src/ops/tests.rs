@@ -343,3 +343,49 @@ fn a_foreign_file_in_the_way_is_skipped() {
         vec![ip("10.0.0.3")]
     );
 }
+
+#[test]
+fn requested_addresses_are_honoured_per_range_set() {
+    let c = cfg(json!([[{"subnet": "10.0.0.0/24"}], [{"subnet": "fd00::/64"}]]));
+    let mut s = MemStore::new();
+    let a = allocate_requested(&mut s, &c, "c1", "eth0", &[ip("10.0.0.77")]).unwrap();
+    assert_eq!(
+        addrs(&a),
+        vec![ip("10.0.0.77"), ip("fd00::2")],
+        "v6 allocated normally"
+    );
+    // Idempotent with the same request.
+    assert_eq!(
+        allocate_requested(&mut s, &c, "c1", "eth0", &[ip("10.0.0.77")]).unwrap(),
+        a
+    );
+    // Another container cannot have it; nothing is left behind by the failed attempt.
+    let e = allocate_requested(&mut s, &c, "c2", "eth0", &[ip("fd00::99"), ip("10.0.0.77")])
+        .unwrap_err();
+    assert!(matches!(e, IpamError::Unavailable { .. }), "{e}");
+    assert_eq!(held(&mut s).len(), 2);
+    // The holder asking for a different address is refused too.
+    assert!(matches!(
+        allocate_requested(&mut s, &c, "c1", "eth0", &[ip("10.0.0.78")]),
+        Err(IpamError::Unavailable { .. })
+    ));
+}
+
+#[test]
+fn requested_addresses_are_validated() {
+    let c = cfg(json!([[{"subnet": "10.0.0.0/24", "rangeEnd": "10.0.0.100"}]]));
+    for bad in [
+        vec![ip("10.0.0.150")],
+        vec![ip("10.0.0.1")],
+        vec![ip("10.0.0.5"), ip("10.0.0.6")],
+        vec![ip("fd00::1")],
+    ] {
+        let e = assign_requested(&c, &bad).unwrap_err();
+        assert_eq!(e.cni_code(), 4, "{bad:?}: {e}");
+    }
+    assert_eq!(
+        assign_requested(&c, &[ip("10.0.0.9")]).unwrap(),
+        vec![Some(ip("10.0.0.9"))]
+    );
+    assert_eq!(assign_requested(&c, &[]).unwrap(), vec![None]);
+}
