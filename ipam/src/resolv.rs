@@ -8,6 +8,16 @@ pub struct ResolvConf {
     pub options: Vec<String>,
 }
 
+/// The DNS settings of `cfg.resolv_conf`, if one is configured.
+pub fn load(cfg: &crate::IpamConfig) -> crate::Result<Option<ResolvConf>> {
+    let Some(path) = &cfg.resolv_conf else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| crate::IpamError::io("read resolvConf", path, e))?;
+    Ok(Some(parse(&text)))
+}
+
 /// Lenient parse: unknown lines and comments are skipped; the last `domain` wins.
 pub fn parse(text: &str) -> ResolvConf {
     let mut rc = ResolvConf::default();

@@ -173,22 +173,15 @@ fn version_of(stdin: &[u8]) -> String {
 }
 
 fn dns(cfg: &IpamConfig) -> Result<Dns, CniError> {
-    let Some(path) = &cfg.resolv_conf else {
-        return Ok(Dns::default());
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        CniError::io(
-            format!("cannot read resolvConf {}", path.display()),
-            e.to_string(),
-        )
-    })?;
-    let rc = resolv::parse(&text);
-    Ok(Dns {
-        nameservers: rc.nameservers,
-        domain: rc.domain,
-        search: rc.search,
-        options: rc.options,
-    })
+    Ok(resolv::load(cfg)
+        .map_err(cni_error)?
+        .map(|rc| Dns {
+            nameservers: rc.nameservers,
+            domain: rc.domain,
+            search: rc.search,
+            options: rc.options,
+        })
+        .unwrap_or_default())
 }
 
 fn cni_error(e: IpamError) -> CniError {
