@@ -674,7 +674,11 @@ pub fn print_status(st: &LabState, out: &mut dyn std::io::Write) {
         let _ = writeln!(
             out,
             "{:<12} {:<15} {:<16} {:<10} {}",
-            n.name, n.internal_ip, n.pod_cidr, agent, n.netns
+            n.name,
+            n.internal_ip.to_string(),
+            n.pod_cidr.to_string(),
+            agent,
+            n.netns
         );
     }
     let _ = writeln!(
