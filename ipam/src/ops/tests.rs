@@ -389,3 +389,110 @@ fn requested_addresses_are_validated() {
     );
     assert_eq!(assign_requested(&c, &[]).unwrap(), vec![None]);
 }
+
+mod props {
+    use super::*;
+    use crate::alloc::free_count;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Add(u8),
+        Del(u8),
+        Gc(Vec<u8>),
+    }
+
+    fn arb_ops() -> impl Strategy<Value = Vec<Op>> {
+        let op = prop_oneof![
+            4 => (0u8..12).prop_map(Op::Add),
+            2 => (0u8..12).prop_map(Op::Del),
+            1 => prop::collection::vec(0u8..12, 0..6).prop_map(Op::Gc),
+        ];
+        prop::collection::vec(op, 1..60)
+    }
+
+    /// Small range sets (a handful of addresses) so exhaustion and wrap-around happen often.
+    fn arb_cfg() -> impl Strategy<Value = IpamConfig> {
+        let v4 = (0u8..4, 0u8..4, prop::option::of(1u8..7)).prop_map(|(a, b, g)| {
+            let (s, e) = (1 + a.min(b), 3 + a.max(b));
+            let mut r = json!({"subnet": "10.9.0.0/29", "rangeStart": format!("10.9.0.{s}"), "rangeEnd": format!("10.9.0.{}", e.min(6))});
+            if let Some(g) = g {
+                r["gateway"] = json!(format!("10.9.0.{g}"));
+            }
+            r
+        });
+        let v6 = (0u8..3)
+            .prop_map(|n| json!({"subnet": "fd00::/125", "rangeEnd": format!("fd00::{}", 5 + n)}));
+        (v4, prop::option::of(v6)).prop_map(|(a, b)| {
+            let mut sets = vec![json!([a])];
+            if let Some(b) = b {
+                sets.push(json!([b]));
+            }
+            cfg(json!(sets))
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn random_add_del_gc_sequences_keep_the_invariants(c in arb_cfg(), ops in arb_ops()) {
+            let mut s = MemStore::new();
+            let mut model: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Add(k) => {
+                        let id = format!("c{k}");
+                        let used: HashSet<IpAddr> = model.values().flatten().copied().collect();
+                        let exhausted = c.range_sets.iter().any(|set| free_count(set, &used) == 0);
+                        match allocate(&mut s, &c, &id, "eth0") {
+                            Ok(a) => {
+                                let got = addrs(&a);
+                                prop_assert_eq!(got.len(), c.range_sets.len());
+                                for (i, (alloc, set)) in a.iter().zip(&c.range_sets).enumerate() {
+                                    let r = set.range_for(alloc.address.addr());
+                                    prop_assert!(r.is_some(), "{} outside set {}", alloc.address, i);
+                                    let r = r.unwrap();
+                                    prop_assert!(!r.is_reserved(alloc.address.addr()), "{} is reserved", alloc.address);
+                                    prop_assert_eq!(alloc.gateway, Some(r.gateway));
+                                    prop_assert_eq!(alloc.address.prefix_len(), r.subnet.prefix_len());
+                                }
+                                match model.get(&id) {
+                                    Some(prev) => prop_assert_eq!(prev, &got, "idempotent"),
+                                    None => {
+                                        for ip in &got {
+                                            prop_assert!(!used.contains(ip), "{} handed out twice", ip);
+                                        }
+                                        model.insert(id, got);
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                prop_assert!(matches!(e, IpamError::Exhausted { .. }), "unexpected error {}", e);
+                                prop_assert!(!model.contains_key(&id), "holder got an error");
+                                prop_assert!(exhausted, "exhausted while addresses were free");
+                            }
+                        }
+                    }
+                    Op::Del(k) => {
+                        let id = format!("c{k}");
+                        let mut released = release(&mut s, &c, &id, "eth0").unwrap();
+                        released.sort();
+                        let mut expected = model.remove(&id).unwrap_or_default();
+                        expected.sort();
+                        prop_assert_eq!(released, expected);
+                    }
+                    Op::Gc(keep) => {
+                        let valid: Vec<(String, String)> = keep.iter().map(|k| (format!("c{k}"), "eth0".to_string())).collect();
+                        gc(&mut s, &c, &valid).unwrap();
+                        model.retain(|id, _| valid.iter().any(|(v, _)| v == id));
+                    }
+                }
+                let mut on_store: Vec<IpAddr> = held(&mut s).iter().map(|l| l.ip).collect();
+                on_store.sort();
+                let mut in_model: Vec<IpAddr> = model.values().flatten().copied().collect();
+                in_model.sort();
+                prop_assert_eq!(on_store, in_model);
+            }
+        }
+    }
+}

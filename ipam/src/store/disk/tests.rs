@@ -252,3 +252,37 @@ fn allocation_is_fast_on_a_busy_16() {
     // Generous bound for a debug build on a loaded CI box; the point is no per-address stat.
     assert!(took < Duration::from_millis(500), "allocate took {took:?}");
 }
+
+#[test]
+fn faults_over_the_disk_store_leave_no_files_behind() {
+    use crate::store::FaultyStore;
+    let mut n = 1;
+    loop {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = cfg(
+            tmp.path(),
+            json!([[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00:1::/64"}]]),
+        );
+        let mut s = FaultyStore::new(DiskStore::open_config(&c).unwrap(), n);
+        let r = ops::allocate(&mut s, &c, "c1", "eth0");
+        if !s.fired() {
+            assert_eq!(r.unwrap().len(), 2);
+            break;
+        }
+        let e = r.unwrap_err();
+        let left = with_lock(&mut s.inner, |d| d.list()).unwrap();
+        if e.to_string().contains("unlock") {
+            // The work was done before the failing unlock; the runtime's DEL cleans it.
+            ops::release(&mut s.inner, &c, "c1", "eth0").unwrap();
+        } else {
+            assert!(left.is_empty(), "fault at op {n} ({e}) left {left:?}");
+        }
+        // The flock is free again: another opener gets it at once.
+        let mut other = DiskStore::open_config(&c)
+            .unwrap()
+            .with_lock_timeout(Duration::from_millis(10));
+        other.lock().unwrap();
+        n += 1;
+        assert!(n < 50);
+    }
+}
