@@ -74,13 +74,7 @@ pub struct OverlayWorker<D> {
 
 impl<D: OverlayDataplane> OverlayWorker<D> {
     pub fn new(cfg: AgentConfig, dp: D, metrics: Metrics) -> Self {
-        OverlayWorker {
-            cfg,
-            dp,
-            metrics,
-            reported: BTreeSet::new(),
-            last_wait: None,
-        }
+        OverlayWorker { cfg, dp, metrics, reported: BTreeSet::new(), last_wait: None }
     }
 
     fn wait(&mut self, why: String) -> Round {
@@ -100,10 +94,7 @@ impl<D: OverlayDataplane> OverlayWorker<D> {
             Ok(ip) => ip,
             Err(e) => return self.wait(e.to_string()),
         };
-        let underlay = match self
-            .dp
-            .underlay(self.cfg.overlay.underlay_iface.as_deref(), ip)
-        {
+        let underlay = match self.dp.underlay(self.cfg.overlay.underlay_iface.as_deref(), ip) {
             Ok(u) => u,
             Err(e) => return self.wait(format!("underlay interface: {e}")),
         };
@@ -131,17 +122,10 @@ impl<D: OverlayDataplane> OverlayWorker<D> {
             now.insert(key);
         }
         self.reported = now;
-        self.metrics
-            .set("trellis_overlay_peers", &[], p.peers as f64);
+        self.metrics.set("trellis_overlay_peers", &[], p.peers as f64);
 
-        let mut report = reconcile(
-            &mut self.dp,
-            &p.desired,
-            &underlay,
-            &self.cfg.overlay.device,
-            cluster.synced,
-            &self.metrics,
-        );
+        let mut report =
+            reconcile(&mut self.dp, &p.desired, &underlay, &self.cfg.overlay.device, cluster.synced, &self.metrics);
 
         if !me.pod_cidrs.is_empty() {
             let c = &self.cfg.cni;
@@ -250,21 +234,13 @@ mod tests {
     use crate::overlay::{Mode, Underlay};
 
     fn underlay() -> Underlay {
-        Underlay {
-            ifindex: 2,
-            name: "eth0".into(),
-            mtu: 1500,
-            addrs: vec!["192.168.50.1/24".parse().unwrap()],
-        }
+        Underlay { ifindex: 2, name: "eth0".into(), mtu: 1500, addrs: vec!["192.168.50.1/24".parse().unwrap()] }
     }
 
     fn cfg(dir: &std::path::Path, mode: Mode) -> AgentConfig {
         AgentConfig {
             node_name: "a".into(),
-            overlay: OverlayConfig {
-                mode,
-                ..Default::default()
-            },
+            overlay: OverlayConfig { mode, ..Default::default() },
             cni: CniSettings {
                 conf_dir: dir.to_path_buf(),
                 conf_name: "10-trellis.conflist".into(),
@@ -292,48 +268,24 @@ mod tests {
     fn round_waits_for_own_node_then_programs_and_writes_conflist() {
         let dir = tempfile::tempdir().unwrap();
         let m = Metrics::new();
-        let mut w = OverlayWorker::new(
-            cfg(dir.path(), Mode::Vxlan),
-            FakeDataplane::new(underlay()),
-            m.clone(),
-        );
-        let r = w.round(&cluster(
-            &[("b", &["10.244.2.0/24"], &["192.168.50.2"])],
-            true,
-        ));
-        assert!(
-            matches!(&r, Round::Waiting(w) if w.contains("\"a\"")),
-            "{r:?}"
-        );
+        let mut w = OverlayWorker::new(cfg(dir.path(), Mode::Vxlan), FakeDataplane::new(underlay()), m.clone());
+        let r = w.round(&cluster(&[("b", &["10.244.2.0/24"], &["192.168.50.2"])], true));
+        assert!(matches!(&r, Round::Waiting(w) if w.contains("\"a\"")), "{r:?}");
         assert!(w.dp.routes.is_empty());
 
         let c = cluster(
-            &[
-                ("a", &["10.244.1.0/24"], &["192.168.50.1"]),
-                ("b", &["10.244.2.0/24"], &["192.168.50.2"]),
-            ],
+            &[("a", &["10.244.1.0/24"], &["192.168.50.1"]), ("b", &["10.244.2.0/24"], &["192.168.50.2"])],
             true,
         );
         let r = w.round(&c);
-        assert!(
-            matches!(&r, Round::Reconciled(rep) if rep.ok() && rep.added == 3),
-            "{r:?}"
-        );
+        assert!(matches!(&r, Round::Reconciled(rep) if rep.ok() && rep.added == 3), "{r:?}");
         let conf: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join("10-trellis.conflist")).unwrap())
-                .unwrap();
+            serde_json::from_slice(&std::fs::read(dir.path().join("10-trellis.conflist")).unwrap()).unwrap();
         assert_eq!(conf["plugins"][0]["mtu"], 1450);
-        assert_eq!(
-            conf["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
-            "10.244.1.0/24"
-        );
+        assert_eq!(conf["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.244.1.0/24");
         assert_eq!(m.get("trellis_cni_conflist_writes_total", &[]), 1.0);
         w.round(&c);
-        assert_eq!(
-            m.get("trellis_cni_conflist_writes_total", &[]),
-            1.0,
-            "unchanged conflist is not rewritten"
-        );
+        assert_eq!(m.get("trellis_cni_conflist_writes_total", &[]), 1.0, "unchanged conflist is not rewritten");
         assert_eq!(m.get("trellis_overlay_peers", &[]), 1.0);
     }
 
@@ -341,11 +293,7 @@ mod tests {
     fn host_gw_rejection_is_counted_once_while_it_stands() {
         let dir = tempfile::tempdir().unwrap();
         let m = Metrics::new();
-        let mut w = OverlayWorker::new(
-            cfg(dir.path(), Mode::HostGw),
-            FakeDataplane::new(underlay()),
-            m.clone(),
-        );
+        let mut w = OverlayWorker::new(cfg(dir.path(), Mode::HostGw), FakeDataplane::new(underlay()), m.clone());
         let c = cluster(
             &[
                 ("a", &["10.244.1.0/24"], &["192.168.50.1"]),
@@ -361,9 +309,103 @@ mod tests {
         assert_eq!(m.get("trellis_overlay_nodes_skipped_total", &[]), 1.0);
         assert!(w.dp.routes.is_empty(), "no black-hole route");
         let conf: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join("10-trellis.conflist")).unwrap())
-                .unwrap();
+            serde_json::from_slice(&std::fs::read(dir.path().join("10-trellis.conflist")).unwrap()).unwrap();
         assert_eq!(conf["plugins"][0]["mtu"], 1500);
+    }
+
+    /// A dataplane that forwards to a shared fake, so a test can inspect and vandalise it while
+    /// the worker thread owns the dataplane.
+    struct Shared(Arc<std::sync::Mutex<FakeDataplane>>);
+    macro_rules! fwd { ($($f:ident($($a:ident: $t:ty),*) -> $r:ty;)*) => {
+        impl OverlayDataplane for Shared { $(fn $f(&mut self, $($a: $t),*) -> $r { self.0.lock().unwrap().$f($($a),*) })* }
+    } }
+    use crate::overlay::{FdbEntry, KernelRoute, NeighEntry, VxlanDevice};
+    fwd! {
+        underlay(i: Option<&str>, ip: std::net::IpAddr) -> Result<Underlay>;
+        ensure_forwarding(v6: bool) -> Result<()>;
+        ensure_vxlan(d: &VxlanDevice) -> Result<u32>;
+        remove_link(n: &str) -> Result<()>;
+        fdbs(i: u32) -> Result<Vec<FdbEntry>>;
+        add_fdb(i: u32, e: &FdbEntry) -> Result<()>;
+        del_fdb(i: u32, e: &FdbEntry) -> Result<()>;
+        neighs(i: u32) -> Result<Vec<NeighEntry>>;
+        add_neigh(i: u32, e: &NeighEntry) -> Result<()>;
+        del_neigh(i: u32, e: &NeighEntry) -> Result<()>;
+        routes() -> Result<Vec<KernelRoute>>;
+        replace_route(r: &KernelRoute) -> Result<()>;
+        del_route(r: &KernelRoute) -> Result<()>;
+    }
+
+    fn wait_for(shared: &Arc<std::sync::Mutex<FakeDataplane>>, what: &str, f: impl Fn(&FakeDataplane) -> bool) {
+        let t0 = std::time::Instant::now();
+        while !f(&shared.lock().unwrap()) {
+            assert!(t0.elapsed() < Duration::from_secs(5), "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A control plane that plays a script, pausing before `Synced` until released.
+    struct Scripted {
+        before_sync: Vec<Event>,
+        release: tokio::sync::oneshot::Receiver<()>,
+    }
+
+    impl ControlPlane for Scripted {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+        fn run(self: Box<Self>, tx: mpsc::Sender<Event>) -> futures::future::BoxFuture<'static, Result<()>> {
+            Box::pin(async move {
+                for ev in self.before_sync {
+                    let _ = tx.send(ev).await;
+                }
+                let _ = self.release.await;
+                let _ = tx.send(Event::Synced).await;
+                // Stay alive like a real source.
+                std::future::pending::<()>().await;
+                Ok(())
+            })
+        }
+    }
+
+    #[test]
+    fn stale_state_is_pruned_only_after_the_source_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metrics::new();
+        let shared = Arc::new(std::sync::Mutex::new(FakeDataplane::new(underlay())));
+        // A route from a previous run, for a node the source has not listed yet.
+        let stale = KernelRoute {
+            dst: "10.244.9.0/24".parse().unwrap(),
+            gateway: "192.168.50.9".parse().unwrap(),
+            oif: 2,
+            onlink: false,
+        };
+        shared.lock().unwrap().routes.insert(stale.dst, stale);
+        let s2 = shared.clone();
+        let (to_worker, h) = spawn_worker(cfg(dir.path(), Mode::HostGw), move || Ok(Shared(s2)), m.clone());
+        let (release, rx) = tokio::sync::oneshot::channel();
+        let src = Scripted {
+            before_sync: vec![
+                Event::Applied(Resource::Node(Box::new(node("a", &["10.244.1.0/24"], &["192.168.50.1"])))),
+                Event::Applied(Resource::Node(Box::new(node("b", &["10.244.2.0/24"], &["192.168.50.2"])))),
+            ],
+            release: rx,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let cp = rt.spawn(run_control_plane(Box::new(src), to_worker, m.clone()));
+        std::thread::spawn(move || {
+            let _ = rt.block_on(cp);
+        });
+        wait_for(&shared, "route to b", |d| d.routes.contains_key(&"10.244.2.0/24".parse().unwrap()));
+        // Several repair rounds (50 ms) pass; the unknown route must survive them.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(shared.lock().unwrap().routes.contains_key(&stale.dst), "pruned before sync");
+        assert_eq!(m.get("trellis_controlplane_synced", &[]), 0.0);
+        release.send(()).unwrap();
+        wait_for(&shared, "stale route pruned after sync", |d| !d.routes.contains_key(&stale.dst));
+        assert!(shared.lock().unwrap().routes.contains_key(&"10.244.2.0/24".parse().unwrap()));
+        assert_eq!(m.get("trellis_controlplane_synced", &[]), 1.0);
+        drop(h);
     }
 
     #[test]
@@ -371,60 +413,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let m = Metrics::new();
         let shared = Arc::new(std::sync::Mutex::new(FakeDataplane::new(underlay())));
-        // A dataplane that forwards to a shared fake, so the test can inspect and vandalise it.
-        struct Shared(Arc<std::sync::Mutex<FakeDataplane>>);
-        macro_rules! fwd { ($($f:ident($($a:ident: $t:ty),*) -> $r:ty;)*) => {
-            impl OverlayDataplane for Shared { $(fn $f(&mut self, $($a: $t),*) -> $r { self.0.lock().unwrap().$f($($a),*) })* }
-        } }
-        use crate::overlay::*;
-        fwd! {
-            underlay(i: Option<&str>, ip: std::net::IpAddr) -> Result<Underlay>;
-            ensure_forwarding(v6: bool) -> Result<()>;
-            ensure_vxlan(d: &VxlanDevice) -> Result<u32>;
-            remove_link(n: &str) -> Result<()>;
-            fdbs(i: u32) -> Result<Vec<FdbEntry>>;
-            add_fdb(i: u32, e: &FdbEntry) -> Result<()>;
-            del_fdb(i: u32, e: &FdbEntry) -> Result<()>;
-            neighs(i: u32) -> Result<Vec<NeighEntry>>;
-            add_neigh(i: u32, e: &NeighEntry) -> Result<()>;
-            del_neigh(i: u32, e: &NeighEntry) -> Result<()>;
-            routes() -> Result<Vec<KernelRoute>>;
-            replace_route(r: &KernelRoute) -> Result<()>;
-            del_route(r: &KernelRoute) -> Result<()>;
-        }
         let s2 = shared.clone();
-        let (tx, h) = spawn_worker(
-            cfg(dir.path(), Mode::Vxlan),
-            move || Ok(Shared(s2)),
-            m.clone(),
-        );
-        let wait_for = |what: &str, f: &dyn Fn(&FakeDataplane) -> bool| {
-            let t0 = std::time::Instant::now();
-            while !f(&shared.lock().unwrap()) {
-                assert!(
-                    t0.elapsed() < Duration::from_secs(5),
-                    "timed out waiting for {what}"
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        };
+        let (tx, h) = spawn_worker(cfg(dir.path(), Mode::Vxlan), move || Ok(Shared(s2)), m.clone());
         let two = cluster(
-            &[
-                ("a", &["10.244.1.0/24"], &["192.168.50.1"]),
-                ("b", &["10.244.2.0/24"], &["192.168.50.2"]),
-            ],
+            &[("a", &["10.244.1.0/24"], &["192.168.50.1"]), ("b", &["10.244.2.0/24"], &["192.168.50.2"])],
             true,
         );
         tx.send(Arc::new(two)).unwrap();
-        wait_for("route to b", &|d| d.routes.len() == 1);
+        wait_for(&shared, "route to b", |d| d.routes.len() == 1);
         shared.lock().unwrap().routes.clear();
-        wait_for("repair of the route", &|d| d.routes.len() == 1);
-        tx.send(Arc::new(cluster(
-            &[("a", &["10.244.1.0/24"], &["192.168.50.1"])],
-            true,
-        )))
-        .unwrap();
-        wait_for("pruned route", &|d| d.routes.is_empty());
+        wait_for(&shared, "repair of the route", |d| d.routes.len() == 1);
+        tx.send(Arc::new(cluster(&[("a", &["10.244.1.0/24"], &["192.168.50.1"])], true))).unwrap();
+        wait_for(&shared, "pruned route", |d| d.routes.is_empty());
         drop(tx);
         h.join().unwrap().unwrap();
     }

@@ -22,11 +22,7 @@ pub struct ConflistParams {
 
 /// The conflist JSON (docs/CONTRACTS.md).
 pub fn render(p: &ConflistParams) -> serde_json::Value {
-    let ranges: Vec<_> = p
-        .pod_cidrs
-        .iter()
-        .map(|c| json!([{ "subnet": c.to_string() }]))
-        .collect();
+    let ranges: Vec<_> = p.pod_cidrs.iter().map(|c| json!([{ "subnet": c.to_string() }])).collect();
     json!({
         "cniVersion": "1.0.0",
         "name": "trellis",
@@ -108,26 +104,17 @@ mod tests {
         let v = render(&params(&["10.244.1.0/24"]));
         assert!(write_if_changed(&sub, "10-trellis.conflist", &v).unwrap());
         let path = sub.join("10-trellis.conflist");
-        let back: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let back: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(back, v);
         let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
         assert!(!write_if_changed(&sub, "10-trellis.conflist", &v).unwrap());
-        assert_eq!(
-            ino,
-            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap()),
-            "untouched"
-        );
+        assert_eq!(ino, std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap()), "untouched");
         let v2 = render(&params(&["10.244.9.0/24"]));
         assert!(write_if_changed(&sub, "10-trellis.conflist", &v2).unwrap());
-        let back: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let back: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(back, v2);
         // No temp files left behind.
-        let names: Vec<_> = std::fs::read_dir(&sub)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = std::fs::read_dir(&sub).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("10-trellis.conflist")]);
     }
 

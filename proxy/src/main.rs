@@ -119,11 +119,11 @@ fn main() -> anyhow::Result<()> {
     if args.vxlan_vni == 0 || args.vxlan_vni > 0xff_ffff {
         bail!("--vxlan-vni must be within 1..=16777215");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(run(args))
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let res = rt.block_on(run(args));
+    // The overlay thread and the join waiting on it do not end on a signal; do not wait for them.
+    rt.shutdown_background();
+    res
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -138,10 +138,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let source: Box<dyn ControlPlane> = match args.source {
         Source::Files => {
-            let dir = args
-                .manifests_dir
-                .clone()
-                .context("--manifests-dir is required with --source files")?;
+            let dir = args.manifests_dir.clone().context("--manifests-dir is required with --source files")?;
             Box::new(controlplane::files::FilesSource::new(dir, metrics.clone()))
         }
         Source::Kube => {
@@ -174,20 +171,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (to_worker, worker) = agent::spawn_worker(cfg, NetlinkDataplane::new, metrics.clone());
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let res = tokio::select! {
-        r = agent::run_control_plane(source, to_worker, metrics) => r.map_err(anyhow::Error::from),
+    // The worker only ends on its own when it cannot start (no netlink socket, not root...).
+    let worker_done = tokio::task::spawn_blocking(move || worker.join());
+    tokio::select! {
+        r = agent::run_control_plane(source, to_worker, metrics) => r.context("control plane"),
+        w = worker_done => match w {
+            Ok(Ok(Ok(()))) => bail!("overlay worker stopped"),
+            Ok(Ok(Err(e))) => {
+                error!("overlay worker failed: {e}");
+                Err(anyhow::Error::from(e).context("overlay worker"))
+            }
+            _ => bail!("overlay worker panicked"),
+        },
         _ = tokio::signal::ctrl_c() => { info!("interrupted; leaving the dataplane in place"); Ok(()) }
         _ = sigterm.recv() => { info!("terminated; leaving the dataplane in place"); Ok(()) }
-    };
-    if worker.is_finished() {
-        match worker.join() {
-            Ok(Err(e)) => {
-                error!("overlay worker failed: {e}");
-                return Err(e.into());
-            }
-            Err(_) => bail!("overlay worker panicked"),
-            Ok(Ok(())) => {}
-        }
     }
-    res
 }

@@ -29,21 +29,13 @@ pub struct Metrics {
 
 /// Every metric the agent exports, declared once so /metrics shows them even at zero.
 pub const CATALOG: &[(&str, MetricType, &str)] = &[
-    (
-        "trellis_controlplane_events_total",
-        MetricType::Counter,
-        "Control plane events received, by source and kind.",
-    ),
+    ("trellis_controlplane_events_total", MetricType::Counter, "Control plane events received, by source and kind."),
     (
         "trellis_controlplane_invalid_objects_total",
         MetricType::Counter,
         "Control plane objects or documents that could not be used and were skipped.",
     ),
-    (
-        "trellis_controlplane_synced",
-        MetricType::Gauge,
-        "1 once the control plane source finished its initial list.",
-    ),
+    ("trellis_controlplane_synced", MetricType::Gauge, "1 once the control plane source finished its initial list."),
     (
         "trellis_overlay_nodes_skipped_total",
         MetricType::Counter,
@@ -54,16 +46,8 @@ pub const CATALOG: &[(&str, MetricType, &str)] = &[
         MetricType::Counter,
         "Peers refused by host-gw because they are not on the underlay's L2 segment.",
     ),
-    (
-        "trellis_overlay_peers",
-        MetricType::Gauge,
-        "Peer nodes currently programmed.",
-    ),
-    (
-        "trellis_overlay_reconciles_total",
-        MetricType::Counter,
-        "Overlay reconcile rounds.",
-    ),
+    ("trellis_overlay_peers", MetricType::Gauge, "Peer nodes currently programmed."),
+    ("trellis_overlay_reconciles_total", MetricType::Counter, "Overlay reconcile rounds."),
     (
         "trellis_overlay_reconcile_errors_total",
         MetricType::Counter,
@@ -74,11 +58,7 @@ pub const CATALOG: &[(&str, MetricType, &str)] = &[
         MetricType::Counter,
         "Kernel entries added or removed by the overlay reconciler, by object and action.",
     ),
-    (
-        "trellis_cni_conflist_writes_total",
-        MetricType::Counter,
-        "Times the CNI conflist was (re)written.",
-    ),
+    ("trellis_cni_conflist_writes_total", MetricType::Counter, "Times the CNI conflist was (re)written."),
 ];
 
 impl Metrics {
@@ -101,10 +81,7 @@ impl Metrics {
     }
 
     fn labels(labels: &[(&str, &str)]) -> Labels {
-        labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     /// Add `by` to a counter.
@@ -131,10 +108,7 @@ impl Metrics {
     /// Current value of a series (0 when never touched); for tests and logs.
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let g = self.lock();
-        g.get(name)
-            .and_then(|f| f.series.get(&Self::labels(labels)))
-            .copied()
-            .unwrap_or(0.0)
+        g.get(name).and_then(|f| f.series.get(&Self::labels(labels))).copied().unwrap_or(0.0)
     }
 
     /// Sum of all series of a family.
@@ -163,10 +137,7 @@ impl Metrics {
                 if labels.is_empty() {
                     let _ = writeln!(out, "{name} {v}");
                 } else {
-                    let l: Vec<String> = labels
-                        .iter()
-                        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-                        .collect();
+                    let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
                     let _ = writeln!(out, "{name}{{{}}} {v}", l.join(","));
                 }
             }
@@ -176,9 +147,7 @@ impl Metrics {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Serve `GET /metrics` on `addr` until the task is dropped. Plain HTTP/1.0-style: one request
@@ -195,18 +164,11 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) {
             let mut n = 0;
             // Read until the end of the request head (or the buffer is full / peer closes).
             while n < buf.len() {
-                match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    sock.read(&mut buf[n..]),
-                )
-                .await
-                {
+                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf[n..])).await {
                     Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
                     Ok(Ok(k)) => {
                         n += k;
-                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n")
-                            || buf[..n].windows(2).any(|w| w == b"\n\n")
-                        {
+                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") || buf[..n].windows(2).any(|w| w == b"\n\n") {
                             break;
                         }
                     }
@@ -215,22 +177,13 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) {
             let head = String::from_utf8_lossy(&buf[..n]);
             let mut parts = head.split_whitespace();
             let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let (status, ctype, body) =
-                if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) {
-                    (
-                        "200 OK",
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        metrics.render(),
-                    )
-                } else if method == "GET" && path == "/healthz" {
-                    ("200 OK", "text/plain", "ok\n".to_string())
-                } else {
-                    (
-                        "404 Not Found",
-                        "text/plain",
-                        "not found; try /metrics\n".to_string(),
-                    )
-                };
+            let (status, ctype, body) = if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) {
+                ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics.render())
+            } else if method == "GET" && path == "/healthz" {
+                ("200 OK", "text/plain", "ok\n".to_string())
+            } else {
+                ("404 Not Found", "text/plain", "not found; try /metrics\n".to_string())
+            };
             let resp = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
@@ -252,28 +205,13 @@ mod tests {
         m.inc("trellis_overlay_peer_rejected_total", &[("node", "n\"2")]);
         m.set("trellis_overlay_peers", &[], 3.0);
         let text = m.render();
-        assert!(
-            text.contains("# TYPE trellis_overlay_peer_rejected_total counter"),
-            "{text}"
-        );
-        assert!(
-            text.contains("trellis_overlay_peer_rejected_total{node=\"n\\\"2\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("# TYPE trellis_overlay_peers gauge"),
-            "{text}"
-        );
+        assert!(text.contains("# TYPE trellis_overlay_peer_rejected_total counter"), "{text}");
+        assert!(text.contains("trellis_overlay_peer_rejected_total{node=\"n\\\"2\"} 2"), "{text}");
+        assert!(text.contains("# TYPE trellis_overlay_peers gauge"), "{text}");
         assert!(text.contains("trellis_overlay_peers 3"), "{text}");
         // Untouched families still show up at zero.
-        assert!(
-            text.contains("trellis_cni_conflist_writes_total 0"),
-            "{text}"
-        );
-        assert_eq!(
-            m.get("trellis_overlay_peer_rejected_total", &[("node", "n\"2")]),
-            2.0
-        );
+        assert!(text.contains("trellis_cni_conflist_writes_total 0"), "{text}");
+        assert_eq!(m.get("trellis_overlay_peer_rejected_total", &[("node", "n\"2")]), 2.0);
         assert_eq!(m.total("trellis_overlay_peer_rejected_total"), 2.0);
     }
 
@@ -286,9 +224,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let task = tokio::spawn(serve(l, m));
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");

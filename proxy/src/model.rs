@@ -35,81 +35,45 @@ impl NodeInfo {
         }
     }
     pub fn pod_cidr_v4(&self) -> Option<IpNet> {
-        self.pod_cidrs
-            .iter()
-            .copied()
-            .find(|n| matches!(n, IpNet::V4(_)))
+        self.pod_cidrs.iter().copied().find(|n| matches!(n, IpNet::V4(_)))
     }
     pub fn pod_cidr_v6(&self) -> Option<IpNet> {
-        self.pod_cidrs
-            .iter()
-            .copied()
-            .find(|n| matches!(n, IpNet::V6(_)))
+        self.pod_cidrs.iter().copied().find(|n| matches!(n, IpNet::V6(_)))
     }
 }
 
 /// Validate a Node object into [`NodeInfo`]. A node that simply has no podCIDR or InternalIP yet
 /// is valid (the overlay skips it until it has); malformed values are errors.
 pub fn node_info(node: &Node) -> Result<NodeInfo, String> {
-    let name = node
-        .metadata
-        .name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .ok_or("Node without metadata.name")?;
+    let name = node.metadata.name.clone().filter(|n| !n.is_empty()).ok_or("Node without metadata.name")?;
     let spec = node.spec.as_ref();
-    let raw: Vec<String> = match spec
-        .and_then(|s| s.pod_cidrs.clone())
-        .filter(|v| !v.is_empty())
-    {
+    let raw: Vec<String> = match spec.and_then(|s| s.pod_cidrs.clone()).filter(|v| !v.is_empty()) {
         Some(v) => v,
         None => spec.and_then(|s| s.pod_cidr.clone()).into_iter().collect(),
     };
     let mut pod_cidrs: Vec<IpNet> = Vec::new();
     for s in &raw {
-        let net: IpNet = s
-            .trim()
-            .parse()
-            .map_err(|_| format!("podCIDR {s:?} is not a CIDR"))?;
+        let net: IpNet = s.trim().parse().map_err(|_| format!("podCIDR {s:?} is not a CIDR"))?;
         if net.network() != net.addr() {
-            return Err(format!(
-                "podCIDR {s:?} has host bits set (network is {})",
-                net.trunc()
-            ));
+            return Err(format!("podCIDR {s:?} has host bits set (network is {})", net.trunc()));
         }
-        if pod_cidrs
-            .iter()
-            .any(|n| n.addr().is_ipv4() == net.addr().is_ipv4())
-        {
-            return Err(format!(
-                "podCIDRs {raw:?} hold more than one CIDR of a family"
-            ));
+        if pod_cidrs.iter().any(|n| n.addr().is_ipv4() == net.addr().is_ipv4()) {
+            return Err(format!("podCIDRs {raw:?} hold more than one CIDR of a family"));
         }
         pod_cidrs.push(net);
     }
     pod_cidrs.sort_by_key(|n| n.addr().is_ipv6());
     let mut internal_ips: Vec<IpAddr> = Vec::new();
     let addrs = node.status.as_ref().and_then(|s| s.addresses.as_ref());
-    for a in addrs
-        .into_iter()
-        .flatten()
-        .filter(|a| a.type_ == "InternalIP")
-    {
-        let ip: IpAddr = a
-            .address
-            .trim()
-            .parse()
-            .map_err(|_| format!("InternalIP {:?} is not an IP address", a.address))?;
+    for a in addrs.into_iter().flatten().filter(|a| a.type_ == "InternalIP") {
+        let ip: IpAddr =
+            a.address.trim().parse().map_err(|_| format!("InternalIP {:?} is not an IP address", a.address))?;
         // Kubernetes lists one per family; later ones of the same family are ignored.
         if !internal_ips.iter().any(|x| x.is_ipv4() == ip.is_ipv4()) {
             internal_ips.push(ip);
         }
     }
-    Ok(NodeInfo {
-        name,
-        internal_ips,
-        pod_cidrs,
-    })
+    Ok(NodeInfo { name, internal_ips, pod_cidrs })
 }
 
 /// Cluster state as far as the agent needs it.
@@ -129,11 +93,7 @@ pub struct Model {
 
 impl Model {
     pub fn new(source: &'static str, metrics: Metrics) -> Self {
-        Model {
-            cluster: Cluster::default(),
-            source,
-            metrics,
-        }
+        Model { cluster: Cluster::default(), source, metrics }
     }
 
     /// Apply one event; true when the cluster state changed.
@@ -152,11 +112,7 @@ impl Model {
             }
             Event::Synced => self.cluster.synced = true,
         }
-        self.metrics.set(
-            "trellis_controlplane_synced",
-            &[],
-            if self.cluster.synced { 1.0 } else { 0.0 },
-        );
+        self.metrics.set("trellis_controlplane_synced", &[], if self.cluster.synced { 1.0 } else { 0.0 });
         self.cluster != before
     }
 
@@ -208,14 +164,8 @@ pub(crate) mod tests {
             status: Some(NodeStatus {
                 addresses: Some(
                     ips.iter()
-                        .map(|ip| NodeAddress {
-                            type_: "InternalIP".into(),
-                            address: ip.to_string(),
-                        })
-                        .chain([NodeAddress {
-                            type_: "Hostname".into(),
-                            address: name.into(),
-                        }])
+                        .map(|ip| NodeAddress { type_: "InternalIP".into(), address: ip.to_string() })
+                        .chain([NodeAddress { type_: "Hostname".into(), address: name.into() }])
                         .collect(),
                 ),
                 ..Default::default()
@@ -225,11 +175,7 @@ pub(crate) mod tests {
 
     #[test]
     fn node_info_parses_dual_stack() {
-        let n = node(
-            "a",
-            &["fd00:10:244:1::/64", "10.244.1.0/24"],
-            &["192.168.1.1", "fd00::1"],
-        );
+        let n = node("a", &["fd00:10:244:1::/64", "10.244.1.0/24"], &["192.168.1.1", "fd00::1"]);
         let i = node_info(&n).unwrap();
         assert_eq!(i.pod_cidr_v4().unwrap().to_string(), "10.244.1.0/24");
         assert_eq!(i.pod_cidr_v6().unwrap().to_string(), "fd00:10:244:1::/64");
@@ -247,10 +193,7 @@ pub(crate) mod tests {
             (vec!["10.244.1.0/24", "10.244.2.0/24"], vec!["192.168.1.1"]),
             (vec!["10.244.1.0/24"], vec!["192.168.1.300"]),
         ] {
-            assert!(
-                node_info(&node("a", &cidrs, &ips)).is_err(),
-                "{cidrs:?} {ips:?}"
-            );
+            assert!(node_info(&node("a", &cidrs, &ips)).is_err(), "{cidrs:?} {ips:?}");
         }
         // Missing values are not errors: the overlay skips such nodes.
         let i = node_info(&node("a", &[], &[])).unwrap();
@@ -261,33 +204,18 @@ pub(crate) mod tests {
     fn model_applies_events_and_counts_bad_nodes() {
         let m = Metrics::new();
         let mut model = Model::new("files", m.clone());
-        assert!(model.apply(Event::Applied(Resource::Node(Box::new(node(
-            "a",
-            &["10.244.1.0/24"],
-            &["192.168.1.1"]
-        ))))));
+        assert!(model.apply(Event::Applied(Resource::Node(Box::new(node("a", &["10.244.1.0/24"], &["192.168.1.1"]))))));
         assert!(!model.apply(Event::Applied(Resource::Node(Box::new(node(
             "a",
             &["10.244.1.0/24"],
             &["192.168.1.1"]
         ))))));
-        assert!(model.apply(Event::Applied(Resource::Node(Box::new(node(
-            "b",
-            &["10.244.2.0/24"],
-            &["192.168.1.2"]
-        ))))));
+        assert!(model.apply(Event::Applied(Resource::Node(Box::new(node("b", &["10.244.2.0/24"], &["192.168.1.2"]))))));
         // b turns bad: it is dropped and counted; a stays.
-        assert!(model.apply(Event::Applied(Resource::Node(Box::new(node(
-            "b",
-            &["nope"],
-            &["192.168.1.2"]
-        ))))));
+        assert!(model.apply(Event::Applied(Resource::Node(Box::new(node("b", &["nope"], &["192.168.1.2"]))))));
         assert_eq!(model.cluster.nodes.keys().collect::<Vec<_>>(), vec!["a"]);
         assert_eq!(
-            m.get(
-                "trellis_controlplane_invalid_objects_total",
-                &[("source", "files"), ("reason", "node")]
-            ),
+            m.get("trellis_controlplane_invalid_objects_total", &[("source", "files"), ("reason", "node")]),
             1.0
         );
         assert!(!model.cluster.synced);
@@ -296,18 +224,10 @@ pub(crate) mod tests {
         // A relist replaces the kind wholesale.
         model.apply(Event::Relisted(
             Kind::Node,
-            vec![Resource::Node(Box::new(node(
-                "c",
-                &["10.244.3.0/24"],
-                &["192.168.1.3"],
-            )))],
+            vec![Resource::Node(Box::new(node("c", &["10.244.3.0/24"], &["192.168.1.3"])))],
         ));
         assert_eq!(model.cluster.nodes.keys().collect::<Vec<_>>(), vec!["c"]);
-        assert!(model.apply(Event::Deleted(ObjectKey {
-            kind: Kind::Node,
-            namespace: None,
-            name: "c".into()
-        })));
+        assert!(model.apply(Event::Deleted(ObjectKey { kind: Kind::Node, namespace: None, name: "c".into() })));
         assert!(model.cluster.nodes.is_empty());
     }
 }

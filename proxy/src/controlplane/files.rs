@@ -53,10 +53,7 @@ pub fn decode(text: &str) -> Decoded {
         let json = match serde_json::to_value(&value) {
             Ok(j) => j,
             Err(e) => {
-                out.invalid.push(format!(
-                    "document {}: not representable as JSON: {e}",
-                    i + 1
-                ));
+                out.invalid.push(format!("document {}: not representable as JSON: {e}", i + 1));
                 continue;
             }
         };
@@ -66,11 +63,7 @@ pub fn decode(text: &str) -> Decoded {
 }
 
 fn decode_value(v: serde_json::Value, at: &str, out: &mut Decoded) {
-    let kind = v
-        .get("kind")
-        .and_then(|k| k.as_str())
-        .unwrap_or("")
-        .to_string();
+    let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
     match kind.as_str() {
         "List" | "NodeList" => match v.get("items").and_then(|i| i.as_array()) {
             Some(items) => {
@@ -78,9 +71,7 @@ fn decode_value(v: serde_json::Value, at: &str, out: &mut Decoded) {
                     decode_value(item.clone(), &format!("{at} item {}", j + 1), out);
                 }
             }
-            None => out
-                .invalid
-                .push(format!("{at}: {kind} without an items array")),
+            None => out.invalid.push(format!("{at}: {kind} without an items array")),
         },
         "Node" => {
             // The list item may omit apiVersion (kubectl output never does, people might).
@@ -94,8 +85,7 @@ fn decode_value(v: serde_json::Value, at: &str, out: &mut Decoded) {
                     if r.key().is_some() {
                         out.objects.push(r);
                     } else {
-                        out.invalid
-                            .push(format!("{at}: Node without metadata.name"));
+                        out.invalid.push(format!("{at}: Node without metadata.name"));
                     }
                 }
                 Err(e) => out.invalid.push(format!("{at}: bad Node: {e}")),
@@ -128,21 +118,12 @@ pub struct Poller {
 
 impl Poller {
     pub fn new(dir: impl Into<PathBuf>, metrics: Metrics) -> Self {
-        Poller {
-            dir: dir.into(),
-            files: BTreeMap::new(),
-            merged: BTreeMap::new(),
-            metrics,
-        }
+        Poller { dir: dir.into(), files: BTreeMap::new(), merged: BTreeMap::new(), metrics }
     }
 
     fn is_manifest(p: &Path) -> bool {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        !name.starts_with('.')
-            && matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml" | "json")
-            )
+        !name.starts_with('.') && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
     }
 
     /// Scan the directory once; return the events describing what changed since the last scan.
@@ -181,22 +162,15 @@ impl Poller {
             let decoded = decode(&text);
             for why in &decoded.invalid {
                 warn!(file = %path.display(), "skipping invalid object: {why}");
-                self.metrics.inc(
-                    "trellis_controlplane_invalid_objects_total",
-                    &[("source", SOURCE), ("reason", "object")],
-                );
+                self.metrics
+                    .inc("trellis_controlplane_invalid_objects_total", &[("source", SOURCE), ("reason", "object")]);
             }
             let objects = match &decoded.syntax_error {
                 Some(why) => {
                     warn!(file = %path.display(), "manifest is not valid YAML/JSON, keeping what it held before: {why}");
-                    self.metrics.inc(
-                        "trellis_controlplane_invalid_objects_total",
-                        &[("source", SOURCE), ("reason", "syntax")],
-                    );
-                    self.files
-                        .get(&path)
-                        .map(|f| f.objects.clone())
-                        .unwrap_or_default()
+                    self.metrics
+                        .inc("trellis_controlplane_invalid_objects_total", &[("source", SOURCE), ("reason", "syntax")]);
+                    self.files.get(&path).map(|f| f.objects.clone()).unwrap_or_default()
                 }
                 None => decoded.objects,
             };
@@ -239,11 +213,7 @@ pub struct FilesSource {
 
 impl FilesSource {
     pub fn new(dir: impl Into<PathBuf>, metrics: Metrics) -> Self {
-        FilesSource {
-            dir: dir.into(),
-            interval: Duration::from_millis(250),
-            metrics,
-        }
+        FilesSource { dir: dir.into(), interval: Duration::from_millis(250), metrics }
     }
 }
 
@@ -368,50 +338,26 @@ mod tests {
         let mut p = Poller::new(dir.path(), m.clone());
         assert!(p.poll().unwrap().is_empty());
 
-        std::fs::write(
-            dir.path().join("a.yaml"),
-            node_yaml("a", "10.244.1.0/24", "192.168.1.1"),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("a.yaml"), node_yaml("a", "10.244.1.0/24", "192.168.1.1")).unwrap();
         std::fs::write(dir.path().join("notes.txt"), "kind: Node").unwrap();
-        std::fs::write(
-            dir.path().join(".tmp.yaml"),
-            node_yaml("hidden", "10.244.9.0/24", "192.168.1.9"),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join(".tmp.yaml"), node_yaml("hidden", "10.244.9.0/24", "192.168.1.9")).unwrap();
         assert_eq!(names(&p.poll().unwrap()), vec!["+a"]);
         // Nothing changed: nothing reported.
         assert!(p.poll().unwrap().is_empty());
 
         // Change: a's CIDR changes (size stays the same: the inode/mtime still tell).
-        std::fs::write(
-            dir.path().join("a.yaml"),
-            node_yaml("a", "10.244.3.0/24", "192.168.1.1"),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("a.yaml"), node_yaml("a", "10.244.3.0/24", "192.168.1.1")).unwrap();
         let ev = p.poll().unwrap();
         assert_eq!(names(&ev), vec!["+a"]);
-        let Event::Applied(Resource::Node(n)) = &ev[0] else {
-            panic!("{ev:?}")
-        };
-        assert_eq!(
-            n.spec.as_ref().unwrap().pod_cidr.as_deref(),
-            Some("10.244.3.0/24")
-        );
+        let Event::Applied(Resource::Node(n)) = &ev[0] else { panic!("{ev:?}") };
+        assert_eq!(n.spec.as_ref().unwrap().pod_cidr.as_deref(), Some("10.244.3.0/24"));
 
         // A bad file is counted and skipped; the rest keeps working.
         std::fs::write(dir.path().join("bad.yaml"), "kind: [unclosed\n").unwrap();
-        std::fs::write(
-            dir.path().join("b.yml"),
-            node_yaml("b", "10.244.4.0/24", "192.168.1.4"),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("b.yml"), node_yaml("b", "10.244.4.0/24", "192.168.1.4")).unwrap();
         assert_eq!(names(&p.poll().unwrap()), vec!["+b"]);
         assert_eq!(
-            m.get(
-                "trellis_controlplane_invalid_objects_total",
-                &[("source", "files"), ("reason", "syntax")]
-            ),
+            m.get("trellis_controlplane_invalid_objects_total", &[("source", "files"), ("reason", "syntax")]),
             1.0
         );
 
@@ -429,68 +375,34 @@ mod tests {
     fn later_file_wins_and_deleting_it_restores_the_earlier() {
         let dir = tempfile::tempdir().unwrap();
         let mut p = Poller::new(dir.path(), Metrics::new());
-        std::fs::write(
-            dir.path().join("1.yaml"),
-            node_yaml("a", "10.244.1.0/24", "192.168.1.1"),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("2.yaml"),
-            node_yaml("a", "10.244.2.0/24", "192.168.1.1"),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("1.yaml"), node_yaml("a", "10.244.1.0/24", "192.168.1.1")).unwrap();
+        std::fs::write(dir.path().join("2.yaml"), node_yaml("a", "10.244.2.0/24", "192.168.1.1")).unwrap();
         let ev = p.poll().unwrap();
-        let Event::Applied(Resource::Node(n)) = &ev[0] else {
-            panic!()
-        };
-        assert_eq!(
-            n.spec.as_ref().unwrap().pod_cidr.as_deref(),
-            Some("10.244.2.0/24")
-        );
+        let Event::Applied(Resource::Node(n)) = &ev[0] else { panic!() };
+        assert_eq!(n.spec.as_ref().unwrap().pod_cidr.as_deref(), Some("10.244.2.0/24"));
         std::fs::remove_file(dir.path().join("2.yaml")).unwrap();
         let ev = p.poll().unwrap();
         assert_eq!(names(&ev), vec!["+a"]);
-        let Event::Applied(Resource::Node(n)) = &ev[0] else {
-            panic!()
-        };
-        assert_eq!(
-            n.spec.as_ref().unwrap().pod_cidr.as_deref(),
-            Some("10.244.1.0/24")
-        );
+        let Event::Applied(Resource::Node(n)) = &ev[0] else { panic!() };
+        assert_eq!(n.spec.as_ref().unwrap().pod_cidr.as_deref(), Some("10.244.1.0/24"));
     }
 
     #[tokio::test]
     async fn source_sends_initial_objects_then_synced_then_changes() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("a.yaml"),
-            node_yaml("a", "10.244.1.0/24", "192.168.1.1"),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("b.yaml"),
-            node_yaml("b", "10.244.2.0/24", "192.168.1.2"),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("a.yaml"), node_yaml("a", "10.244.1.0/24", "192.168.1.1")).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), node_yaml("b", "10.244.2.0/24", "192.168.1.2")).unwrap();
         let mut src = FilesSource::new(dir.path(), Metrics::new());
         src.interval = Duration::from_millis(20);
         let (tx, mut rx) = mpsc::channel(16);
         let task = tokio::spawn(Box::new(src).run(tx));
         let mut got = Vec::new();
         for _ in 0..3 {
-            got.push(
-                tokio::time::timeout(Duration::from_secs(5), rx.recv())
-                    .await
-                    .unwrap()
-                    .unwrap(),
-            );
+            got.push(tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap());
         }
         assert_eq!(names(&got), vec!["+a", "+b", "synced"]);
         std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
-        let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
         assert_eq!(names(&[ev]), vec!["-a"]);
         drop(rx);
         task.abort();
@@ -504,14 +416,9 @@ mod tests {
         src.interval = Duration::from_millis(20);
         let (tx, mut rx) = mpsc::channel(16);
         let task = tokio::spawn(Box::new(src).run(tx));
-        assert!(tokio::time::timeout(Duration::from_millis(150), rx.recv())
-            .await
-            .is_err());
+        assert!(tokio::time::timeout(Duration::from_millis(150), rx.recv()).await.is_err());
         std::fs::create_dir(&sub).unwrap();
-        let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
         assert_eq!(ev, Event::Synced);
         task.abort();
     }

@@ -38,9 +38,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
                 .await
                 .map_err(|e| Error::KubeConfig(format!("{}: {e}", p.display())))?
         }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| Error::KubeConfig(e.to_string()))?,
+        None => kube::Config::infer().await.map_err(|e| Error::KubeConfig(e.to_string()))?,
     };
     Ok(Client::try_from(config)?)
 }
@@ -74,9 +72,7 @@ where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     tokio::spawn(async move {
-        let mut stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
+        let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
         let mut buffer: Vec<Resource> = Vec::new();
         while let Some(item) = stream.next().await {
             let msgs = match item {
@@ -89,20 +85,11 @@ where
                     vec![]
                 }
                 Ok(watcher::Event::InitDone) => {
-                    metrics.inc(
-                        "trellis_controlplane_events_total",
-                        &[("source", SOURCE), ("kind", kind.as_str())],
-                    );
-                    vec![
-                        Msg::Event(Event::Relisted(kind, std::mem::take(&mut buffer))),
-                        Msg::ListDone(kind),
-                    ]
+                    metrics.inc("trellis_controlplane_events_total", &[("source", SOURCE), ("kind", kind.as_str())]);
+                    vec![Msg::Event(Event::Relisted(kind, std::mem::take(&mut buffer))), Msg::ListDone(kind)]
                 }
                 Ok(watcher::Event::Apply(o)) => {
-                    metrics.inc(
-                        "trellis_controlplane_events_total",
-                        &[("source", SOURCE), ("kind", kind.as_str())],
-                    );
+                    metrics.inc("trellis_controlplane_events_total", &[("source", SOURCE), ("kind", kind.as_str())]);
                     vec![Msg::Event(Event::Applied(wrap(o)))]
                 }
                 Ok(watcher::Event::Delete(o)) => {
@@ -117,10 +104,8 @@ where
                     // The backoff wrapper retries; an object the API returns that we cannot
                     // decode also lands here.
                     warn!(kind = kind.as_str(), error = %e, "watch error; retrying with backoff");
-                    metrics.inc(
-                        "trellis_controlplane_invalid_objects_total",
-                        &[("source", SOURCE), ("reason", "watch")],
-                    );
+                    metrics
+                        .inc("trellis_controlplane_invalid_objects_total", &[("source", SOURCE), ("reason", "watch")]);
                     vec![]
                 }
             };
@@ -195,10 +180,7 @@ mod tests {
     }
 
     async fn next(rx: &mut mpsc::Receiver<Event>) -> Event {
-        tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .expect("event in time")
-            .expect("channel open")
+        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("event in time").expect("channel open")
     }
 
     #[tokio::test]
@@ -216,13 +198,9 @@ mod tests {
         assert!(!uri.contains("watch=true"), "{uri}");
         let list = json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": "10"},
                           "items": [node_json("a", "10.244.1.0/24", "192.168.1.1"), node_json("b", "10.244.2.0/24", "192.168.1.2")]});
-        send.send_response(Response::new(Body::from(
-            serde_json::to_vec(&list).unwrap(),
-        )));
+        send.send_response(Response::new(Body::from(serde_json::to_vec(&list).unwrap())));
 
-        let Event::Relisted(Kind::Node, objs) = next(&mut rx).await else {
-            panic!("expected a relist")
-        };
+        let Event::Relisted(Kind::Node, objs) = next(&mut rx).await else { panic!("expected a relist") };
         let names: Vec<_> = objs.iter().map(|o| o.key().unwrap().name).collect();
         assert_eq!(names, vec!["a", "b"]);
         assert_eq!(next(&mut rx).await, Event::Synced);
@@ -230,10 +208,7 @@ mod tests {
         // 2. The watch: one node added, one deleted.
         let (req, send) = server.next_request().await.expect("watch request");
         let uri = req.uri().to_string();
-        assert!(
-            uri.contains("watch=true") && uri.contains("resourceVersion=10"),
-            "{uri}"
-        );
+        assert!(uri.contains("watch=true") && uri.contains("resourceVersion=10"), "{uri}");
         let mut body = Vec::new();
         for (t, o) in [
             ("ADDED", node_json("c", "10.244.3.0/24", "192.168.1.3")),
@@ -244,17 +219,11 @@ mod tests {
         }
         send.send_response(Response::new(Body::from(body)));
 
-        let Event::Applied(Resource::Node(n)) = next(&mut rx).await else {
-            panic!("expected an apply")
-        };
+        let Event::Applied(Resource::Node(n)) = next(&mut rx).await else { panic!("expected an apply") };
         assert_eq!(n.metadata.name.as_deref(), Some("c"));
         assert_eq!(
             next(&mut rx).await,
-            Event::Deleted(ObjectKey {
-                kind: Kind::Node,
-                namespace: None,
-                name: "a".into()
-            })
+            Event::Deleted(ObjectKey { kind: Kind::Node, namespace: None, name: "a".into() })
         );
         drop(rx);
         task.abort();
@@ -274,25 +243,19 @@ mod tests {
         *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
         send.send_response(resp);
         // Nothing may be reported (above all not Synced) before a list succeeded.
-        assert!(tokio::time::timeout(Duration::from_millis(100), rx.recv())
-            .await
-            .is_err());
+        assert!(tokio::time::timeout(Duration::from_millis(100), rx.recv()).await.is_err());
 
         let (_req, send) = tokio::time::timeout(Duration::from_secs(10), server.next_request())
             .await
             .expect("retry in time")
             .expect("retried list");
         let list = json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": "11"}, "items": [node_json("a", "10.244.1.0/24", "192.168.1.1")]});
-        send.send_response(Response::new(Body::from(
-            serde_json::to_vec(&list).unwrap(),
-        )));
+        send.send_response(Response::new(Body::from(serde_json::to_vec(&list).unwrap())));
         assert!(matches!(next(&mut rx).await, Event::Relisted(Kind::Node, v) if v.len() == 1));
         assert_eq!(next(&mut rx).await, Event::Synced);
         assert!(
-            metrics.get(
-                "trellis_controlplane_invalid_objects_total",
-                &[("source", "kube"), ("reason", "watch")]
-            ) >= 1.0
+            metrics.get("trellis_controlplane_invalid_objects_total", &[("source", "kube"), ("reason", "watch")])
+                >= 1.0
         );
         task.abort();
     }

@@ -50,16 +50,11 @@ impl Resource {
     /// The object's key; None when it has no name (such an object is unusable).
     pub fn key(&self) -> Option<ObjectKey> {
         match self {
-            Resource::Node(n) => n
-                .metadata
-                .name
-                .clone()
-                .filter(|s| !s.is_empty())
-                .map(|name| ObjectKey {
-                    kind: Kind::Node,
-                    namespace: None,
-                    name,
-                }),
+            Resource::Node(n) => n.metadata.name.clone().filter(|s| !s.is_empty()).map(|name| ObjectKey {
+                kind: Kind::Node,
+                namespace: None,
+                name,
+            }),
         }
     }
 }

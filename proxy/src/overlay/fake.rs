@@ -25,11 +25,7 @@ pub struct FakeDataplane {
 
 impl FakeDataplane {
     pub fn new(underlay: Underlay) -> Self {
-        FakeDataplane {
-            next_ifindex: underlay.ifindex + 100,
-            underlay: Some(underlay),
-            ..Default::default()
-        }
+        FakeDataplane { next_ifindex: underlay.ifindex + 100, underlay: Some(underlay), ..Default::default() }
     }
 
     pub fn ifindex_of(&self, name: &str) -> Option<u32> {
@@ -48,10 +44,7 @@ impl FakeDataplane {
 
 impl OverlayDataplane for FakeDataplane {
     fn underlay(&mut self, iface: Option<&str>, node_ip: IpAddr) -> Result<Underlay> {
-        let u = self
-            .underlay
-            .clone()
-            .ok_or_else(|| Error::Dataplane("no underlay".into()))?;
+        let u = self.underlay.clone().ok_or_else(|| Error::Dataplane("no underlay".into()))?;
         let matches = match iface {
             Some(n) => n == u.name,
             None => u.addrs.iter().any(|a| a.addr() == node_ip),
@@ -59,9 +52,7 @@ impl OverlayDataplane for FakeDataplane {
         if matches {
             Ok(u)
         } else {
-            Err(Error::Dataplane(format!(
-                "no interface {iface:?} holding {node_ip}"
-            )))
+            Err(Error::Dataplane(format!("no interface {iface:?} holding {node_ip}")))
         }
     }
 
@@ -95,11 +86,7 @@ impl OverlayDataplane for FakeDataplane {
     }
 
     fn fdbs(&mut self, ifindex: u32) -> Result<Vec<FdbEntry>> {
-        Ok(self
-            .fdb
-            .get(&ifindex)
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default())
+        Ok(self.fdb.get(&ifindex).map(|s| s.iter().copied().collect()).unwrap_or_default())
     }
 
     fn add_fdb(&mut self, ifindex: u32, e: &FdbEntry) -> Result<()> {
@@ -115,11 +102,7 @@ impl OverlayDataplane for FakeDataplane {
     }
 
     fn neighs(&mut self, ifindex: u32) -> Result<Vec<NeighEntry>> {
-        Ok(self
-            .neigh
-            .get(&ifindex)
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default())
+        Ok(self.neigh.get(&ifindex).map(|s| s.iter().copied().collect()).unwrap_or_default())
     }
 
     fn add_neigh(&mut self, ifindex: u32, e: &NeighEntry) -> Result<()> {
@@ -142,15 +125,10 @@ impl OverlayDataplane for FakeDataplane {
 
     fn replace_route(&mut self, r: &KernelRoute) -> Result<()> {
         if !r.onlink {
-            let u = self
-                .underlay
-                .as_ref()
-                .ok_or_else(|| Error::Dataplane("no underlay".into()))?;
+            let u = self.underlay.as_ref().ok_or_else(|| Error::Dataplane("no underlay".into()))?;
             // Like the kernel: a gateway must be reachable on the link unless onlink.
             if r.oif != u.ifindex || !u.addrs.iter().any(|a| a.contains(&r.gateway)) {
-                return Err(Error::Dataplane(format!(
-                    "Nexthop has invalid gateway: {r}"
-                )));
+                return Err(Error::Dataplane(format!("Nexthop has invalid gateway: {r}")));
             }
         } else if !self.vxlans.values().any(|(i, _)| *i == r.oif) {
             return Err(Error::Dataplane(format!("no device {}", r.oif)));

@@ -19,13 +19,7 @@ pub struct FaultyDataplane<D> {
 
 impl<D> FaultyDataplane<D> {
     pub fn new(inner: D) -> Self {
-        FaultyDataplane {
-            inner,
-            calls: 0,
-            fail_nth: None,
-            fail_op: None,
-            failures: 0,
-        }
+        FaultyDataplane { inner, calls: 0, fail_nth: None, fail_op: None, failures: 0 }
     }
 
     fn check(&mut self, op: &'static str) -> Result<()> {

@@ -41,13 +41,7 @@ pub struct OverlayConfig {
 
 impl Default for OverlayConfig {
     fn default() -> Self {
-        OverlayConfig {
-            mode: Mode::Vxlan,
-            vni: 1,
-            port: 8472,
-            device: "trellis.1".into(),
-            underlay_iface: None,
-        }
+        OverlayConfig { mode: Mode::Vxlan, vni: 1, port: 8472, device: "trellis.1".into(), underlay_iface: None }
     }
 }
 
@@ -69,10 +63,7 @@ pub fn vxlan_mac(ip: Ipv4Addr) -> [u8; 6] {
 }
 
 pub fn fmt_mac(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// The VXLAN device we want.
@@ -127,13 +118,6 @@ pub struct KernelRoute {
 
 impl std::fmt::Display for KernelRoute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} via {} oif {}{}",
-            self.dst,
-            self.gateway,
-            self.oif,
-            if self.onlink { " onlink" } else { "" }
-        )
+        write!(f, "{} via {} oif {}{}", self.dst, self.gateway, self.oif, if self.onlink { " onlink" } else { "" })
     }
 }

@@ -11,10 +11,7 @@ use crate::{Error, Result};
 
 fn nl(op: impl Into<String>) -> impl FnOnce(trellis_netlink::Error) -> Error {
     let op = op.into();
-    move |e| Error::Netlink {
-        op,
-        message: e.to_string(),
-    }
+    move |e| Error::Netlink { op, message: e.to_string() }
 }
 
 pub struct NetlinkDataplane {
@@ -27,20 +24,13 @@ pub struct NetlinkDataplane {
 impl NetlinkDataplane {
     /// A dataplane for the calling thread's netns (the agent runs inside its node's netns).
     pub fn new() -> Result<Self> {
-        Ok(NetlinkDataplane {
-            h: Handle::new().map_err(nl("open rtnetlink socket"))?,
-            netns: None,
-        })
+        Ok(NetlinkDataplane { h: Handle::new().map_err(nl("open rtnetlink socket"))?, netns: None })
     }
 
     /// A dataplane for the netns at `path`; the calling thread stays where it is.
     pub fn in_netns(path: &Path) -> Result<Self> {
-        let h = Handle::in_netns(path)
-            .map_err(nl(format!("open rtnetlink socket in {}", path.display())))?;
-        Ok(NetlinkDataplane {
-            h,
-            netns: Some(path.to_path_buf()),
-        })
+        let h = Handle::in_netns(path).map_err(nl(format!("open rtnetlink socket in {}", path.display())))?;
+        Ok(NetlinkDataplane { h, netns: Some(path.to_path_buf()) })
     }
 
     fn sysctl(&self, key: &'static str, value: &'static str) -> Result<()> {
@@ -68,18 +58,11 @@ impl OverlayDataplane for NetlinkDataplane {
                 .h
                 .link_by_name(name)
                 .map_err(nl(format!("get link {name}")))?
-                .ok_or_else(|| {
-                    Error::Dataplane(format!("underlay interface {name} does not exist"))
-                })?,
+                .ok_or_else(|| Error::Dataplane(format!("underlay interface {name} does not exist")))?,
             None => {
-                let idx = addrs
-                    .iter()
-                    .find(|(_, a)| a.addr() == node_ip)
-                    .map(|(i, _)| *i)
-                    .ok_or_else(|| {
-                        Error::Dataplane(format!(
-                            "no interface holds the node's InternalIP {node_ip}"
-                        ))
+                let idx =
+                    addrs.iter().find(|(_, a)| a.addr() == node_ip).map(|(i, _)| *i).ok_or_else(|| {
+                        Error::Dataplane(format!("no interface holds the node's InternalIP {node_ip}"))
                     })?;
                 self.h
                     .link_by_index(idx)
@@ -91,11 +74,7 @@ impl OverlayDataplane for NetlinkDataplane {
             ifindex: link.index,
             name: link.name,
             mtu: link.mtu,
-            addrs: addrs
-                .into_iter()
-                .filter(|(i, _)| *i == link.index)
-                .map(|(_, a)| a)
-                .collect(),
+            addrs: addrs.into_iter().filter(|(i, _)| *i == link.index).map(|(_, a)| a).collect(),
         })
     }
 
@@ -118,135 +97,66 @@ impl OverlayDataplane for NetlinkDataplane {
             mtu: Some(dev.mtu),
             learning: false,
         };
-        let link = self
-            .h
-            .ensure_vxlan(&spec)
-            .map_err(nl(format!("ensure vxlan {}", dev.name)))?;
-        let have = self
-            .h
-            .addrs(Some(link.index))
-            .map_err(nl(format!("addresses of {}", dev.name)))?;
+        let link = self.h.ensure_vxlan(&spec).map_err(nl(format!("ensure vxlan {}", dev.name)))?;
+        let have = self.h.addrs(Some(link.index)).map_err(nl(format!("addresses of {}", dev.name)))?;
         for a in &dev.addrs {
             if !have.iter().any(|(_, h)| h == a) {
-                self.h
-                    .ensure_addr(link.index, *a)
-                    .map_err(nl(format!("add {a} to {}", dev.name)))?;
+                self.h.ensure_addr(link.index, *a).map_err(nl(format!("add {a} to {}", dev.name)))?;
             }
         }
         // The device is ours: a stale pod CIDR address (podCIDR changed) goes.
-        for (_, h) in have
-            .iter()
-            .filter(|(_, h)| !dev.addrs.contains(h) && !link_local(h))
-        {
-            self.h
-                .del_addr(link.index, *h)
-                .map_err(nl(format!("remove {h} from {}", dev.name)))?;
+        for (_, h) in have.iter().filter(|(_, h)| !dev.addrs.contains(h) && !link_local(h)) {
+            self.h.del_addr(link.index, *h).map_err(nl(format!("remove {h} from {}", dev.name)))?;
         }
         Ok(link.index)
     }
 
     fn remove_link(&mut self, name: &str) -> Result<()> {
         // Only a VXLAN device: a misconfigured name must never take down another interface.
-        if let Some(l) = self
-            .h
-            .link_by_name(name)
-            .map_err(nl(format!("get link {name}")))?
-        {
+        if let Some(l) = self.h.link_by_name(name).map_err(nl(format!("get link {name}")))? {
             if l.kind.as_deref() == Some("vxlan") {
-                self.h
-                    .delete_link(l.index)
-                    .map_err(nl(format!("delete {name}")))?;
+                self.h.delete_link(l.index).map_err(nl(format!("delete {name}")))?;
             }
         }
         Ok(())
     }
 
     fn fdbs(&mut self, ifindex: u32) -> Result<Vec<FdbEntry>> {
-        let v = self
-            .h
-            .fdbs(ifindex)
-            .map_err(nl(format!("dump fdb of #{ifindex}")))?;
-        Ok(v.into_iter()
-            .filter(|f| f.mac != [0; 6])
-            .map(|f| FdbEntry {
-                mac: f.mac,
-                dst: f.dst,
-            })
-            .collect())
+        let v = self.h.fdbs(ifindex).map_err(nl(format!("dump fdb of #{ifindex}")))?;
+        Ok(v.into_iter().filter(|f| f.mac != [0; 6]).map(|f| FdbEntry { mac: f.mac, dst: f.dst }).collect())
     }
 
     fn add_fdb(&mut self, ifindex: u32, e: &FdbEntry) -> Result<()> {
-        self.h
-            .ensure_fdb(&Fdb {
-                ifindex,
-                mac: e.mac,
-                dst: e.dst,
-            })
-            .map_err(nl("add fdb"))
+        self.h.ensure_fdb(&Fdb { ifindex, mac: e.mac, dst: e.dst }).map_err(nl("add fdb"))
     }
 
     fn del_fdb(&mut self, ifindex: u32, e: &FdbEntry) -> Result<()> {
-        self.h
-            .del_fdb(&Fdb {
-                ifindex,
-                mac: e.mac,
-                dst: e.dst,
-            })
-            .map_err(nl("delete fdb"))
+        self.h.del_fdb(&Fdb { ifindex, mac: e.mac, dst: e.dst }).map_err(nl("delete fdb"))
     }
 
     fn neighs(&mut self, ifindex: u32) -> Result<Vec<NeighEntry>> {
-        let v = self
-            .h
-            .neighs(ifindex)
-            .map_err(nl(format!("dump neighbours of #{ifindex}")))?;
-        Ok(v.into_iter()
-            .map(|n| NeighEntry {
-                ip: n.ip,
-                mac: n.mac,
-            })
-            .collect())
+        let v = self.h.neighs(ifindex).map_err(nl(format!("dump neighbours of #{ifindex}")))?;
+        Ok(v.into_iter().map(|n| NeighEntry { ip: n.ip, mac: n.mac }).collect())
     }
 
     fn add_neigh(&mut self, ifindex: u32, e: &NeighEntry) -> Result<()> {
-        self.h
-            .ensure_neigh(&Neigh {
-                ifindex,
-                ip: e.ip,
-                mac: e.mac,
-            })
-            .map_err(nl("add neighbour"))
+        self.h.ensure_neigh(&Neigh { ifindex, ip: e.ip, mac: e.mac }).map_err(nl("add neighbour"))
     }
 
     fn del_neigh(&mut self, ifindex: u32, e: &NeighEntry) -> Result<()> {
-        self.h
-            .del_neigh(&Neigh {
-                ifindex,
-                ip: e.ip,
-                mac: e.mac,
-            })
-            .map_err(nl("delete neighbour"))
+        self.h.del_neigh(&Neigh { ifindex, ip: e.ip, mac: e.mac }).map_err(nl("delete neighbour"))
     }
 
     fn routes(&mut self) -> Result<Vec<KernelRoute>> {
         let v = self.h.routes(Family::All).map_err(nl("dump routes"))?;
         Ok(v.into_iter()
             .filter(|r| r.protocol == RTPROT_TRELLIS)
-            .filter_map(|r| {
-                Some(KernelRoute {
-                    dst: r.dst,
-                    gateway: r.gateway?,
-                    oif: r.oif?,
-                    onlink: r.onlink,
-                })
-            })
+            .filter_map(|r| Some(KernelRoute { dst: r.dst, gateway: r.gateway?, oif: r.oif?, onlink: r.onlink }))
             .collect())
     }
 
     fn replace_route(&mut self, r: &KernelRoute) -> Result<()> {
-        self.h
-            .ensure_route(&to_route(r))
-            .map_err(nl("replace route"))
+        self.h.ensure_route(&to_route(r)).map_err(nl("replace route"))
     }
 
     fn del_route(&mut self, r: &KernelRoute) -> Result<()> {
@@ -255,10 +165,7 @@ impl OverlayDataplane for NetlinkDataplane {
 }
 
 fn to_route(r: &KernelRoute) -> Route {
-    let mut route = Route::new(r.dst)
-        .via(r.gateway)
-        .dev(r.oif)
-        .protocol(RTPROT_TRELLIS);
+    let mut route = Route::new(r.dst).via(r.gateway).dev(r.oif).protocol(RTPROT_TRELLIS);
     if r.onlink {
         route = route.onlink();
     }

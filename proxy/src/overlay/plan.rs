@@ -6,8 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::{
-    vxlan_mac, FdbEntry, Mode, NeighEntry, OverlayConfig, RouteDev, RouteEntry, Underlay,
-    VxlanDevice, VXLAN_OVERHEAD,
+    vxlan_mac, FdbEntry, Mode, NeighEntry, OverlayConfig, RouteDev, RouteEntry, Underlay, VxlanDevice, VXLAN_OVERHEAD,
 };
 use crate::model::NodeInfo;
 
@@ -65,10 +64,7 @@ pub fn own_underlay_ip(cfg: &OverlayConfig, own: &NodeInfo) -> Result<IpAddr, No
 }
 
 fn on_link(underlay: &Underlay, ip: IpAddr) -> bool {
-    underlay
-        .addrs
-        .iter()
-        .any(|n| n.contains(&ip) && n.addr() != ip)
+    underlay.addrs.iter().any(|n| n.contains(&ip) && n.addr() != ip)
 }
 
 /// Nodes in, desired state out. `own` names this node; `nodes` is every known node.
@@ -78,9 +74,7 @@ pub fn plan(
     nodes: &BTreeMap<String, NodeInfo>,
     underlay: &Underlay,
 ) -> Result<Plan, NotReady> {
-    let me = nodes
-        .get(own)
-        .ok_or_else(|| NotReady::OwnNodeUnknown(own.to_string()))?;
+    let me = nodes.get(own).ok_or_else(|| NotReady::OwnNodeUnknown(own.to_string()))?;
     let my_ip = own_underlay_ip(cfg, me)?;
     let mut desired = Desired::default();
     let mut skipped = Vec::new();
@@ -90,6 +84,9 @@ pub fn plan(
         Mode::Vxlan => underlay.mtu.saturating_sub(VXLAN_OVERHEAD),
         Mode::HostGw => underlay.mtu,
     };
+
+    // Our own IPv6 pods forward too, even before any IPv6 peer shows up.
+    desired.ipv6 = me.pod_cidr_v6().is_some();
 
     if cfg.mode == Mode::Vxlan {
         let IpAddr::V4(local) = my_ip else {
@@ -113,15 +110,10 @@ pub fn plan(
 
     // CIDRs already taken (ours first), so two nodes claiming overlapping ranges cannot make
     // the reconciler flip a route back and forth.
-    let mut taken: Vec<(IpNet, String)> =
-        me.pod_cidrs.iter().map(|n| (*n, own.to_string())).collect();
+    let mut taken: Vec<(IpNet, String)> = me.pod_cidrs.iter().map(|n| (*n, own.to_string())).collect();
     for node in nodes.values().filter(|n| n.name != own) {
-        let skip = |skipped: &mut Vec<Omission>, reason: String| {
-            skipped.push(Omission {
-                node: node.name.clone(),
-                reason,
-            })
-        };
+        let skip =
+            |skipped: &mut Vec<Omission>, reason: String| skipped.push(Omission { node: node.name.clone(), reason });
         if node.pod_cidrs.is_empty() {
             skip(&mut skipped, "no podCIDR".into());
             continue;
@@ -135,9 +127,8 @@ pub fn plan(
                 };
                 let mac = vxlan_mac(peer_ip);
                 for cidr in &node.pod_cidrs {
-                    if let Some((_, owner)) = taken
-                        .iter()
-                        .find(|(t, _)| t.contains(&cidr.network()) || cidr.contains(&t.network()))
+                    if let Some((_, owner)) =
+                        taken.iter().find(|(t, _)| t.contains(&cidr.network()) || cidr.contains(&t.network()))
                     {
                         skip(&mut skipped, format!("podCIDR {cidr} overlaps {owner}'s"));
                         continue;
@@ -145,20 +136,12 @@ pub fn plan(
                     taken.push((*cidr, node.name.clone()));
                     let gw = cidr.network();
                     desired.neigh.insert(NeighEntry { ip: gw, mac });
-                    desired.routes.insert(RouteEntry {
-                        dst: *cidr,
-                        gateway: gw,
-                        dev: RouteDev::Vxlan,
-                        onlink: true,
-                    });
+                    desired.routes.insert(RouteEntry { dst: *cidr, gateway: gw, dev: RouteDev::Vxlan, onlink: true });
                     desired.ipv6 |= cidr.addr().is_ipv6();
                     any = true;
                 }
                 if any {
-                    desired.fdb.insert(FdbEntry {
-                        mac,
-                        dst: IpAddr::V4(peer_ip),
-                    });
+                    desired.fdb.insert(FdbEntry { mac, dst: IpAddr::V4(peer_ip) });
                 }
             }
             Mode::HostGw => {
@@ -178,9 +161,8 @@ pub fn plan(
                         });
                         continue;
                     }
-                    if let Some((_, owner)) = taken
-                        .iter()
-                        .find(|(t, _)| t.contains(&cidr.network()) || cidr.contains(&t.network()))
+                    if let Some((_, owner)) =
+                        taken.iter().find(|(t, _)| t.contains(&cidr.network()) || cidr.contains(&t.network()))
                     {
                         skip(&mut skipped, format!("podCIDR {cidr} overlaps {owner}'s"));
                         continue;
@@ -201,13 +183,7 @@ pub fn plan(
             peers += 1;
         }
     }
-    Ok(Plan {
-        desired,
-        skipped,
-        rejected,
-        peers,
-        pod_mtu,
-    })
+    Ok(Plan { desired, skipped, rejected, peers, pod_mtu })
 }
 
 #[cfg(test)]
@@ -241,25 +217,14 @@ mod tests {
     }
 
     fn hg() -> OverlayConfig {
-        OverlayConfig {
-            mode: Mode::HostGw,
-            ..Default::default()
-        }
+        OverlayConfig { mode: Mode::HostGw, ..Default::default() }
     }
 
     fn routes(p: &Plan) -> Vec<String> {
         p.desired
             .routes
             .iter()
-            .map(|r| {
-                format!(
-                    "{} via {} {:?}{}",
-                    r.dst,
-                    r.gateway,
-                    r.dev,
-                    if r.onlink { " onlink" } else { "" }
-                )
-            })
+            .map(|r| format!("{} via {} {:?}{}", r.dst, r.gateway, r.dev, if r.onlink { " onlink" } else { "" }))
             .collect()
     }
 
@@ -273,45 +238,17 @@ mod tests {
         let p = plan(&vx(), "a", &n, &underlay(&["192.168.50.1/24"])).unwrap();
         let dev = p.desired.device.as_ref().unwrap();
         assert_eq!(dev.name, "trellis.1");
-        assert_eq!(
-            (dev.vni, dev.port, dev.underlay_ifindex, dev.mtu),
-            (1, 8472, 7, 1450)
-        );
+        assert_eq!((dev.vni, dev.port, dev.underlay_ifindex, dev.mtu), (1, 8472, 7, 1450));
         assert_eq!(fmt_mac(&dev.mac), "0e:7e:c0:a8:32:01");
         assert_eq!(dev.addrs, vec!["10.244.1.0/32".parse::<IpNet>().unwrap()]);
         assert_eq!(p.pod_mtu, 1450);
-        let fdb: Vec<_> = p
-            .desired
-            .fdb
-            .iter()
-            .map(|f| format!("{} {}", fmt_mac(&f.mac), f.dst))
-            .collect();
-        assert_eq!(
-            fdb,
-            vec![
-                "0e:7e:c0:a8:32:02 192.168.50.2",
-                "0e:7e:c0:a8:3c:03 192.168.60.3"
-            ]
-        );
-        let neigh: Vec<_> = p
-            .desired
-            .neigh
-            .iter()
-            .map(|n| format!("{} {}", n.ip, fmt_mac(&n.mac)))
-            .collect();
-        assert_eq!(
-            neigh,
-            vec![
-                "10.244.2.0 0e:7e:c0:a8:32:02",
-                "10.244.3.0 0e:7e:c0:a8:3c:03"
-            ]
-        );
+        let fdb: Vec<_> = p.desired.fdb.iter().map(|f| format!("{} {}", fmt_mac(&f.mac), f.dst)).collect();
+        assert_eq!(fdb, vec!["0e:7e:c0:a8:32:02 192.168.50.2", "0e:7e:c0:a8:3c:03 192.168.60.3"]);
+        let neigh: Vec<_> = p.desired.neigh.iter().map(|n| format!("{} {}", n.ip, fmt_mac(&n.mac))).collect();
+        assert_eq!(neigh, vec!["10.244.2.0 0e:7e:c0:a8:32:02", "10.244.3.0 0e:7e:c0:a8:3c:03"]);
         assert_eq!(
             routes(&p),
-            vec![
-                "10.244.2.0/24 via 10.244.2.0 Vxlan onlink",
-                "10.244.3.0/24 via 10.244.3.0 Vxlan onlink"
-            ]
+            vec!["10.244.2.0/24 via 10.244.2.0 Vxlan onlink", "10.244.3.0/24 via 10.244.3.0 Vxlan onlink"]
         );
         assert_eq!(p.peers, 2);
         assert!(p.skipped.is_empty() && p.rejected.is_empty());
@@ -322,24 +259,13 @@ mod tests {
     fn own_node_is_excluded_and_required() {
         let n = nodes(vec![ni("a", &["10.244.1.0/24"], &["192.168.50.1"])]);
         let p = plan(&vx(), "a", &n, &underlay(&["192.168.50.1/24"])).unwrap();
-        assert!(
-            p.desired.routes.is_empty() && p.desired.fdb.is_empty() && p.desired.neigh.is_empty()
-        );
+        assert!(p.desired.routes.is_empty() && p.desired.fdb.is_empty() && p.desired.neigh.is_empty());
         assert_eq!(p.peers, 0);
-        assert_eq!(
-            plan(&vx(), "zz", &n, &underlay(&[])),
-            Err(NotReady::OwnNodeUnknown("zz".into()))
-        );
+        assert_eq!(plan(&vx(), "zz", &n, &underlay(&[])), Err(NotReady::OwnNodeUnknown("zz".into())));
         let v6only = nodes(vec![ni("a", &["10.244.1.0/24"], &["fd00::1"])]);
-        assert_eq!(
-            plan(&vx(), "a", &v6only, &underlay(&[])),
-            Err(NotReady::NoIpv4InternalIp("a".into()))
-        );
+        assert_eq!(plan(&vx(), "a", &v6only, &underlay(&[])), Err(NotReady::NoIpv4InternalIp("a".into())));
         // Own node without podCIDR: device without address, peers still programmed.
-        let n = nodes(vec![
-            ni("a", &[], &["192.168.50.1"]),
-            ni("b", &["10.244.2.0/24"], &["192.168.50.2"]),
-        ]);
+        let n = nodes(vec![ni("a", &[], &["192.168.50.1"]), ni("b", &["10.244.2.0/24"], &["192.168.50.2"])]);
         let p = plan(&vx(), "a", &n, &underlay(&["192.168.50.1/24"])).unwrap();
         assert!(p.desired.device.as_ref().unwrap().addrs.is_empty());
         assert_eq!(p.desired.routes.len(), 1);
@@ -358,10 +284,7 @@ mod tests {
             let sk: Vec<_> = p.skipped.iter().map(|s| s.node.as_str()).collect();
             assert_eq!(sk, vec!["b", "c"], "{:?}", cfg.mode);
             assert_eq!(p.desired.routes.len(), 1);
-            assert_eq!(
-                p.desired.routes.iter().next().unwrap().dst.to_string(),
-                "10.244.4.0/24"
-            );
+            assert_eq!(p.desired.routes.iter().next().unwrap().dst.to_string(), "10.244.4.0/24");
             assert_eq!(p.peers, 1);
         }
     }
@@ -375,21 +298,10 @@ mod tests {
             ni("d", &["10.244.1.0/24"], &["192.168.50.4"]),
         ]);
         let p = plan(&vx(), "a", &n, &underlay(&["192.168.50.1/24"])).unwrap();
-        assert_eq!(
-            routes(&p),
-            vec!["10.244.2.0/24 via 10.244.2.0 Vxlan onlink"]
-        );
-        let sk: Vec<_> = p
-            .skipped
-            .iter()
-            .map(|s| (s.node.as_str(), s.reason.contains("overlaps")))
-            .collect();
+        assert_eq!(routes(&p), vec!["10.244.2.0/24 via 10.244.2.0 Vxlan onlink"]);
+        let sk: Vec<_> = p.skipped.iter().map(|s| (s.node.as_str(), s.reason.contains("overlaps"))).collect();
         assert_eq!(sk, vec![("c", true), ("d", true)]);
-        assert_eq!(
-            p.desired.fdb.len(),
-            1,
-            "no FDB entry for a peer without routes"
-        );
+        assert_eq!(p.desired.fdb.len(), 1, "no FDB entry for a peer without routes");
     }
 
     #[test]
@@ -406,18 +318,14 @@ mod tests {
         assert_eq!(p.rejected.len(), 1);
         assert_eq!(p.rejected[0].node, "far");
         assert!(
-            p.rejected[0]
-                .reason
-                .contains("192.168.99.3 is not inside a subnet of eth0"),
+            p.rejected[0].reason.contains("192.168.99.3 is not inside a subnet of eth0"),
             "{}",
             p.rejected[0].reason
         );
         assert_eq!(p.pod_mtu, 1500);
         // Our own address is not a gateway to anything.
-        let n2 = nodes(vec![
-            ni("a", &["10.244.1.0/24"], &["192.168.50.1"]),
-            ni("b", &["10.244.2.0/24"], &["192.168.50.1"]),
-        ]);
+        let n2 =
+            nodes(vec![ni("a", &["10.244.1.0/24"], &["192.168.50.1"]), ni("b", &["10.244.2.0/24"], &["192.168.50.1"])]);
         let p = plan(&hg(), "a", &n2, &underlay(&["192.168.50.1/24"])).unwrap();
         assert!(p.desired.routes.is_empty());
         assert_eq!(p.rejected.len(), 1);
@@ -426,38 +334,13 @@ mod tests {
     #[test]
     fn dual_stack_pod_cidrs() {
         let n = nodes(vec![
-            ni(
-                "a",
-                &["10.244.1.0/24", "fd00:10:244:1::/64"],
-                &["192.168.50.1", "fd00:50::1"],
-            ),
-            ni(
-                "b",
-                &["10.244.2.0/24", "fd00:10:244:2::/64"],
-                &["192.168.50.2", "fd00:50::2"],
-            ),
-            ni(
-                "c",
-                &["10.244.3.0/24", "fd00:10:244:3::/64"],
-                &["192.168.50.3"],
-            ),
+            ni("a", &["10.244.1.0/24", "fd00:10:244:1::/64"], &["192.168.50.1", "fd00:50::1"]),
+            ni("b", &["10.244.2.0/24", "fd00:10:244:2::/64"], &["192.168.50.2", "fd00:50::2"]),
+            ni("c", &["10.244.3.0/24", "fd00:10:244:3::/64"], &["192.168.50.3"]),
         ]);
-        let p = plan(
-            &vx(),
-            "a",
-            &n,
-            &underlay(&["192.168.50.1/24", "fd00:50::1/64"]),
-        )
-        .unwrap();
+        let p = plan(&vx(), "a", &n, &underlay(&["192.168.50.1/24", "fd00:50::1/64"])).unwrap();
         assert_eq!(
-            p.desired
-                .device
-                .as_ref()
-                .unwrap()
-                .addrs
-                .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>(),
+            p.desired.device.as_ref().unwrap().addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             vec!["10.244.1.0/32", "fd00:10:244:1::/128"]
         );
         assert_eq!(
@@ -475,13 +358,7 @@ mod tests {
         assert!(p.desired.ipv6);
 
         // host-gw: each family via the peer's address of that family; c lacks IPv6 and is skipped for it.
-        let p = plan(
-            &hg(),
-            "a",
-            &n,
-            &underlay(&["192.168.50.1/24", "fd00:50::1/64"]),
-        )
-        .unwrap();
+        let p = plan(&hg(), "a", &n, &underlay(&["192.168.50.1/24", "fd00:50::1/64"])).unwrap();
         assert_eq!(
             routes(&p),
             vec![
@@ -492,10 +369,7 @@ mod tests {
         );
         assert_eq!(
             p.skipped,
-            vec![Omission {
-                node: "c".into(),
-                reason: "no InternalIP of fd00:10:244:3::/64's family".into()
-            }]
+            vec![Omission { node: "c".into(), reason: "no InternalIP of fd00:10:244:3::/64's family".into() }]
         );
         assert_eq!(p.peers, 2);
     }

@@ -35,17 +35,13 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn fail(&mut self, op: &'static str, what: String, e: crate::Error) {
         warn!(op, "{what}: {e}");
-        self.metrics
-            .inc("trellis_overlay_reconcile_errors_total", &[("op", op)]);
+        self.metrics.inc("trellis_overlay_reconcile_errors_total", &[("op", op)]);
         self.report.errors.push(format!("{op} {what}: {e}"));
     }
 
     fn done(&mut self, object: &'static str, action: &'static str, what: String) {
         info!(object, action, "{what}");
-        self.metrics.inc(
-            "trellis_overlay_changes_total",
-            &[("object", object), ("action", action)],
-        );
+        self.metrics.inc("trellis_overlay_changes_total", &[("object", object), ("action", action)]);
         match action {
             "del" => self.report.removed += 1,
             _ => self.report.added += 1,
@@ -64,10 +60,7 @@ pub fn reconcile<D: OverlayDataplane + ?Sized>(
     prune: bool,
     metrics: &Metrics,
 ) -> Report {
-    let mut cx = Ctx {
-        metrics,
-        report: Report::default(),
-    };
+    let mut cx = Ctx { metrics, report: Report::default() };
     metrics.inc("trellis_overlay_reconciles_total", &[]);
 
     if let Err(e) = dp.ensure_forwarding(desired.ipv6) {
@@ -131,10 +124,7 @@ pub fn reconcile<D: OverlayDataplane + ?Sized>(
                 if prune {
                     let wanted_ips: BTreeSet<_> = desired.neigh.iter().map(|n| n.ip).collect();
                     // A wanted IP with a stale MAC was replaced above; do not delete it after.
-                    for e in installed
-                        .difference(&desired.neigh)
-                        .filter(|n| !wanted_ips.contains(&n.ip))
-                    {
+                    for e in installed.difference(&desired.neigh).filter(|n| !wanted_ips.contains(&n.ip)) {
                         let what = format!("neigh {} lladdr {}", e.ip, fmt_mac(&e.mac));
                         match dp.del_neigh(idx, e) {
                             Ok(()) => cx.done("neigh", "del", what),
@@ -157,12 +147,7 @@ pub fn reconcile<D: OverlayDataplane + ?Sized>(
                 RouteDev::Vxlan => vx_index?,
                 RouteDev::Underlay => underlay.ifindex,
             };
-            Some(KernelRoute {
-                dst: r.dst,
-                gateway: r.gateway,
-                oif,
-                onlink: r.onlink,
-            })
+            Some(KernelRoute { dst: r.dst, gateway: r.gateway, oif, onlink: r.onlink })
         })
         .collect();
     match dp.routes() {
@@ -188,12 +173,7 @@ pub fn reconcile<D: OverlayDataplane + ?Sized>(
         }
         Err(e) => cx.fail("routes", "list".into(), e),
     }
-    debug!(
-        added = cx.report.added,
-        removed = cx.report.removed,
-        errors = cx.report.errors.len(),
-        "overlay reconciled"
-    );
+    debug!(added = cx.report.added, removed = cx.report.removed, errors = cx.report.errors.len(), "overlay reconciled");
     cx.report
 }
 
@@ -207,12 +187,7 @@ mod tests {
     use crate::overlay::{Mode, OverlayConfig};
 
     fn underlay() -> Underlay {
-        Underlay {
-            ifindex: 2,
-            name: "eth0".into(),
-            mtu: 1500,
-            addrs: vec!["192.168.50.1/24".parse().unwrap()],
-        }
+        Underlay { ifindex: 2, name: "eth0".into(), mtu: 1500, addrs: vec!["192.168.50.1/24".parse().unwrap()] }
     }
 
     fn desired(mode: Mode, peers: &[(&str, &str, &str)]) -> Desired {
@@ -227,10 +202,7 @@ mod tests {
                 },
             );
         }
-        let cfg = OverlayConfig {
-            mode,
-            ..Default::default()
-        };
+        let cfg = OverlayConfig { mode, ..Default::default() };
         plan(&cfg, "a", &nodes, &underlay()).unwrap().desired
     }
 
@@ -271,13 +243,7 @@ mod tests {
         let r = reconcile(&mut dp, &d, &underlay(), "trellis.1", true, &m);
         assert_eq!((r.added, r.removed, r.errors.len()), (0, 0, 0));
         assert_eq!(dp.log.len(), log_len, "a converged round changes nothing");
-        assert_eq!(
-            m.get(
-                "trellis_overlay_changes_total",
-                &[("object", "route"), ("action", "add")]
-            ),
-            2.0
-        );
+        assert_eq!(m.get("trellis_overlay_changes_total", &[("object", "route"), ("action", "add")]), 2.0);
     }
 
     #[test]
@@ -304,24 +270,14 @@ mod tests {
         assert_ne!(new_idx, idx);
         assert_eq!(summary(&dp).0, 2);
         assert_eq!(summary(&dp).1, 2);
-        assert!(summary(&dp)
-            .2
-            .iter()
-            .all(|r| r.contains(&format!("oif {new_idx}"))));
+        assert!(summary(&dp).2.iter().all(|r| r.contains(&format!("oif {new_idx}"))));
     }
 
     #[test]
     fn removal_prunes_only_after_sync_and_only_ours() {
         let m = Metrics::new();
         let mut dp = FakeDataplane::new(underlay());
-        reconcile(
-            &mut dp,
-            &desired(Mode::Vxlan, &[B, C]),
-            &underlay(),
-            "trellis.1",
-            true,
-            &m,
-        );
+        reconcile(&mut dp, &desired(Mode::Vxlan, &[B, C]), &underlay(), "trellis.1", true, &m);
         let only_b = desired(Mode::Vxlan, &[B]);
         // Not synced yet: nothing is removed.
         let r = reconcile(&mut dp, &only_b, &underlay(), "trellis.1", false, &m);
@@ -339,14 +295,7 @@ mod tests {
     fn changed_peer_replaces_entries() {
         let m = Metrics::new();
         let mut dp = FakeDataplane::new(underlay());
-        reconcile(
-            &mut dp,
-            &desired(Mode::Vxlan, &[B]),
-            &underlay(),
-            "trellis.1",
-            true,
-            &m,
-        );
+        reconcile(&mut dp, &desired(Mode::Vxlan, &[B]), &underlay(), "trellis.1", true, &m);
         // b moves to another address: new MAC, new FDB dst, neighbour replaced.
         let moved = desired(Mode::Vxlan, &[("b", "10.244.2.0/24", "192.168.50.9")]);
         let r = reconcile(&mut dp, &moved, &underlay(), "trellis.1", true, &m);
@@ -362,30 +311,13 @@ mod tests {
     fn host_gw_routes_and_stale_vxlan_device_removed() {
         let m = Metrics::new();
         let mut dp = FakeDataplane::new(underlay());
-        reconcile(
-            &mut dp,
-            &desired(Mode::Vxlan, &[B]),
-            &underlay(),
-            "trellis.1",
-            true,
-            &m,
-        );
-        let r = reconcile(
-            &mut dp,
-            &desired(Mode::HostGw, &[B, C]),
-            &underlay(),
-            "trellis.1",
-            true,
-            &m,
-        );
+        reconcile(&mut dp, &desired(Mode::Vxlan, &[B]), &underlay(), "trellis.1", true, &m);
+        let r = reconcile(&mut dp, &desired(Mode::HostGw, &[B, C]), &underlay(), "trellis.1", true, &m);
         assert!(r.ok(), "{:?}", r.errors);
         assert!(dp.vxlans.is_empty());
         assert_eq!(
             summary(&dp).2,
-            vec![
-                "10.244.2.0/24 via 192.168.50.2 oif 2",
-                "10.244.3.0/24 via 192.168.50.3 oif 2"
-            ]
+            vec!["10.244.2.0/24 via 192.168.50.2 oif 2", "10.244.3.0/24 via 192.168.50.3 oif 2"]
         );
     }
 
@@ -399,13 +331,7 @@ mod tests {
         assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
         assert!(r.errors[0].starts_with("add_fdb"));
         assert_eq!(r.added, 5, "everything else went in");
-        assert_eq!(
-            m.get(
-                "trellis_overlay_reconcile_errors_total",
-                &[("op", "add_fdb")]
-            ),
-            1.0
-        );
+        assert_eq!(m.get("trellis_overlay_reconcile_errors_total", &[("op", "add_fdb")]), 1.0);
         assert_eq!(summary(&dp.inner).0, 1);
         // Next round retries the missing entry only.
         let r = reconcile(&mut dp, &d, &underlay(), "trellis.1", true, &m);
@@ -419,25 +345,11 @@ mod tests {
         // Fail the Nth call for every N a full round makes; the round after must converge.
         let d = desired(Mode::Vxlan, &[B, C]);
         let mut probe = FaultyDataplane::new(FakeDataplane::new(underlay()));
-        reconcile(
-            &mut probe,
-            &d,
-            &underlay(),
-            "trellis.1",
-            true,
-            &Metrics::new(),
-        );
+        reconcile(&mut probe, &d, &underlay(), "trellis.1", true, &Metrics::new());
         let calls = probe.calls;
         assert!(calls >= 10);
         let mut reference = FakeDataplane::new(underlay());
-        reconcile(
-            &mut reference,
-            &d,
-            &underlay(),
-            "trellis.1",
-            true,
-            &Metrics::new(),
-        );
+        reconcile(&mut reference, &d, &underlay(), "trellis.1", true, &Metrics::new());
         for n in 1..=calls {
             let m = Metrics::new();
             let mut dp = FaultyDataplane::new(FakeDataplane::new(underlay()));
