@@ -23,10 +23,7 @@ pub struct Summary {
 
 impl Summary {
     pub fn of(samples: &[Duration]) -> Summary {
-        Summary {
-            p50: percentile_ms(samples, 50.0),
-            p99: percentile_ms(samples, 99.0),
-        }
+        Summary { p50: percentile_ms(samples, 50.0), p99: percentile_ms(samples, 99.0) }
     }
 }
 
@@ -34,6 +31,8 @@ impl Summary {
 pub struct Report {
     pub pods: usize,
     pub command: String,
+    /// Context lines (machine, load) printed under the command.
+    pub notes: Vec<String>,
     pub trellis_add: Summary,
     pub trellis_del: Summary,
     pub reference_add: Summary,
@@ -43,19 +42,10 @@ pub struct Report {
 /// The goals: p50 <= 10 ms, p99 <= 25 ms, p50 <= half the reference's p50. Returns (description, met).
 pub fn goals(op: &str, ours: Summary, reference: Summary) -> Vec<(String, bool)> {
     vec![
+        (format!("trellis {op} p50 <= 10 ms (got {:.2})", ours.p50), ours.p50 <= 10.0),
+        (format!("trellis {op} p99 <= 25 ms (got {:.2})", ours.p99), ours.p99 <= 25.0),
         (
-            format!("trellis {op} p50 <= 10 ms (got {:.2})", ours.p50),
-            ours.p50 <= 10.0,
-        ),
-        (
-            format!("trellis {op} p99 <= 25 ms (got {:.2})", ours.p99),
-            ours.p99 <= 25.0,
-        ),
-        (
-            format!(
-                "trellis {op} p50 <= 0.5 x reference p50 (got {:.2}x)",
-                ours.p50 / reference.p50
-            ),
+            format!("trellis {op} p50 <= 0.5 x reference p50 (got {:.2}x)", ours.p50 / reference.p50),
             ours.p50 <= 0.5 * reference.p50,
         ),
     ]
@@ -70,18 +60,20 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "### CNI plugin latency ({} pods, sequential ADD then DEL, one fresh node netns)\n",
-            self.pods
-        );
+        let _ =
+            writeln!(s, "### CNI plugin latency ({} pods, sequential ADD then DEL, one fresh node netns)\n", self.pods);
         let _ = writeln!(s, "Command: `{}`\n", self.command);
+        for n in &self.notes {
+            let _ = writeln!(s, "- {n}");
+        }
+        if !self.notes.is_empty() {
+            s.push('\n');
+        }
         let _ = writeln!(s, "| op | trellis p50 ms | trellis p99 ms | bridge+host-local p50 ms | bridge+host-local p99 ms | ratio p50 | ratio p99 |");
         let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-        for (op, ours, reference) in [
-            ("ADD", self.trellis_add, self.reference_add),
-            ("DEL", self.trellis_del, self.reference_del),
-        ] {
+        for (op, ours, reference) in
+            [("ADD", self.trellis_add, self.reference_add), ("DEL", self.trellis_del, self.reference_del)]
+        {
             let _ = writeln!(
                 s,
                 "| {op} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
@@ -143,52 +135,27 @@ mod tests {
 
     #[test]
     fn goals_follow_thresholds() {
-        let ours = Summary {
-            p50: 4.0,
-            p99: 20.0,
-        };
-        let slow_ref = Summary {
-            p50: 10.0,
-            p99: 30.0,
-        };
+        let ours = Summary { p50: 4.0, p99: 20.0 };
+        let slow_ref = Summary { p50: 10.0, p99: 30.0 };
         assert!(goals("ADD", ours, slow_ref).iter().all(|(_, ok)| *ok));
-        let fast_ref = Summary {
-            p50: 6.0,
-            p99: 30.0,
-        };
+        let fast_ref = Summary { p50: 6.0, p99: 30.0 };
         let g = goals("ADD", ours, fast_ref);
         assert!(!g[2].1, "4 ms is not half of 6 ms");
-        assert!(
-            !goals(
-                "DEL",
-                Summary {
-                    p50: 11.0,
-                    p99: 26.0
-                },
-                slow_ref
-            )[0]
-            .1
-        );
+        assert!(!goals("DEL", Summary { p50: 11.0, p99: 26.0 }, slow_ref)[0].1);
     }
 
     #[test]
     fn splice_replaces_between_markers_and_keeps_the_rest() {
         let doc = format!("# Benchmarks\nintro\n{MARKER}\nold\n{MARKER}\nother section\n");
         let out = splice(&doc, "new table");
-        assert_eq!(
-            out,
-            format!("# Benchmarks\nintro\n{MARKER}\nnew table\n{MARKER}\nother section\n")
-        );
+        assert_eq!(out, format!("# Benchmarks\nintro\n{MARKER}\nnew table\n{MARKER}\nother section\n"));
         assert_eq!(splice(&out, "new table"), out, "idempotent");
     }
 
     #[test]
     fn splice_appends_when_absent() {
         assert_eq!(splice("", "t"), format!("{MARKER}\nt\n{MARKER}\n"));
-        assert_eq!(
-            splice("# B", "t"),
-            format!("# B\n\n{MARKER}\nt\n{MARKER}\n")
-        );
+        assert_eq!(splice("# B", "t"), format!("# B\n\n{MARKER}\nt\n{MARKER}\n"));
     }
 
     #[test]
@@ -205,6 +172,7 @@ mod tests {
         let md = r.markdown();
         assert!(md.contains("| ADD | 2.00 |") && md.contains("| DEL |"));
         assert!(md.contains("Command: `cargo run`"));
+        assert!(md.contains("- load 0.1\n"));
         assert_eq!(md.matches("- [").count(), 6);
     }
 }

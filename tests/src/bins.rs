@@ -60,17 +60,12 @@ pub fn target_dir() -> PathBuf {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
 pub fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 /// Find plugin `name` in a CNI_PATH string, like libcni's FindInPath.
@@ -78,11 +73,7 @@ pub fn find_in_path(cni_path: &str, name: &str) -> Option<PathBuf> {
     if name.is_empty() || name.contains('/') {
         return None;
     }
-    cni_path
-        .split(':')
-        .filter(|d| !d.is_empty())
-        .map(|d| Path::new(d).join(name))
-        .find(|p| is_executable(p))
+    cni_path.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(name)).find(|p| is_executable(p))
 }
 
 #[cfg(test)]
@@ -107,10 +98,7 @@ mod tests {
         let err = Bins::locate_profile("no-such-profile").map(|_| ());
         if std::env::var_os("TRELLIS_BIN_DIR").is_none() {
             let msg = format!("{:#}", err.unwrap_err());
-            assert!(
-                msg.contains("trellis") && msg.contains("TRELLIS_BIN_DIR"),
-                "{msg}"
-            );
+            assert!(msg.contains("trellis") && msg.contains("TRELLIS_BIN_DIR"), "{msg}");
         }
     }
 }

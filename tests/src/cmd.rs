@@ -13,8 +13,7 @@ pub fn describe(cmd: &Command) -> String {
 
 /// Run and capture; a non-zero exit is not an error here (callers that care use `run_ok`).
 pub fn output(cmd: &mut Command) -> Result<Output> {
-    cmd.output()
-        .with_context(|| format!("spawn `{}`", describe(cmd)))
+    cmd.output().with_context(|| format!("spawn `{}`", describe(cmd)))
 }
 
 /// Run, require exit 0, return stdout.

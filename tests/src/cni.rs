@@ -49,20 +49,10 @@ pub struct Invocation {
 
 impl Invocation {
     pub fn new(cmd: CniCmd, conf: &Value) -> Invocation {
-        Invocation {
-            command: Some(cmd.as_str().into()),
-            stdin: conf.to_string().into_bytes(),
-            ..Default::default()
-        }
+        Invocation { command: Some(cmd.as_str().into()), stdin: conf.to_string().into_bytes(), ..Default::default() }
     }
     /// ADD/DEL/CHECK of one attachment.
-    pub fn attachment(
-        cmd: CniCmd,
-        conf: &Value,
-        container_id: &str,
-        netns: &str,
-        ifname: &str,
-    ) -> Invocation {
+    pub fn attachment(cmd: CniCmd, conf: &Value, container_id: &str, netns: &str, ifname: &str) -> Invocation {
         Invocation {
             container_id: Some(container_id.into()),
             netns: Some(netns.into()),
@@ -73,10 +63,7 @@ impl Invocation {
 
     /// The environment for the plugin: PATH kept (plugins shell out to iptables), everything else from `self`.
     pub fn env(&self, default_cni_path: &str) -> Vec<(&'static str, String)> {
-        let mut env = vec![(
-            "PATH",
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
-        )];
+        let mut env = vec![("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()))];
         let vars = [
             ("CNI_COMMAND", &self.command),
             ("CNI_CONTAINERID", &self.container_id),
@@ -84,16 +71,8 @@ impl Invocation {
             ("CNI_IFNAME", &self.ifname),
             ("CNI_ARGS", &self.args),
         ];
-        env.extend(
-            vars.into_iter()
-                .filter_map(|(k, v)| v.clone().map(|v| (k, v))),
-        );
-        env.push((
-            "CNI_PATH",
-            self.path
-                .clone()
-                .unwrap_or_else(|| default_cni_path.to_owned()),
-        ));
+        env.extend(vars.into_iter().filter_map(|(k, v)| v.clone().map(|v| (k, v))));
+        env.push(("CNI_PATH", self.path.clone().unwrap_or_else(|| default_cni_path.to_owned())));
         env
     }
 }
@@ -135,8 +114,7 @@ impl CniOutput {
         if !self.success() {
             bail!("plugin call failed:\n{}", self.describe());
         }
-        serde_json::from_str(self.stdout.trim())
-            .with_context(|| format!("stdout is not JSON:\n{}", self.describe()))
+        serde_json::from_str(self.stdout.trim()).with_context(|| format!("stdout is not JSON:\n{}", self.describe()))
     }
 
     /// Exit 0 with nothing required on stdout (DEL, CHECK, STATUS, GC).
@@ -150,16 +128,12 @@ impl CniOutput {
     /// Non-zero exit with a well-formed CNI error on stdout.
     pub fn error(&self) -> Result<CniError> {
         if self.success() {
-            bail!(
-                "expected a CNI error, plugin succeeded:\n{}",
-                self.describe()
-            );
+            bail!("expected a CNI error, plugin succeeded:\n{}", self.describe());
         }
         if self.status.is_none() {
             bail!("plugin was killed by a signal:\n{}", self.describe());
         }
-        CniError::parse(&self.stdout)
-            .with_context(|| format!("bad error JSON:\n{}", self.describe()))
+        CniError::parse(&self.stdout).with_context(|| format!("bad error JSON:\n{}", self.describe()))
     }
 }
 
@@ -175,15 +149,9 @@ pub struct CniError {
 impl CniError {
     pub fn parse(stdout: &str) -> Result<CniError> {
         let v: Value = serde_json::from_str(stdout.trim()).context("error output is not JSON")?;
-        let cni_version = v["cniVersion"]
-            .as_str()
-            .ok_or_else(|| anyhow!("error JSON lacks cniVersion: {v}"))?;
-        let code = v["code"]
-            .as_u64()
-            .ok_or_else(|| anyhow!("error JSON lacks a numeric code: {v}"))?;
-        let msg = v["msg"]
-            .as_str()
-            .ok_or_else(|| anyhow!("error JSON lacks msg: {v}"))?;
+        let cni_version = v["cniVersion"].as_str().ok_or_else(|| anyhow!("error JSON lacks cniVersion: {v}"))?;
+        let code = v["code"].as_u64().ok_or_else(|| anyhow!("error JSON lacks a numeric code: {v}"))?;
+        let msg = v["msg"].as_str().ok_or_else(|| anyhow!("error JSON lacks msg: {v}"))?;
         if msg.trim().is_empty() {
             bail!("error JSON has an empty msg: {v}");
         }
@@ -192,12 +160,7 @@ impl CniError {
             Value::String(s) => Some(s.clone()),
             other => bail!("error JSON details must be a string: {other}"),
         };
-        Ok(CniError {
-            cni_version: cni_version.into(),
-            code,
-            msg: msg.into(),
-            details,
-        })
+        Ok(CniError { cni_version: cni_version.into(), code, msg: msg.into(), details })
     }
 
     /// msg and details together, for "mentions X" assertions.
@@ -208,18 +171,9 @@ impl CniError {
 
 /// Start `plugin` with `inv`, inside the network namespace `netns` when given (setns in the child before exec, so
 /// the child pid is the plugin itself: a SIGKILL hits the plugin, not a wrapper).
-pub fn spawn(
-    plugin: &Path,
-    inv: &Invocation,
-    netns: Option<&File>,
-    default_cni_path: &str,
-) -> Result<Child> {
+pub fn spawn(plugin: &Path, inv: &Invocation, netns: Option<&File>, default_cni_path: &str) -> Result<Child> {
     let mut cmd = Command::new(plugin);
-    cmd.env_clear()
-        .envs(inv.env(default_cni_path))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.env_clear().envs(inv.env(default_cni_path)).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     if let Some(f) = netns {
         let fd = f.as_raw_fd();
         use std::os::unix::process::CommandExt;
@@ -233,9 +187,7 @@ pub fn spawn(
             });
         }
     }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("spawn {}", plugin.display()))?;
+    let mut child = cmd.spawn().with_context(|| format!("spawn {}", plugin.display()))?;
     if let Some(mut stdin) = child.stdin.take() {
         // A plugin that exits early closes its stdin: EPIPE is its answer, not ours to fail on.
         let _ = stdin.write_all(&inv.stdin);
@@ -244,12 +196,7 @@ pub fn spawn(
 }
 
 /// Wait for a spawned plugin with the harness timeout; kills it (by its own pid) on timeout.
-pub fn finish(
-    plugin: &Path,
-    inv: &Invocation,
-    child: Child,
-    started: Instant,
-) -> Result<CniOutput> {
+pub fn finish(plugin: &Path, inv: &Invocation, child: Child, started: Instant) -> Result<CniOutput> {
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -260,12 +207,7 @@ pub fn finish(
         Err(_) => {
             // SAFETY: kill(2) on the pid of our own child.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            bail!(
-                "{} {:?} did not finish within {:?}",
-                plugin.display(),
-                inv.command,
-                CALL_TIMEOUT
-            );
+            bail!("{} {:?} did not finish within {:?}", plugin.display(), inv.command, CALL_TIMEOUT);
         }
     };
     Ok(CniOutput {
@@ -280,12 +222,7 @@ pub fn finish(
 }
 
 /// Spawn and wait.
-pub fn call(
-    plugin: &Path,
-    inv: &Invocation,
-    netns: Option<&File>,
-    default_cni_path: &str,
-) -> Result<CniOutput> {
+pub fn call(plugin: &Path, inv: &Invocation, netns: Option<&File>, default_cni_path: &str) -> Result<CniOutput> {
     let started = Instant::now();
     let child = spawn(plugin, inv, netns, default_cni_path)?;
     finish(plugin, inv, child, started)
@@ -311,10 +248,7 @@ mod tests {
 
     #[test]
     fn parses_a_spec_error() {
-        let e = CniError::parse(
-            r#"{"cniVersion":"1.0.0","code":7,"msg":"bad range","details":"overlap"}"#,
-        )
-        .unwrap();
+        let e = CniError::parse(r#"{"cniVersion":"1.0.0","code":7,"msg":"bad range","details":"overlap"}"#).unwrap();
         assert_eq!(e.code, 7);
         assert_eq!(e.msg, "bad range");
         assert_eq!(e.details.as_deref(), Some("overlap"));
@@ -334,11 +268,8 @@ mod tests {
         // /bin/sh as a "plugin" that echoes its environment and stdin, to test the plumbing without privileges.
         let dir = crate::TempDir::new("fakeplugin").unwrap();
         let plugin = dir.join("fake");
-        std::fs::write(
-            &plugin,
-            "#!/bin/sh\nread line\necho \"{\\\"cmd\\\":\\\"$CNI_COMMAND\\\",\\\"in\\\":$line}\"\n",
-        )
-        .unwrap();
+        std::fs::write(&plugin, "#!/bin/sh\nread line\necho \"{\\\"cmd\\\":\\\"$CNI_COMMAND\\\",\\\"in\\\":$line}\"\n")
+            .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
         let inv = Invocation::new(CniCmd::Status, &json!({"a": 1}));
@@ -353,8 +284,11 @@ mod tests {
     fn failing_plugin_yields_its_error() {
         let dir = crate::TempDir::new("fakeplugin").unwrap();
         let plugin = dir.join("fail");
-        std::fs::write(&plugin, "#!/bin/sh\necho '{\"cniVersion\":\"1.0.0\",\"code\":4,\"msg\":\"no CNI_COMMAND\"}'\nexit 1\n")
-            .unwrap();
+        std::fs::write(
+            &plugin,
+            "#!/bin/sh\necho '{\"cniVersion\":\"1.0.0\",\"code\":4,\"msg\":\"no CNI_COMMAND\"}'\nexit 1\n",
+        )
+        .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
         let out = call(&plugin, &Invocation::default(), None, "/x").unwrap();

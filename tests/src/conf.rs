@@ -17,11 +17,7 @@ pub fn trellis_ipam(data_dir: &Path, range: Value) -> Value {
 /// `{"subnet": ...}` plus optional rangeStart/rangeEnd/gateway.
 pub fn range(subnet: &str, start: Option<&str>, end: Option<&str>, gateway: Option<&str>) -> Value {
     let mut r = json!({ "subnet": subnet });
-    for (k, v) in [
-        ("rangeStart", start),
-        ("rangeEnd", end),
-        ("gateway", gateway),
-    ] {
+    for (k, v) in [("rangeStart", start), ("rangeEnd", end), ("gateway", gateway)] {
         if let Some(v) = v {
             r[k] = json!(v);
         }
@@ -31,11 +27,7 @@ pub fn range(subnet: &str, start: Option<&str>, end: Option<&str>, gateway: Opti
 
 /// A `trellis` plugin config on bridge `trellis0` with trellis-ipam over `subnet`.
 pub fn trellis(version: &str, network: &str, data_dir: &Path, subnet: &str) -> Value {
-    trellis_with_ipam(
-        version,
-        network,
-        trellis_ipam(data_dir, range(subnet, None, None, None)),
-    )
+    trellis_with_ipam(version, network, trellis_ipam(data_dir, range(subnet, None, None, None)))
 }
 
 pub fn trellis_with_ipam(version: &str, network: &str, ipam: Value) -> Value {
@@ -79,12 +71,8 @@ pub fn conflist(version: &str, network: &str, plugins: Vec<Value>) -> Value {
 /// The config of a GC call: the network config plus `cni.dev/valid-attachments`.
 pub fn with_valid_attachments(conf: &Value, valid: &[(&str, &str)]) -> Value {
     let mut c = conf.clone();
-    c["cni.dev/valid-attachments"] = Value::Array(
-        valid
-            .iter()
-            .map(|(id, ifname)| json!({"containerID": id, "ifname": ifname}))
-            .collect(),
-    );
+    c["cni.dev/valid-attachments"] =
+        Value::Array(valid.iter().map(|(id, ifname)| json!({"containerID": id, "ifname": ifname})).collect());
     c
 }
 

@@ -4,32 +4,18 @@ use anyhow::{anyhow, Result};
 use serde_json::{Map, Value};
 
 pub fn plugins(list: &Value) -> Result<&Vec<Value>> {
-    list["plugins"]
-        .as_array()
-        .ok_or_else(|| anyhow!("conflist has no plugins array: {list}"))
+    list["plugins"].as_array().ok_or_else(|| anyhow!("conflist has no plugins array: {list}"))
 }
 
 /// The config for plugin `idx` of `list`.
-pub fn plugin_conf(
-    list: &Value,
-    idx: usize,
-    prev_result: Option<&Value>,
-    runtime_config: &Value,
-) -> Result<Value> {
-    let mut conf = plugins(list)?
-        .get(idx)
-        .cloned()
-        .ok_or_else(|| anyhow!("conflist has no plugin {idx}"))?;
-    let obj = conf
-        .as_object_mut()
-        .ok_or_else(|| anyhow!("plugin {idx} is not an object"))?;
+pub fn plugin_conf(list: &Value, idx: usize, prev_result: Option<&Value>, runtime_config: &Value) -> Result<Value> {
+    let mut conf = plugins(list)?.get(idx).cloned().ok_or_else(|| anyhow!("conflist has no plugin {idx}"))?;
+    let obj = conf.as_object_mut().ok_or_else(|| anyhow!("plugin {idx} is not an object"))?;
     obj.insert("name".into(), list["name"].clone());
     obj.insert("cniVersion".into(), list["cniVersion"].clone());
     let mut rc = Map::new();
-    if let (Some(caps), Some(given)) = (
-        obj.get("capabilities").and_then(Value::as_object),
-        runtime_config.as_object(),
-    ) {
+    if let (Some(caps), Some(given)) = (obj.get("capabilities").and_then(Value::as_object), runtime_config.as_object())
+    {
         for (k, v) in given {
             if caps.get(k) == Some(&Value::Bool(true)) {
                 rc.insert(k.clone(), v.clone());
@@ -69,13 +55,9 @@ mod tests {
 
     #[test]
     fn runtime_config_only_for_declared_capabilities() {
-        let rc =
-            json!({"portMappings": [{"hostPort": 80}], "bandwidth": {"x": 1}, "ips": ["1.2.3.4"]});
+        let rc = json!({"portMappings": [{"hostPort": 80}], "bandwidth": {"x": 1}, "ips": ["1.2.3.4"]});
         let c = plugin_conf(&list(), 1, None, &rc).unwrap();
-        assert_eq!(
-            c["runtimeConfig"],
-            json!({"portMappings": [{"hostPort": 80}]})
-        );
+        assert_eq!(c["runtimeConfig"], json!({"portMappings": [{"hostPort": 80}]}));
         assert!(c.get("prevResult").is_none());
         assert!(plugin_conf(&list(), 2, None, &rc).is_err());
     }

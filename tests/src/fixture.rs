@@ -22,11 +22,7 @@ impl Fixture {
     pub fn with_bins(bins: &Bins) -> Result<Fixture> {
         let node = Node::new(bins)?;
         let data = TempDir::new("data")?;
-        Ok(Fixture {
-            node,
-            data,
-            network: crate::names::unique("net"),
-        })
+        Ok(Fixture { node, data, network: crate::names::unique("net") })
     }
 
     /// A `trellis` config for this fixture's network and dataDir.

@@ -21,10 +21,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 fn nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
 /// A small xorshift PRNG seeded from the clock and pid: enough for "a short random delay", no extra crate.

@@ -17,10 +17,7 @@ impl Netns {
         let name = crate::names::unique(role);
         cmd::ip(&["netns", "add", &name])?;
         // From here on Drop deletes it, even if bringing lo up fails.
-        let ns = Netns {
-            path: PathBuf::from("/run/netns").join(&name),
-            name,
-        };
+        let ns = Netns { path: PathBuf::from("/run/netns").join(&name), name };
         ns.run(&["ip", "link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -38,9 +35,7 @@ impl Netns {
     /// A `Command` that runs `argv` inside this namespace.
     pub fn command(&self, argv: &[&str]) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path.display()))
-            .arg("--")
-            .args(argv);
+        c.arg(format!("--net={}", self.path.display())).arg("--").args(argv);
         c
     }
 
@@ -56,11 +51,7 @@ impl Netns {
 
     /// One ping (`-c1 -W1`), retried a few times so a first ARP round trip cannot make a working path look broken.
     pub fn ping(&self, ip: &str) -> bool {
-        (0..3).any(|_| {
-            self.exec(&["ping", "-c1", "-W1", "-n", ip])
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        })
+        (0..3).any(|_| self.exec(&["ping", "-c1", "-W1", "-n", ip]).map(|o| o.status.success()).unwrap_or(false))
     }
 
     /// `ip -j link show` parsed.
@@ -69,11 +60,7 @@ impl Netns {
     }
 
     pub fn link_names(&self) -> Result<Vec<String>> {
-        Ok(self
-            .links()?
-            .iter()
-            .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
-            .collect())
+        Ok(self.links()?.iter().filter_map(|l| l["ifname"].as_str().map(str::to_owned)).collect())
     }
 
     pub fn link(&self, name: &str) -> Result<Option<Value>> {
@@ -89,13 +76,7 @@ impl Netns {
         let v = json_array(&self.run(&["ip", "-j", "addr", "show", "dev", dev])?)?;
         Ok(v.iter()
             .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
-            .filter_map(|a| {
-                Some(format!(
-                    "{}/{}",
-                    a["local"].as_str()?,
-                    a["prefixlen"].as_u64()?
-                ))
-            })
+            .filter_map(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"].as_u64()?)))
             .collect())
     }
 

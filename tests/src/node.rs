@@ -25,11 +25,7 @@ pub struct Pod {
 
 impl Pod {
     pub fn new(role: &str) -> Result<Pod> {
-        Ok(Pod {
-            ns: Netns::new(role)?,
-            id: crate::names::container_id(role),
-            ifname: "eth0".into(),
-        })
+        Ok(Pod { ns: Netns::new(role)?, id: crate::names::container_id(role), ifname: "eth0".into() })
     }
     pub fn netns(&self) -> String {
         self.ns.path_str()
@@ -46,13 +42,8 @@ impl Node {
 
     pub fn with_role(bins: &Bins, role: &str) -> Result<Node> {
         let ns = Netns::new(role)?;
-        let ns_file =
-            File::open(ns.path()).with_context(|| format!("open {}", ns.path().display()))?;
-        Ok(Node {
-            ns,
-            bins: bins.clone(),
-            ns_file,
-        })
+        let ns_file = File::open(ns.path()).with_context(|| format!("open {}", ns.path().display()))?;
+        Ok(Node { ns, bins: bins.clone(), ns_file })
     }
 
     pub fn cni_path(&self) -> String {
@@ -61,20 +52,12 @@ impl Node {
 
     /// The executable for a config's `type`, looked up in CNI_PATH like libcni.
     pub fn plugin(&self, plugin_type: &str) -> Result<PathBuf> {
-        find_in_path(&self.cni_path(), plugin_type).ok_or_else(|| {
-            anyhow!(
-                "plugin `{plugin_type}` not found in CNI_PATH {}",
-                self.cni_path()
-            )
-        })
+        find_in_path(&self.cni_path(), plugin_type)
+            .ok_or_else(|| anyhow!("plugin `{plugin_type}` not found in CNI_PATH {}", self.cni_path()))
     }
 
     fn plugin_of(&self, conf: &Value) -> Result<PathBuf> {
-        self.plugin(
-            conf["type"]
-                .as_str()
-                .ok_or_else(|| anyhow!("config has no type: {conf}"))?,
-        )
+        self.plugin(conf["type"].as_str().ok_or_else(|| anyhow!("config has no type: {conf}"))?)
     }
 
     /// Run the plugin named by `conf.type` inside this node for one attachment.
@@ -87,10 +70,7 @@ impl Node {
         ifname: &str,
     ) -> Result<CniOutput> {
         let plugin = self.plugin_of(conf)?;
-        self.invoke(
-            &plugin,
-            &Invocation::attachment(cmd, conf, container_id, netns_path, ifname),
-        )
+        self.invoke(&plugin, &Invocation::attachment(cmd, conf, container_id, netns_path, ifname))
     }
 
     /// The same, for a `Pod`.
@@ -136,22 +116,13 @@ impl Node {
         cached: Option<&Value>,
     ) -> Result<Option<Value>> {
         let n = conflist::plugins(list)?.len();
-        let order: Vec<usize> = if cmd == CniCmd::Del {
-            (0..n).rev().collect()
-        } else {
-            (0..n).collect()
-        };
+        let order: Vec<usize> = if cmd == CniCmd::Del { (0..n).rev().collect() } else { (0..n).collect() };
         let mut prev: Option<Value> = cached.cloned();
         for idx in order {
             let conf = conflist::plugin_conf(list, idx, prev.as_ref(), runtime_config)?;
             let out = self.pod(cmd, &conf, pod)?;
             if !out.success() {
-                bail!(
-                    "conflist {} step {idx} ({}) failed:\n{}",
-                    cmd.as_str(),
-                    conf["type"],
-                    out.describe()
-                );
+                bail!("conflist {} step {idx} ({}) failed:\n{}", cmd.as_str(), conf["type"], out.describe());
             }
             if cmd == CniCmd::Add {
                 prev = Some(out.result()?);

@@ -43,8 +43,7 @@ impl Podman {
             containers_conf(&[&bin_dir, crate::bins::REFERENCE_DIR], &dir.join("net")),
         )?;
         let rootfs_bin = dir.join("rootfs/bin");
-        std::fs::copy(BUSYBOX, rootfs_bin.join("busybox"))
-            .with_context(|| format!("copy {BUSYBOX}"))?;
+        std::fs::copy(BUSYBOX, rootfs_bin.join("busybox")).with_context(|| format!("copy {BUSYBOX}"))?;
         for applet in APPLETS {
             std::os::unix::fs::symlink("busybox", rootfs_bin.join(applet))?;
         }
@@ -58,10 +57,7 @@ impl Podman {
     /// Install a conflist for podman to find under its network name.
     pub fn add_network(&self, conflist: &Value) -> Result<()> {
         let name = conflist["name"].as_str().context("conflist without name")?;
-        std::fs::write(
-            self.dir.join("net").join(format!("{name}.conflist")),
-            serde_json::to_vec_pretty(conflist)?,
-        )?;
+        std::fs::write(self.dir.join("net").join(format!("{name}.conflist")), serde_json::to_vec_pretty(conflist)?)?;
         Ok(())
     }
 
@@ -121,10 +117,7 @@ impl Podman {
     /// The container's IP on `network` as podman recorded it (empty when podman recorded none).
     pub fn ip(&self, id: &str, network: &str) -> Result<String> {
         let v = self.inspect(id)?;
-        Ok(v["NetworkSettings"]["Networks"][network]["IPAddress"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned())
+        Ok(v["NetworkSettings"]["Networks"][network]["IPAddress"].as_str().unwrap_or_default().to_owned())
     }
 
     /// `podman rm -f`, then wait until podman's cleanup has left no conmon/cleanup process for this ID.
@@ -169,14 +162,8 @@ impl Drop for Podman {
         }
         wait_no_process_mentioning(&root, Duration::from_secs(30));
         // Unmount anything podman left mounted under our dir before the TempDir removes it.
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg(self.dir.join("root"))
-            .output();
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg(self.dir.join("runroot"))
-            .output();
+        let _ = Command::new("umount").arg("-R").arg(self.dir.join("root")).output();
+        let _ = Command::new("umount").arg("-R").arg(self.dir.join("runroot")).output();
         remove_cgroup(&self.cgroup_parent);
     }
 }

@@ -10,11 +10,7 @@ pub fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !$crate::privilege::is_root() {
-            eprintln!(
-                "SKIPPED {}:{}: privileged e2e test needs root",
-                file!(),
-                line!()
-            );
+            eprintln!("SKIPPED {}:{}: privileged e2e test needs root", file!(), line!());
             return;
         }
     };

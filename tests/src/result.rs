@@ -37,11 +37,8 @@ pub fn ips(result: &Value) -> Result<Vec<IpEntry>> {
     };
     arr.iter()
         .map(|ip| {
-            let (addr, prefix) = parse_cidr(
-                ip["address"]
-                    .as_str()
-                    .ok_or_else(|| anyhow!("ips[] without address: {ip}"))?,
-            )?;
+            let (addr, prefix) =
+                parse_cidr(ip["address"].as_str().ok_or_else(|| anyhow!("ips[] without address: {ip}"))?)?;
             let gateway = match ip["gateway"].as_str() {
                 Some(g) => Some(g.parse().map_err(|e| anyhow!("bad gateway {g}: {e}"))?),
                 None => None,
@@ -84,19 +81,13 @@ pub fn ipv4(result: &Value) -> Result<IpAddr> {
 
 /// Does the result carry a route to `dst` (e.g. "0.0.0.0/0")?
 pub fn has_route(result: &Value, dst: &str) -> bool {
-    result["routes"]
-        .as_array()
-        .is_some_and(|r| r.iter().any(|r| r["dst"] == dst))
+    result["routes"].as_array().is_some_and(|r| r.iter().any(|r| r["dst"] == dst))
 }
 
 /// The spec's shape for `version`: `cniVersion` echoed; 0.3.x/0.4.0 carry ips[].version matching the family;
 /// 1.x drop it; every ips[].interface indexes `interfaces`.
 pub fn check_shape(result: &Value, version: &str) -> Result<()> {
-    ensure!(
-        result["cniVersion"] == version,
-        "cniVersion {} does not echo the request {version}",
-        result["cniVersion"]
-    );
+    ensure!(result["cniVersion"] == version, "cniVersion {} does not echo the request {version}", result["cniVersion"]);
     let legacy = version.starts_with("0.");
     let ifaces = interfaces(result);
     let entries = ips(result)?;
@@ -114,11 +105,7 @@ pub fn check_shape(result: &Value, version: &str) -> Result<()> {
             (false, None) => {}
         }
         if let Some(i) = e.interface {
-            ensure!(
-                i < ifaces.len(),
-                "ips[].interface {i} is out of range ({} interfaces)",
-                ifaces.len()
-            );
+            ensure!(i < ifaces.len(), "ips[].interface {i} is out of range ({} interfaces)", ifaces.len());
         }
     }
     Ok(())
@@ -126,18 +113,9 @@ pub fn check_shape(result: &Value, version: &str) -> Result<()> {
 
 /// The pod-side interface an IP entry points at (must have `sandbox`).
 pub fn pod_iface<'a>(ifaces: &'a [Iface], entry: &IpEntry) -> Result<&'a Iface> {
-    let i = entry
-        .interface
-        .ok_or_else(|| anyhow!("ips[] entry for {} lacks `interface`", entry.addr))?;
-    let iface = ifaces
-        .get(i)
-        .ok_or_else(|| anyhow!("ips[].interface {i} out of range"))?;
-    ensure!(
-        iface.sandbox.is_some(),
-        "interface {} that holds {} has no sandbox",
-        iface.name,
-        entry.addr
-    );
+    let i = entry.interface.ok_or_else(|| anyhow!("ips[] entry for {} lacks `interface`", entry.addr))?;
+    let iface = ifaces.get(i).ok_or_else(|| anyhow!("ips[].interface {i} out of range"))?;
+    ensure!(iface.sandbox.is_some(), "interface {} that holds {} has no sandbox", iface.name, entry.addr);
     Ok(iface)
 }
 
@@ -179,10 +157,7 @@ mod tests {
         assert!(check_shape(&sample("1.1.0", true), "1.1.0").is_err());
         assert!(check_shape(&sample("0.4.0", true), "0.4.0").is_ok());
         assert!(check_shape(&sample("0.3.1", false), "0.3.1").is_err());
-        assert!(
-            check_shape(&sample("1.0.0", false), "0.4.0").is_err(),
-            "cniVersion must echo the request"
-        );
+        assert!(check_shape(&sample("1.0.0", false), "0.4.0").is_err(), "cniVersion must echo the request");
     }
 
     #[test]

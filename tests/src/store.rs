@@ -16,9 +16,7 @@ pub struct Allocation {
 
 impl Store {
     pub fn new(data_dir: &Path, network: &str) -> Store {
-        Store {
-            dir: data_dir.join(network),
-        }
+        Store { dir: data_dir.join(network) }
     }
 
     pub fn dir(&self) -> &Path {
@@ -32,9 +30,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e).with_context(|| format!("read {}", self.dir.display())),
         };
-        let mut ips: Vec<IpAddr> = entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
+        let mut ips: Vec<IpAddr> = entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
         ips.sort();
         Ok(ips)
     }
@@ -48,14 +44,9 @@ impl Store {
             .into_iter()
             .map(|ip| {
                 let p = self.dir.join(ip.to_string());
-                let text =
-                    std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?;
+                let text = std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?;
                 let (id, ifname) = parse_owner(&text);
-                Ok(Allocation {
-                    ip,
-                    container_id: id,
-                    ifname,
-                })
+                Ok(Allocation { ip, container_id: id, ifname })
             })
             .collect()
     }
@@ -84,20 +75,15 @@ mod tests {
         let d = crate::TempDir::new("store").unwrap();
         let net = d.join("n1");
         std::fs::create_dir_all(&net).unwrap();
-        for (f, body) in [
-            ("10.0.0.2", "c1\r\neth0"),
-            ("lock", ""),
-            ("last_reserved_ip.0", "10.0.0.2"),
-            ("fd00::5", "c2\r\neth1"),
-        ] {
+        for (f, body) in
+            [("10.0.0.2", "c1\r\neth0"), ("lock", ""), ("last_reserved_ip.0", "10.0.0.2"), ("fd00::5", "c2\r\neth1")]
+        {
             std::fs::write(net.join(f), body).unwrap();
         }
         let s = Store::new(d.path(), "n1");
         assert_eq!(s.ips().unwrap().len(), 2);
         let a = s.allocations().unwrap();
-        assert!(a
-            .iter()
-            .any(|a| a.container_id == "c2" && a.ifname == "eth1"));
+        assert!(a.iter().any(|a| a.container_id == "c2" && a.ifname == "eth1"));
         assert!(s.has("10.0.0.2".parse().unwrap()));
         assert!(Store::new(d.path(), "missing").ips().unwrap().is_empty());
     }

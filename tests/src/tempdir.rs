@@ -8,8 +8,7 @@ pub struct TempDir {
 impl TempDir {
     pub fn new(role: &str) -> anyhow::Result<TempDir> {
         let path = std::env::temp_dir().join(crate::names::unique(role));
-        std::fs::create_dir_all(&path)
-            .map_err(|e| anyhow::anyhow!("create {}: {e}", path.display()))?;
+        std::fs::create_dir_all(&path).map_err(|e| anyhow::anyhow!("create {}: {e}", path.display()))?;
         Ok(TempDir { path })
     }
     pub fn path(&self) -> &Path {

@@ -7,11 +7,7 @@ const SUBNET: &str = "10.244.1.0/24";
 const GATEWAY: &str = "10.244.1.1";
 
 fn link_mtu(ns: &trellis_e2e::Netns, name: &str) -> u64 {
-    ns.link(name)
-        .unwrap()
-        .unwrap_or_else(|| panic!("no link {name} in {}", ns.name()))["mtu"]
-        .as_u64()
-        .unwrap()
+    ns.link(name).unwrap().unwrap_or_else(|| panic!("no link {name} in {}", ns.name()))["mtu"].as_u64().unwrap()
 }
 
 #[test]
@@ -31,77 +27,32 @@ fn two_pods_ping_each_other_and_the_gateway() {
         let host = ifaces
             .iter()
             .find(|i| i.name == pod.host_veth())
-            .unwrap_or_else(|| {
-                panic!("host veth {} missing from interfaces: {r}", pod.host_veth())
-            });
+            .unwrap_or_else(|| panic!("host veth {} missing from interfaces: {r}", pod.host_veth()));
         assert_eq!(host.sandbox, None, "host veth must not carry sandbox: {r}");
-        let host_link = fx
-            .node
-            .ns
-            .link(&pod.host_veth())
-            .unwrap()
-            .expect("host veth exists in node netns");
-        assert_eq!(
-            host.mac.as_deref(),
-            host_link["address"].as_str(),
-            "host veth MAC in result vs kernel"
-        );
-        assert_eq!(
-            host_link["master"],
-            conf::BRIDGE,
-            "host veth is a port of the bridge"
-        );
+        let host_link = fx.node.ns.link(&pod.host_veth()).unwrap().expect("host veth exists in node netns");
+        assert_eq!(host.mac.as_deref(), host_link["address"].as_str(), "host veth MAC in result vs kernel");
+        assert_eq!(host_link["master"], conf::BRIDGE, "host veth is a port of the bridge");
         // Pod interface: sandbox = netns path, the IP points at it.
         let entries = result::ips(r).unwrap();
-        let v4 = entries
-            .iter()
-            .find(|e| e.addr.is_ipv4())
-            .expect("an IPv4 entry");
+        let v4 = entries.iter().find(|e| e.addr.is_ipv4()).expect("an IPv4 entry");
         let pod_if = result::pod_iface(&ifaces, v4).unwrap();
         assert_eq!(pod_if.name, "eth0");
         assert_eq!(pod_if.sandbox.as_deref(), Some(pod.netns().as_str()));
         assert_eq!(v4.gateway, Some(gateway), "ips[].gateway: {r}");
         assert_eq!(v4.prefix, 24);
-        assert!(
-            result::has_route(r, "0.0.0.0/0"),
-            "no default route in result: {r}"
-        );
+        assert!(result::has_route(r, "0.0.0.0/0"), "no default route in result: {r}");
         // The kernel agrees with the result.
         let pod_link = pod.ns.link("eth0").unwrap().expect("eth0 in pod netns");
-        assert_eq!(
-            pod_if.mac.as_deref(),
-            pod_link["address"].as_str(),
-            "pod MAC in result vs kernel"
-        );
-        assert!(pod
-            .ns
-            .addrs("eth0")
-            .unwrap()
-            .contains(&format!("{}/24", v4.addr)));
-        let default = pod
-            .ns
-            .routes4()
-            .unwrap()
-            .into_iter()
-            .find(|r| r["dst"] == "default");
+        assert_eq!(pod_if.mac.as_deref(), pod_link["address"].as_str(), "pod MAC in result vs kernel");
+        assert!(pod.ns.addrs("eth0").unwrap().contains(&format!("{}/24", v4.addr)));
+        let default = pod.ns.routes4().unwrap().into_iter().find(|r| r["dst"] == "default");
         assert_eq!(default.expect("default route in pod")["gateway"], GATEWAY);
         // MTU applied on both ends.
         assert_eq!(link_mtu(&pod.ns, "eth0"), 1400);
         assert_eq!(link_mtu(&fx.node.ns, &pod.host_veth()), 1400);
     }
-    assert!(
-        fx.node
-            .ns
-            .addrs(conf::BRIDGE)
-            .unwrap()
-            .contains(&format!("{GATEWAY}/24")),
-        "bridge holds the gateway"
-    );
-    assert_eq!(
-        fx.node.ns.sysctl("net.ipv4.ip_forward").unwrap(),
-        "1",
-        "plugin enables forwarding in the node"
-    );
+    assert!(fx.node.ns.addrs(conf::BRIDGE).unwrap().contains(&format!("{GATEWAY}/24")), "bridge holds the gateway");
+    assert_eq!(fx.node.ns.sysctl("net.ipv4.ip_forward").unwrap(), "1", "plugin enables forwarding in the node");
 
     let ip0 = result::ipv4(&results[0]).unwrap();
     let ip1 = result::ipv4(&results[1]).unwrap();
@@ -122,21 +73,14 @@ fn del_removes_veth_frees_ip_and_repeats() {
     let pod = Pod::new("pod").unwrap();
     let r = fx.node.add(&c, &pod).unwrap();
     let ip = result::ipv4(&r).unwrap();
-    assert!(
-        fx.store().has(ip),
-        "IP file for {ip} after ADD in {}",
-        fx.store().dir().display()
-    );
+    assert!(fx.store().has(ip), "IP file for {ip} after ADD in {}", fx.store().dir().display());
     assert!(fx.node.ns.has_link(&pod.host_veth()).unwrap());
 
     // Runtimes since 1.0 send the ADD result as prevResult on DEL.
     let mut del_conf = c.clone();
     del_conf["prevResult"] = r.clone();
     fx.node.del(&del_conf, &pod).unwrap();
-    assert!(
-        !fx.node.ns.has_link(&pod.host_veth()).unwrap(),
-        "host veth survived DEL"
-    );
+    assert!(!fx.node.ns.has_link(&pod.host_veth()).unwrap(), "host veth survived DEL");
     assert!(!pod.ns.has_link("eth0").unwrap(), "pod eth0 survived DEL");
     assert!(!fx.store().has(ip), "IP {ip} still allocated after DEL");
 
@@ -153,24 +97,12 @@ fn del_after_netns_is_gone_succeeds_and_frees_ip() {
     let c = fx.trellis("1.0.0", SUBNET);
     let Pod { ns, id, ifname } = Pod::new("pod").unwrap();
     let netns_path = ns.path_str();
-    let r = fx
-        .node
-        .cni(CniCmd::Add, &c, &id, &netns_path, &ifname)
-        .unwrap()
-        .result()
-        .unwrap();
+    let r = fx.node.cni(CniCmd::Add, &c, &id, &netns_path, &ifname).unwrap().result().unwrap();
     let ip = result::ipv4(&r).unwrap();
     drop(ns); // the runtime already destroyed the sandbox
     assert!(!std::path::Path::new(&netns_path).exists());
-    fx.node
-        .cni(CniCmd::Del, &c, &id, &netns_path, &ifname)
-        .unwrap()
-        .ok()
-        .unwrap();
-    assert!(
-        !fx.store().has(ip),
-        "IP {ip} leaked when the netns was gone"
-    );
+    fx.node.cni(CniCmd::Del, &c, &id, &netns_path, &ifname).unwrap().ok().unwrap();
+    assert!(!fx.store().has(ip), "IP {ip} leaked when the netns was gone");
     let veth = trellis_e2e::veth::host_veth_name(&id, &ifname);
     assert!(!fx.node.ns.has_link(&veth).unwrap());
 }
@@ -184,29 +116,12 @@ fn repeated_add_returns_the_same_ip() {
     let first = fx.node.add(&c, &pod).unwrap();
     let second = fx.node.add(&c, &pod).unwrap();
     let ip = result::ipv4(&first).unwrap();
-    assert_eq!(
-        result::ipv4(&second).unwrap(),
-        ip,
-        "second ADD moved the pod"
-    );
-    assert_eq!(
-        fx.store().ips().unwrap(),
-        vec![ip],
-        "exactly one allocation for one attachment"
-    );
+    assert_eq!(result::ipv4(&second).unwrap(), ip, "second ADD moved the pod");
+    assert_eq!(fx.store().ips().unwrap(), vec![ip], "exactly one allocation for one attachment");
     let owners = fx.store().allocations().unwrap();
-    assert_eq!(
-        (owners[0].container_id.as_str(), owners[0].ifname.as_str()),
-        (pod.id.as_str(), "eth0")
-    );
+    assert_eq!((owners[0].container_id.as_str(), owners[0].ifname.as_str()), (pod.id.as_str(), "eth0"));
     // One address, not one per ADD (the kernel's own IPv6 link-local does not count).
-    let global: Vec<String> = pod
-        .ns
-        .addrs("eth0")
-        .unwrap()
-        .into_iter()
-        .filter(|a| !a.starts_with("fe80:"))
-        .collect();
+    let global: Vec<String> = pod.ns.addrs("eth0").unwrap().into_iter().filter(|a| !a.starts_with("fe80:")).collect();
     assert_eq!(global, vec![format!("{ip}/24")]);
     assert!(pod.ns.ping(GATEWAY));
 }
@@ -220,16 +135,10 @@ fn check_passes_after_add_and_fails_after_address_removed() {
     let r = fx.node.add(&c, &pod).unwrap();
     let mut check_conf = c.clone();
     check_conf["prevResult"] = r.clone();
-    fx.node
-        .pod(CniCmd::Check, &check_conf, &pod)
-        .unwrap()
-        .ok()
-        .unwrap();
+    fx.node.pod(CniCmd::Check, &check_conf, &pod).unwrap().ok().unwrap();
 
     let ip = result::ipv4(&r).unwrap();
-    pod.ns
-        .run(&["ip", "addr", "del", &format!("{ip}/24"), "dev", "eth0"])
-        .unwrap();
+    pod.ns.run(&["ip", "addr", "del", &format!("{ip}/24"), "dev", "eth0"]).unwrap();
     let out = fx.node.pod(CniCmd::Check, &check_conf, &pod).unwrap();
     let err = out.error().unwrap();
     assert_ne!(err.code, 0);

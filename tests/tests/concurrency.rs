@@ -8,22 +8,11 @@ use trellis_e2e::{conf, require_root, result, Fixture, Pod};
 
 /// Host-side veths (`tr*`) present in the node netns.
 fn tr_links(fx: &Fixture) -> HashSet<String> {
-    fx.node
-        .ns
-        .link_names()
-        .unwrap()
-        .into_iter()
-        .filter(|n| n.starts_with("tr") && n != conf::BRIDGE)
-        .collect()
+    fx.node.ns.link_names().unwrap().into_iter().filter(|n| n.starts_with("tr") && n != conf::BRIDGE).collect()
 }
 
 /// Start `cmd` for every pod at once (separate processes), then collect every output.
-fn run_all(
-    fx: &Fixture,
-    c: &serde_json::Value,
-    pods: &[Pod],
-    cmd: CniCmd,
-) -> Vec<trellis_e2e::CniOutput> {
+fn run_all(fx: &Fixture, c: &serde_json::Value, pods: &[Pod], cmd: CniCmd) -> Vec<trellis_e2e::CniOutput> {
     let plugin = fx.node.bins.trellis();
     let started = Instant::now();
     let children: Vec<_> = pods
@@ -34,10 +23,7 @@ fn run_all(
             (inv, child)
         })
         .collect();
-    children
-        .into_iter()
-        .map(|(inv, child)| cni::finish(&plugin, &inv, child, started).unwrap())
-        .collect()
+    children.into_iter().map(|(inv, child)| cni::finish(&plugin, &inv, child, started).unwrap()).collect()
 }
 
 #[test]
@@ -48,61 +34,26 @@ fn hundred_concurrent_adds_get_distinct_ips_and_dels_empty_the_store() {
     let pods = fx.pods("cc", 100).unwrap();
 
     let outs = run_all(&fx, &c, &pods, CniCmd::Add);
-    let failures: Vec<String> = outs
-        .iter()
-        .filter(|o| !o.success())
-        .map(|o| o.describe())
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of 100 concurrent ADDs failed; first:\n{}",
-        failures.len(),
-        failures[0]
-    );
-    let ips: Vec<IpAddr> = outs
-        .iter()
-        .map(|o| result::ipv4(&o.result().unwrap()).unwrap())
-        .collect();
+    let failures: Vec<String> = outs.iter().filter(|o| !o.success()).map(|o| o.describe()).collect();
+    assert!(failures.is_empty(), "{} of 100 concurrent ADDs failed; first:\n{}", failures.len(), failures[0]);
+    let ips: Vec<IpAddr> = outs.iter().map(|o| result::ipv4(&o.result().unwrap()).unwrap()).collect();
     let distinct: HashSet<_> = ips.iter().collect();
     assert_eq!(distinct.len(), 100, "duplicate IPs handed out: {ips:?}");
 
     let allocs = fx.store().allocations().unwrap();
     assert_eq!(allocs.len(), 100, "IP files in the store");
     for (pod, ip) in pods.iter().zip(&ips) {
-        let a = allocs
-            .iter()
-            .find(|a| a.ip == *ip)
-            .unwrap_or_else(|| panic!("no IP file for {ip}"));
+        let a = allocs.iter().find(|a| a.ip == *ip).unwrap_or_else(|| panic!("no IP file for {ip}"));
         assert_eq!(a.container_id, pod.id, "IP file {ip} names the wrong owner");
-        assert!(
-            pod.ns.addrs("eth0").unwrap().contains(&format!("{ip}/24")),
-            "{ip} not on the pod's eth0"
-        );
+        assert!(pod.ns.addrs("eth0").unwrap().contains(&format!("{ip}/24")), "{ip} not on the pod's eth0");
     }
     assert_eq!(tr_links(&fx).len(), 100);
 
     let outs = run_all(&fx, &c, &pods, CniCmd::Del);
-    let failures: Vec<String> = outs
-        .iter()
-        .filter(|o| !o.success())
-        .map(|o| o.describe())
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of 100 concurrent DELs failed; first:\n{}",
-        failures.len(),
-        failures[0]
-    );
-    assert!(
-        fx.store().ips().unwrap().is_empty(),
-        "IP files left: {:?}",
-        fx.store().ips().unwrap()
-    );
-    assert!(
-        tr_links(&fx).is_empty(),
-        "host veths left: {:?}",
-        tr_links(&fx)
-    );
+    let failures: Vec<String> = outs.iter().filter(|o| !o.success()).map(|o| o.describe()).collect();
+    assert!(failures.is_empty(), "{} of 100 concurrent DELs failed; first:\n{}", failures.len(), failures[0]);
+    assert!(fx.store().ips().unwrap().is_empty(), "IP files left: {:?}", fx.store().ips().unwrap());
+    assert!(tr_links(&fx).is_empty(), "host veths left: {:?}", tr_links(&fx));
 }
 
 #[test]
@@ -138,56 +89,24 @@ fn kill_9_mid_add_then_gc_leaves_nothing_of_the_killed() {
         delays.iter().any(|(_, code)| code.is_none()),
         "no kill landed before ADD finished (delays {delays:?}): the test proved nothing"
     );
-    let left: Vec<String> = victims
-        .iter()
-        .map(|v| v.host_veth())
-        .filter(|n| fx.node.ns.has_link(n).unwrap())
-        .collect();
-    eprintln!(
-        "before GC: {} IP files, killed attachments' veths present: {left:?}",
-        fx.store().ips().unwrap().len()
-    );
+    let left: Vec<String> = victims.iter().map(|v| v.host_veth()).filter(|n| fx.node.ns.has_link(n).unwrap()).collect();
+    eprintln!("before GC: {} IP files, killed attachments' veths present: {left:?}", fx.store().ips().unwrap().len());
 
-    let valid: Vec<(&str, &str)> = live
-        .iter()
-        .map(|p| (p.id.as_str(), p.ifname.as_str()))
-        .collect();
+    let valid: Vec<(&str, &str)> = live.iter().map(|p| (p.id.as_str(), p.ifname.as_str())).collect();
     let gc = conf::with_valid_attachments(&c, &valid);
     fx.node.command(CniCmd::Gc, &gc).unwrap().ok().unwrap();
 
     let allocs = fx.store().allocations().unwrap();
     let owners: HashSet<&str> = allocs.iter().map(|a| a.container_id.as_str()).collect();
     for v in &victims {
-        assert!(
-            !owners.contains(v.id.as_str()),
-            "killed attachment {} still holds an IP: {allocs:?}",
-            v.id
-        );
-        assert!(
-            !fx.node.ns.has_link(&v.host_veth()).unwrap(),
-            "killed attachment left host veth {}",
-            v.host_veth()
-        );
+        assert!(!owners.contains(v.id.as_str()), "killed attachment {} still holds an IP: {allocs:?}", v.id);
+        assert!(!fx.node.ns.has_link(&v.host_veth()).unwrap(), "killed attachment left host veth {}", v.host_veth());
     }
     let expected: HashSet<String> = live.iter().map(|p| p.host_veth()).collect();
-    assert_eq!(
-        tr_links(&fx),
-        expected,
-        "host veths after GC must be exactly the live ones"
-    );
-    assert_eq!(
-        allocs.len(),
-        live.len(),
-        "one IP per live attachment: {allocs:?}"
-    );
+    assert_eq!(tr_links(&fx), expected, "host veths after GC must be exactly the live ones");
+    assert_eq!(allocs.len(), live.len(), "one IP per live attachment: {allocs:?}");
     for p in &live {
-        assert!(
-            owners.contains(p.id.as_str()),
-            "GC released a live attachment's IP"
-        );
-        assert!(
-            p.ns.ping("10.244.2.1"),
-            "live pod lost connectivity after GC"
-        );
+        assert!(owners.contains(p.id.as_str()), "GC released a live attachment's IP");
+        assert!(p.ns.ping("10.244.2.1"), "live pod lost connectivity after GC");
     }
 }

@@ -23,15 +23,8 @@ fn check_rejected(fx: &Fixture, pod: &Pod, out: &CniOutput, code: Option<u64>) -
         "node links created by a rejected call:\n{}",
         out.describe()
     );
-    assert_eq!(
-        pod.ns.link_names().unwrap(),
-        vec!["lo"],
-        "pod links created by a rejected call"
-    );
-    assert!(
-        fx.store().ips().unwrap().is_empty(),
-        "IP files created by a rejected call"
-    );
+    assert_eq!(pod.ns.link_names().unwrap(), vec!["lo"], "pod links created by a rejected call");
+    assert!(fx.store().ips().unwrap().is_empty(), "IP files created by a rejected call");
     err
 }
 
@@ -77,10 +70,7 @@ fn missing_environment_is_invalid_env() {
         let mut inv = add(&c, &pod);
         unset(&mut inv);
         let err = rejected(&fx, &pod, &inv, Some(4));
-        assert!(
-            err.text().contains(var),
-            "error for missing {var} should name it: {err:?}"
-        );
+        assert!(err.text().contains(var), "error for missing {var} should name it: {err:?}");
     }
 }
 
@@ -102,22 +92,14 @@ fn netns_that_is_not_a_netns_is_rejected_clearly() {
     inv.netns = Some(file.display().to_string());
     let err = rejected(&fx, &pod, &inv, None);
     let text = err.text().to_lowercase();
-    assert!(
-        text.contains("netns") || text.contains("namespace"),
-        "msg should say the netns is bad: {err:?}"
-    );
+    assert!(text.contains("netns") || text.contains("namespace"), "msg should say the netns is bad: {err:?}");
 }
 
 #[test]
 fn exhausted_range_fails_naming_the_range_and_creates_nothing_new() {
     require_root!();
     let fx = Fixture::new().unwrap();
-    let r = conf::range(
-        "10.244.9.0/29",
-        Some("10.244.9.2"),
-        Some("10.244.9.3"),
-        Some("10.244.9.1"),
-    );
+    let r = conf::range("10.244.9.0/29", Some("10.244.9.2"), Some("10.244.9.3"), Some("10.244.9.1"));
     let c = conf::trellis_with_ipam("1.0.0", &fx.network, conf::trellis_ipam(fx.data.path(), r));
     let pods = fx.pods("ex", 3).unwrap();
     fx.node.add(&c, &pods[0]).unwrap();
@@ -129,22 +111,12 @@ fn exhausted_range_fails_naming_the_range_and_creates_nothing_new() {
     assert_ne!(err.code, 0);
     let text = err.text();
     assert!(
-        text.contains("10.244.9.0/29")
-            || text.contains("10.244.9.2")
-            || text.contains("10.244.9.3"),
+        text.contains("10.244.9.0/29") || text.contains("10.244.9.2") || text.contains("10.244.9.3"),
         "exhaustion error should name the range:\n{}",
         out.describe()
     );
-    assert_eq!(
-        fx.node.ns.link_names().unwrap(),
-        links_before,
-        "failed ADD left links behind"
-    );
-    assert_eq!(
-        pods[2].ns.link_names().unwrap(),
-        vec!["lo"],
-        "failed ADD left a pod interface"
-    );
+    assert_eq!(fx.node.ns.link_names().unwrap(), links_before, "failed ADD left links behind");
+    assert_eq!(pods[2].ns.link_names().unwrap(), vec!["lo"], "failed ADD left a pod interface");
     assert_eq!(fx.store().ips().unwrap().len(), 2);
 }
 
@@ -153,10 +125,7 @@ fn unknown_field_is_ignored_or_rejected_as_unsupported() {
     require_root!();
     let (fx, pod, mut c) = setup();
     c["vlanTrunk"] = json!([{"id": 42}]);
-    let out = fx
-        .node
-        .invoke(&fx.node.bins.trellis(), &add(&c, &pod))
-        .unwrap();
+    let out = fx.node.invoke(&fx.node.bins.trellis(), &add(&c, &pod)).unwrap();
     if out.success() {
         // Ignoring unknown fields is allowed; then it must be a normal attachment that DEL cleans up.
         trellis_e2e::result::check_shape(&out.result().unwrap(), "1.0.0").unwrap();

@@ -4,12 +4,7 @@ use trellis_e2e::{conf, require_root, result, CniCmd, Fixture, Pod};
 
 /// A range with exactly two assignable addresses: subnet /29, gateway .1, range .2-.3.
 fn two_ip_conf(fx: &Fixture, version: &str) -> Value {
-    let r = conf::range(
-        "10.244.7.0/29",
-        Some("10.244.7.2"),
-        Some("10.244.7.3"),
-        Some("10.244.7.1"),
-    );
+    let r = conf::range("10.244.7.0/29", Some("10.244.7.2"), Some("10.244.7.3"), Some("10.244.7.1"));
     conf::trellis_with_ipam(version, &fx.network, conf::trellis_ipam(fx.data.path(), r))
 }
 
@@ -23,12 +18,7 @@ fn status_succeeds_then_fails_when_range_exhausted() {
     let pods = fx.pods("st", 3).unwrap();
     fx.node.add(&c, &pods[0]).unwrap();
     fx.node.add(&c, &pods[1]).unwrap();
-    let add_err = fx
-        .node
-        .pod(CniCmd::Add, &c, &pods[2])
-        .unwrap()
-        .error()
-        .unwrap();
+    let add_err = fx.node.pod(CniCmd::Add, &c, &pods[2]).unwrap().error().unwrap();
 
     let out = fx.node.command(CniCmd::Status, &c).unwrap();
     let err = out.error().unwrap();
@@ -50,27 +40,16 @@ fn gc_releases_attachments_not_listed() {
     let fx = Fixture::new().unwrap();
     let c = fx.trellis("1.1.0", "10.244.8.0/24");
     let pods = fx.pods("gc", 3).unwrap();
-    let ips: Vec<_> = pods
-        .iter()
-        .map(|p| result::ipv4(&fx.node.add(&c, p).unwrap()).unwrap())
-        .collect();
+    let ips: Vec<_> = pods.iter().map(|p| result::ipv4(&fx.node.add(&c, p).unwrap()).unwrap()).collect();
     assert_eq!(fx.store().ips().unwrap().len(), 3);
 
     let gc = conf::with_valid_attachments(&c, &[(pods[0].id.as_str(), "eth0")]);
     fx.node.command(CniCmd::Gc, &gc).unwrap().ok().unwrap();
 
-    assert_eq!(
-        fx.store().ips().unwrap(),
-        vec![ips[0]],
-        "only the listed attachment keeps its IP"
-    );
+    assert_eq!(fx.store().ips().unwrap(), vec![ips[0]], "only the listed attachment keeps its IP");
     assert!(fx.node.ns.has_link(&pods[0].host_veth()).unwrap());
     for p in &pods[1..] {
-        assert!(
-            !fx.node.ns.has_link(&p.host_veth()).unwrap(),
-            "GC left host veth {}",
-            p.host_veth()
-        );
+        assert!(!fx.node.ns.has_link(&p.host_veth()).unwrap(), "GC left host veth {}", p.host_veth());
     }
     assert!(pods[0].ns.ping("10.244.8.1"), "the listed pod still works");
 

@@ -7,17 +7,9 @@ const OUTSIDE: &str = "192.168.250.2";
 
 /// Packets counted by the rule of `chain` whose text contains `needle`.
 fn counter(ns: &Netns, needle: &str) -> u64 {
-    let text = ns
-        .run(&["nft", "list", "chain", "inet", "probe", "input"])
-        .unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.contains(needle))
-        .unwrap_or_else(|| panic!("no rule with {needle}:\n{text}"));
-    let after = line
-        .split("packets ")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no counter in {line}"));
+    let text = ns.run(&["nft", "list", "chain", "inet", "probe", "input"]).unwrap();
+    let line = text.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no rule with {needle}:\n{text}"));
+    let after = line.split("packets ").nth(1).unwrap_or_else(|| panic!("no counter in {line}"));
     after.split_whitespace().next().unwrap().parse().unwrap()
 }
 
@@ -33,10 +25,7 @@ fn ip_masq_rewrites_egress_to_the_node_address() {
     let pod_ip = result::ipv4(&r).unwrap();
 
     let rules = fx.node.ns.nft_ruleset().unwrap();
-    assert!(
-        rules.contains("table ip trellis"),
-        "no `ip trellis` table in the node netns:\n{rules}"
-    );
+    assert!(rules.contains("table ip trellis"), "no `ip trellis` table in the node netns:\n{rules}");
     assert!(rules.contains("masquerade"), "no masquerade rule:\n{rules}");
     assert!(
         rules.contains("10.244.10.0/24") || rules.contains("10.244.0.0/16"),
@@ -48,50 +37,14 @@ fn ip_masq_rewrites_egress_to_the_node_address() {
     let outside = Netns::new("outside").unwrap();
     fx.node
         .ns
-        .run(&[
-            "ip",
-            "link",
-            "add",
-            "up0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "out0",
-            "netns",
-            outside.name(),
-        ])
+        .run(&["ip", "link", "add", "up0", "type", "veth", "peer", "name", "out0", "netns", outside.name()])
         .unwrap();
-    fx.node
-        .ns
-        .run(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{NODE_UPLINK}/24"),
-            "dev",
-            "up0",
-        ])
-        .unwrap();
+    fx.node.ns.run(&["ip", "addr", "add", &format!("{NODE_UPLINK}/24"), "dev", "up0"]).unwrap();
     fx.node.ns.run(&["ip", "link", "set", "up0", "up"]).unwrap();
-    outside
-        .run(&["ip", "addr", "add", &format!("{OUTSIDE}/24"), "dev", "out0"])
-        .unwrap();
+    outside.run(&["ip", "addr", "add", &format!("{OUTSIDE}/24"), "dev", "out0"]).unwrap();
     outside.run(&["ip", "link", "set", "out0", "up"]).unwrap();
-    outside
-        .run(&["nft", "add", "table", "inet", "probe"])
-        .unwrap();
-    outside
-        .run(&[
-            "nft",
-            "add",
-            "chain",
-            "inet",
-            "probe",
-            "input",
-            "{ type filter hook input priority 0 ; }",
-        ])
-        .unwrap();
+    outside.run(&["nft", "add", "table", "inet", "probe"]).unwrap();
+    outside.run(&["nft", "add", "chain", "inet", "probe", "input", "{ type filter hook input priority 0 ; }"]).unwrap();
     for src in [NODE_UPLINK.to_string(), "10.244.0.0/16".to_string()] {
         outside
             .run(&[
@@ -112,17 +65,7 @@ fn ip_masq_rewrites_egress_to_the_node_address() {
             .unwrap();
     }
 
-    assert!(
-        pod.ns.ping(OUTSIDE),
-        "pod {pod_ip} -> outside {OUTSIDE} failed: not masqueraded?\nnode rules:\n{rules}"
-    );
-    assert!(
-        counter(&outside, NODE_UPLINK) >= 1,
-        "no echo request arrived from the node address"
-    );
-    assert_eq!(
-        counter(&outside, "10.244.0.0/16"),
-        0,
-        "pod source address leaked past the node"
-    );
+    assert!(pod.ns.ping(OUTSIDE), "pod {pod_ip} -> outside {OUTSIDE} failed: not masqueraded?\nnode rules:\n{rules}");
+    assert!(counter(&outside, NODE_UPLINK) >= 1, "no echo request arrived from the node address");
+    assert_eq!(counter(&outside, "10.244.0.0/16"), 0, "pod source address leaked past the node");
 }

@@ -22,27 +22,13 @@ fn podman_container_gets_ip_pings_gateway_and_rm_releases_it() {
     let allocs = fx.store().allocations().unwrap();
     assert_eq!(allocs.len(), 1, "{allocs:?}");
     assert_eq!(allocs[0].ip.to_string(), ip);
-    assert_eq!(
-        allocs[0].container_id, id,
-        "IP file names podman's container ID"
-    );
+    assert_eq!(allocs[0].container_id, id, "IP file names podman's container ID");
     let veth = trellis_e2e::veth::host_veth_name(&id, "eth0");
-    assert!(
-        fx.node.ns.has_link(&veth).unwrap(),
-        "host veth {veth} for the podman container"
-    );
+    assert!(fx.node.ns.has_link(&veth).unwrap(), "host veth {veth} for the podman container");
 
-    podman
-        .run(&["exec", &id, "/bin/ping", "-c1", "-W1", "10.244.13.1"])
-        .unwrap();
+    podman.run(&["exec", &id, "/bin/ping", "-c1", "-W1", "10.244.13.1"]).unwrap();
 
     podman.rm(&id).unwrap();
-    assert!(
-        fx.store().ips().unwrap().is_empty(),
-        "podman rm -f leaked the IP (DEL failed? podman only logs it)"
-    );
-    assert!(
-        !fx.node.ns.has_link(&veth).unwrap(),
-        "host veth {veth} survived podman rm -f"
-    );
+    assert!(fx.store().ips().unwrap().is_empty(), "podman rm -f leaked the IP (DEL failed? podman only logs it)");
+    assert!(!fx.node.ns.has_link(&veth).unwrap(), "host veth {veth} survived podman rm -f");
 }

@@ -20,21 +20,12 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut args = Args {
-        pods: 50,
-        write: false,
-    };
+    let mut args = Args { pods: 50, write: false };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--write" => args.write = true,
-            "--pods" => {
-                args.pods = it
-                    .next()
-                    .context("--pods needs a number")?
-                    .parse()
-                    .context("--pods")?
-            }
+            "--pods" => args.pods = it.next().context("--pods needs a number")?.parse().context("--pods")?,
             "-h" | "--help" => {
                 println!("usage: cni-bench [--pods N] [--write]");
                 std::process::exit(0);
@@ -58,21 +49,13 @@ struct Side {
 
 impl Side {
     fn new(conf: Value, role: &str, n: usize) -> Result<Side> {
-        let pods = (0..n)
-            .map(|i| Pod::new(&format!("{role}{i}")))
-            .collect::<Result<_>>()?;
-        Ok(Side {
-            conf,
-            pods,
-            add: Vec::new(),
-            del: Vec::new(),
-        })
+        let pods = (0..n).map(|i| Pod::new(&format!("{role}{i}"))).collect::<Result<_>>()?;
+        Ok(Side { conf, pods, add: Vec::new(), del: Vec::new() })
     }
 
     fn step(&mut self, node: &Node, cmd: CniCmd, i: usize) -> Result<()> {
         let out = node.pod(cmd, &self.conf, &self.pods[i])?;
-        out.ok()
-            .with_context(|| format!("{} of pod {i}", cmd.as_str()))?;
+        out.ok().with_context(|| format!("{} of pod {i}", cmd.as_str()))?;
         match cmd {
             CniCmd::Add => self.add.push(out.elapsed),
             _ => self.del.push(out.elapsed),
@@ -83,12 +66,8 @@ impl Side {
     /// An untimed ADD+DEL so both sides start with their bridge created and binaries in the page cache.
     fn warm_up(&self, node: &Node) -> Result<()> {
         let pod = Pod::new("warm")?;
-        node.pod(CniCmd::Add, &self.conf, &pod)?
-            .ok()
-            .context("warm-up ADD")?;
-        node.pod(CniCmd::Del, &self.conf, &pod)?
-            .ok()
-            .context("warm-up DEL")
+        node.pod(CniCmd::Add, &self.conf, &pod)?.ok().context("warm-up ADD")?;
+        node.pod(CniCmd::Del, &self.conf, &pod)?.ok().context("warm-up DEL")
     }
 }
 
@@ -97,26 +76,16 @@ fn main() -> Result<()> {
     if !trellis_e2e::privilege::is_root() {
         bail!("cni-bench needs root (it creates network namespaces)");
     }
+    let load_at_start = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
     let bins = Bins::locate_profile("release")?;
     let node = Node::with_role(&bins, "bench")?;
     let data = TempDir::new("bench-data")?;
-    let trellis_conf = conf::trellis(
-        "1.0.0",
-        "bench-trellis",
-        &data.join("trellis"),
-        "10.244.0.0/24",
-    );
-    let reference_conf = conf::reference_bridge(
-        "1.0.0",
-        "bench-ref",
-        "refbr0",
-        conf::host_local(&data.join("ref"), "10.245.0.0/24"),
-    );
-    eprintln!(
-        "creating {} pod netns per plugin in node {} ...",
-        args.pods,
-        node.ns.name()
-    );
+    let trellis_conf = conf::trellis("1.0.0", "bench-trellis", &data.join("trellis"), "10.244.0.0/24");
+    let reference_conf =
+        conf::reference_bridge("1.0.0", "bench-ref", "refbr0", conf::host_local(&data.join("ref"), "10.245.0.0/24"));
+    eprintln!("creating {} pod netns per plugin in node {} ...", args.pods, node.ns.name());
     let mut ours = Side::new(trellis_conf, "bt", args.pods)?;
     let mut reference = Side::new(reference_conf, "br", args.pods)?;
     ours.warm_up(&node)?;
@@ -138,6 +107,16 @@ fn main() -> Result<()> {
     let report = Report {
         pods: args.pods,
         command: COMMAND.split_whitespace().collect::<Vec<_>>().join(" "),
+        notes: vec![
+            format!(
+                "machine: {} CPUs, load average at start {} (shared with other builds: expect noise in p99)",
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+                load_at_start
+            ),
+            "each call timed from spawn to exit, plugin run inside the node netns as a runtime would; one untimed \
+             warm-up ADD+DEL per plugin"
+                .into(),
+        ],
         trellis_add: Summary::of(&ours.add),
         trellis_del: Summary::of(&ours.del),
         reference_add: Summary::of(&reference.add),
@@ -147,9 +126,8 @@ fn main() -> Result<()> {
     println!("{md}");
     if args.write {
         let path = workspace_root().join("BENCHMARKS.md");
-        let doc = std::fs::read_to_string(&path).unwrap_or_default();
-        std::fs::write(&path, bench::splice(&doc, &md))
-            .with_context(|| format!("write {}", path.display()))?;
+        let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+        std::fs::write(&path, bench::splice(&doc, &md)).with_context(|| format!("write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     let missed = report.all_goals().iter().filter(|(_, ok)| !ok).count();
