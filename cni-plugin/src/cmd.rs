@@ -37,29 +37,13 @@ pub fn add<D: Dataplane>(dp: &mut D, c: &Call) -> Result<CniResult, CniError> {
     }
 }
 
-fn add_links<D: Dataplane>(
-    dp: &mut D,
-    c: &Call,
-    outcome: &IpamOutcome,
-) -> Result<CniResult, CniError> {
+fn add_links<D: Dataplane>(dp: &mut D, c: &Call, outcome: &IpamOutcome) -> Result<CniResult, CniError> {
     let mtu = match c.cfg.mtu {
         Some(m) => m,
         None => dp.default_mtu(&c.cfg.bridge)?,
     };
-    let netns = c
-        .env
-        .netns
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    let p = plan(
-        c.cfg,
-        c.env.container_id(),
-        c.env.ifname(),
-        &netns,
-        mtu,
-        outcome,
-    )?;
+    let netns = c.env.netns.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let p = plan(c.cfg, c.env.container_id(), c.env.ifname(), &netns, mtu, outcome)?;
     let bridge = dp.ensure_bridge(&c.cfg.bridge, c.cfg.mtu, &p.bridge_addrs)?;
     dp.ensure_forwarding(p.has_v4, p.has_v6)?;
     let host = dp.ensure_pod_link(&p, &bridge)?;
@@ -80,57 +64,33 @@ pub fn del<D: Dataplane>(dp: &mut D, c: &Call) -> Result<(), CniError> {
 }
 
 fn drift(msg: String) -> CniError {
-    CniError::new(
-        codes::INTERFACE_DRIFT,
-        msg,
-        "the pod's network differs from what ADD set up (prevResult)",
-    )
+    CniError::new(codes::INTERFACE_DRIFT, msg, "the pod's network differs from what ADD set up (prevResult)")
 }
 
 /// CHECK: the pod interface, its addresses and routes match prevResult; the host veth exists; IPAM agrees.
 pub fn check<D: Dataplane>(dp: &mut D, c: &Call) -> Result<(), CniError> {
     let prev: &CniResult = c.conf.prev_result.as_ref().ok_or_else(|| {
-        CniError::new(
-            codes::INVALID_NETWORK_CONFIG,
-            "CHECK needs prevResult in the network config",
-            "",
-        )
+        CniError::new(codes::INVALID_NETWORK_CONFIG, "CHECK needs prevResult in the network config", "")
     })?;
     let ifname = c.env.ifname();
     let idx = prev
         .interfaces
         .iter()
         .position(|i| i.name == ifname && i.sandbox.is_some())
-        .ok_or_else(|| {
-            drift(format!(
-                "prevResult names no interface {ifname} inside the pod"
-            ))
-        })?;
-    let expected: Vec<_> = prev
-        .ips
-        .iter()
-        .filter(|i| i.interface.is_none_or(|x| x == idx))
-        .collect();
-    let seen = dp
-        .observe_pod(ifname)?
-        .ok_or_else(|| drift(format!("interface {ifname} is missing from the pod netns")))?;
+        .ok_or_else(|| drift(format!("prevResult names no interface {ifname} inside the pod")))?;
+    let expected: Vec<_> = prev.ips.iter().filter(|i| i.interface.is_none_or(|x| x == idx)).collect();
+    let seen =
+        dp.observe_pod(ifname)?.ok_or_else(|| drift(format!("interface {ifname} is missing from the pod netns")))?;
     if !seen.up {
         return Err(drift(format!("interface {ifname} is down")));
     }
     for ip in &expected {
         if !seen.addresses.contains(&ip.address) {
-            return Err(drift(format!(
-                "address {} is missing from {ifname}",
-                ip.address
-            )));
+            return Err(drift(format!("address {} is missing from {ifname}", ip.address)));
         }
     }
     for r in &prev.routes {
-        if !seen
-            .routes
-            .iter()
-            .any(|(d, g)| *d == r.dst && (r.gw.is_none() || *g == r.gw))
-        {
+        if !seen.routes.iter().any(|(d, g)| *d == r.dst && (r.gw.is_none() || *g == r.gw)) {
             return Err(drift(format!(
                 "route {}{} is missing from the pod",
                 r.dst,
@@ -140,10 +100,7 @@ pub fn check<D: Dataplane>(dp: &mut D, c: &Call) -> Result<(), CniError> {
     }
     if let Some(m) = c.cfg.mtu {
         if seen.mtu != m {
-            return Err(drift(format!(
-                "{ifname} has MTU {} instead of {m}",
-                seen.mtu
-            )));
+            return Err(drift(format!("{ifname} has MTU {} instead of {m}", seen.mtu)));
         }
     }
     let host = host_veth_name(c.env.container_id(), ifname);
@@ -162,16 +119,9 @@ pub fn status(c: &Call) -> Result<(), CniError> {
 /// GC: release every allocation and host veth not named in `cni.dev/valid-attachments`.
 pub fn gc<D: Dataplane>(dp: &mut D, c: &Call) -> Result<(), CniError> {
     let valid = c.conf.valid_attachments.as_ref().ok_or_else(|| {
-        CniError::new(
-            codes::INVALID_NETWORK_CONFIG,
-            "GC needs cni.dev/valid-attachments in the network config",
-            "",
-        )
+        CniError::new(codes::INVALID_NETWORK_CONFIG, "GC needs cni.dev/valid-attachments in the network config", "")
     })?;
-    let keep: HashSet<String> = valid
-        .iter()
-        .map(|a| host_veth_name(&a.container_id, &a.ifname))
-        .collect();
+    let keep: HashSet<String> = valid.iter().map(|a| host_veth_name(&a.container_id, &a.ifname)).collect();
     let mut first_err = None;
     for name in dp.host_veths_on(&c.cfg.bridge)? {
         if !keep.contains(&name) {
@@ -180,10 +130,7 @@ pub fn gc<D: Dataplane>(dp: &mut D, c: &Call) -> Result<(), CniError> {
             }
         }
     }
-    if let Err(e) = c
-        .ipam
-        .gc(c.env, c.stdin, valid, c.conf.cni_version.is_1_1())
-    {
+    if let Err(e) = c.ipam.gc(c.env, c.stdin, valid, c.conf.cni_version.is_1_1()) {
         first_err.get_or_insert(e);
     }
     first_err.map_or(Ok(()), Err)
@@ -202,9 +149,7 @@ mod tests {
 
     impl Fixture {
         fn new() -> Self {
-            Fixture {
-                dir: tempfile::tempdir().unwrap(),
-            }
+            Fixture { dir: tempfile::tempdir().unwrap() }
         }
         fn conf(&self, extra: serde_json::Value) -> NetConf {
             let mut v = json!({"cniVersion": "1.1.0", "name": "testnet", "type": "trellis", "mtu": 1450,
@@ -228,16 +173,7 @@ mod tests {
         }
         fn ip_files(&self) -> usize {
             std::fs::read_dir(self.dir.path().join("testnet"))
-                .map(|d| {
-                    d.filter(|e| {
-                        e.as_ref()
-                            .unwrap()
-                            .file_name()
-                            .to_string_lossy()
-                            .starts_with("10.")
-                    })
-                    .count()
-                })
+                .map(|d| d.filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("10.")).count())
                 .unwrap_or(0)
         }
     }
@@ -265,13 +201,7 @@ mod tests {
         let cfg = PluginConfig::from_conf(&conf).unwrap();
         let ipam = IpamBackend::new(&cfg, &conf.name).unwrap();
         let env = fx.env(cmd, id, ifname);
-        let call = Call {
-            env: &env,
-            conf: &conf,
-            cfg: &cfg,
-            ipam: &ipam,
-            stdin: b"{}",
-        };
+        let call = Call { env: &env, conf: &conf, cfg: &cfg, ipam: &ipam, stdin: b"{}" };
         f(&call)
     }
 
@@ -285,14 +215,9 @@ mod tests {
         let host = host_veth_name("c1", "eth0");
         assert_eq!(dp.node_links[&host].master.as_deref(), Some("trellis0"));
         assert!(dp.node_links[&host].hairpin);
-        assert_eq!(
-            dp.node_links["trellis0"].addrs,
-            vec!["10.244.1.1/29".parse().unwrap()]
-        );
+        assert_eq!(dp.node_links["trellis0"].addrs, vec!["10.244.1.1/29".parse().unwrap()]);
         assert_eq!(dp.pod_links["eth0"].mtu, 1450);
-        assert!(dp.pod_links["eth0"]
-            .routes
-            .contains(&("0.0.0.0/0".parse().unwrap(), "10.244.1.1".parse().ok())));
+        assert!(dp.pod_links["eth0"].routes.contains(&("0.0.0.0/0".parse().unwrap(), "10.244.1.1".parse().ok())));
         assert_eq!(dp.forwarding, (true, false));
         assert_eq!(dp.masq["testnet"].0, vec!["10.244.1.0/29".parse().unwrap()]);
         // repeated ADD: same address, nothing new
@@ -301,14 +226,7 @@ mod tests {
         assert_eq!(fx.ip_files(), 1);
         // CHECK passes against its own result
         let prev = r.to_json(Version::V1_1_0, "1.1.0");
-        run(
-            &fx,
-            Command::Check,
-            "c1",
-            json!({"prevResult": prev}),
-            |c| check(&mut dp, c),
-        )
-        .unwrap();
+        run(&fx, Command::Check, "c1", json!({"prevResult": prev}), |c| check(&mut dp, c)).unwrap();
         // DEL twice
         run(&fx, Command::Del, "c1", json!({}), |c| del(&mut dp, c)).unwrap();
         run(&fx, Command::Del, "c1", json!({}), |c| del(&mut dp, c)).unwrap();
@@ -324,24 +242,10 @@ mod tests {
         let r = run(&fx, Command::Add, "c1", json!({}), |c| add(&mut dp, c)).unwrap();
         let prev = r.to_json(Version::V1_1_0, "1.1.0");
         dp.pod_links.get_mut("eth0").unwrap().addrs.clear();
-        let e = run(
-            &fx,
-            Command::Check,
-            "c1",
-            json!({"prevResult": prev.clone()}),
-            |c| check(&mut dp, c),
-        )
-        .unwrap_err();
+        let e = run(&fx, Command::Check, "c1", json!({"prevResult": prev.clone()}), |c| check(&mut dp, c)).unwrap_err();
         assert!(e.msg.contains("address 10.244.1.2/29 is missing"), "{e}");
         dp.pod_links.clear();
-        let e = run(
-            &fx,
-            Command::Check,
-            "c1",
-            json!({"prevResult": prev}),
-            |c| check(&mut dp, c),
-        )
-        .unwrap_err();
+        let e = run(&fx, Command::Check, "c1", json!({"prevResult": prev}), |c| check(&mut dp, c)).unwrap_err();
         assert!(e.msg.contains("missing from the pod netns"), "{e}");
         let e = run(&fx, Command::Check, "c1", json!({}), |c| check(&mut dp, c)).unwrap_err();
         assert_eq!(e.code, 7);
@@ -358,19 +262,9 @@ mod tests {
             let r = run(&fx, Command::Add, "c1", json!({}), |c| add(&mut dp, c));
             assert!(r.is_err(), "call {fail_at} should fail ADD");
             let host = host_veth_name("c1", "eth0");
-            assert!(
-                !dp.inner.node_links.contains_key(&host),
-                "host veth left after fault at {fail_at}"
-            );
-            assert!(
-                dp.inner.pod_links.is_empty(),
-                "pod link left after fault at {fail_at}"
-            );
-            assert_eq!(
-                fx.ip_files(),
-                0,
-                "allocation leaked after fault at {fail_at}"
-            );
+            assert!(!dp.inner.node_links.contains_key(&host), "host veth left after fault at {fail_at}");
+            assert!(dp.inner.pod_links.is_empty(), "pod link left after fault at {fail_at}");
+            assert_eq!(fx.ip_files(), 0, "allocation leaked after fault at {fail_at}");
         }
         let fx = Fixture::new();
         let mut dp = FaultyDataplane::new(FakeDataplane::new(), 7);
@@ -395,20 +289,9 @@ mod tests {
         let mut dp = FakeDataplane::new();
         // /29: .1 gateway, .2-.6 usable (.7 broadcast)
         for i in 0..5 {
-            run_if(
-                &fx,
-                Command::Add,
-                &format!("c{i}"),
-                &format!("eth{i}"),
-                json!({}),
-                |c| add(&mut dp, c),
-            )
-            .unwrap();
+            run_if(&fx, Command::Add, &format!("c{i}"), &format!("eth{i}"), json!({}), |c| add(&mut dp, c)).unwrap();
         }
-        let e = run_if(&fx, Command::Add, "c9", "eth9", json!({}), |c| {
-            add(&mut dp, c)
-        })
-        .unwrap_err();
+        let e = run_if(&fx, Command::Add, "c9", "eth9", json!({}), |c| add(&mut dp, c)).unwrap_err();
         assert_eq!(e.code, 110, "{e}");
         let st = run(&fx, Command::Status, "x", json!({}), |c| status(c)).unwrap_err();
         assert_eq!(st.code, codes::NOT_AVAILABLE, "{st}");

@@ -24,11 +24,7 @@ fn field<'a>(raw: &'a Value, key: &str) -> Option<&'a Value> {
 }
 
 fn bad(field: &str, why: impl std::fmt::Display) -> CniError {
-    CniError::new(
-        codes::INVALID_NETWORK_CONFIG,
-        format!("invalid network config: {field}: {why}"),
-        "",
-    )
+    CniError::new(codes::INVALID_NETWORK_CONFIG, format!("invalid network config: {field}: {why}"), "")
 }
 
 fn bool_field(raw: &Value, key: &str, default: bool) -> Result<bool, CniError> {
@@ -48,54 +44,29 @@ impl PluginConfig {
             Some(other) => return Err(bad("bridge", format!("must be a string, got {other}"))),
         };
         trellis_cni_types::env::validate_ifname(&bridge).map_err(|_| {
-            bad(
-                "bridge",
-                format!(
-                    "{bridge:?} is not a valid interface name (1-15 bytes, no '/', ':' or spaces)"
-                ),
-            )
+            bad("bridge", format!("{bridge:?} is not a valid interface name (1-15 bytes, no '/', ':' or spaces)"))
         })?;
         let mtu = match field(raw, "mtu") {
             None => None,
             Some(v) => match v.as_u64() {
                 Some(m) if (68..=65535).contains(&m) => Some(m as u32),
-                _ => {
-                    return Err(bad(
-                        "mtu",
-                        format!("must be an integer between 68 and 65535, got {v}"),
-                    ))
-                }
+                _ => return Err(bad("mtu", format!("must be an integer between 68 and 65535, got {v}"))),
             },
         };
         let cluster_cidrs = match field(raw, "clusterCIDR") {
             None => vec![],
-            Some(Value::String(s)) => {
-                parse_cidrs(s.split(',').map(str::trim).filter(|x| !x.is_empty()))?
-            }
+            Some(Value::String(s)) => parse_cidrs(s.split(',').map(str::trim).filter(|x| !x.is_empty()))?,
             Some(Value::Array(a)) => {
                 let strs: Option<Vec<&str>> = a.iter().map(|v| v.as_str()).collect();
-                parse_cidrs(
-                    strs.ok_or_else(|| bad("clusterCIDR", "must hold CIDR strings"))?
-                        .into_iter(),
-                )?
+                parse_cidrs(strs.ok_or_else(|| bad("clusterCIDR", "must hold CIDR strings"))?.into_iter())?
             }
-            Some(other) => {
-                return Err(bad(
-                    "clusterCIDR",
-                    format!("must be a CIDR string, got {other}"),
-                ))
-            }
+            Some(other) => return Err(bad("clusterCIDR", format!("must be a CIDR string, got {other}"))),
         };
         let ip_masq = bool_field(raw, "ipMasq", false)?;
         if ip_masq && cluster_cidrs.is_empty() {
-            return Err(bad(
-                "ipMasq",
-                "needs \"clusterCIDR\" so that traffic inside the cluster is not masqueraded",
-            ));
+            return Err(bad("ipMasq", "needs \"clusterCIDR\" so that traffic inside the cluster is not masqueraded"));
         }
-        let ipam = field(raw, "ipam")
-            .cloned()
-            .ok_or_else(|| bad("ipam", "missing: trellis needs an IPAM section"))?;
+        let ipam = field(raw, "ipam").cloned().ok_or_else(|| bad("ipam", "missing: trellis needs an IPAM section"))?;
         let ipam_type = ipam
             .get("type")
             .and_then(|t| t.as_str())
@@ -130,11 +101,7 @@ impl PluginConfig {
 
 fn parse_cidrs<'a>(items: impl Iterator<Item = &'a str>) -> Result<Vec<IpNet>, CniError> {
     items
-        .map(|s| {
-            s.parse::<IpNet>()
-                .map(|n| n.trunc())
-                .map_err(|_| bad("clusterCIDR", format!("{s:?} is not a CIDR")))
-        })
+        .map(|s| s.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| bad("clusterCIDR", format!("{s:?} is not a CIDR"))))
         .collect()
 }
 

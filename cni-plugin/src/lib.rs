@@ -19,11 +19,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     if env.command == Command::Version {
         let requested = serde_json::from_slice::<Value>(stdin)
             .ok()
-            .and_then(|v| {
-                v.get("cniVersion")
-                    .and_then(|x| x.as_str())
-                    .map(str::to_string)
-            })
+            .and_then(|v| v.get("cniVersion").and_then(|x| x.as_str()).map(str::to_string))
             .unwrap_or_default();
         return Ok(Some(Version::version_answer(&requested)));
     }
@@ -31,13 +27,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     let cfg = config::PluginConfig::from_conf(&conf)?;
     let name = conf.require_name()?.to_string();
     let ipam = ipam::IpamBackend::new(&cfg, &name)?;
-    let call = cmd::Call {
-        env,
-        conf: &conf,
-        cfg: &cfg,
-        ipam: &ipam,
-        stdin,
-    };
+    let call = cmd::Call { env, conf: &conf, cfg: &cfg, ipam: &ipam, stdin };
     let netns = env.netns.as_deref();
     match env.command {
         Command::Add => {
@@ -53,10 +43,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
             if !conf.cni_version.supports_check() {
                 return Err(CniError::new(
                     trellis_cni_types::codes::INCOMPATIBLE_VERSION,
-                    format!(
-                        "CHECK is not defined for cniVersion {}",
-                        conf.cni_version_str
-                    ),
+                    format!("CHECK is not defined for cniVersion {}", conf.cni_version_str),
                     "",
                 ));
             }
@@ -76,11 +63,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
 pub fn error_version(stdin: &[u8]) -> String {
     serde_json::from_slice::<Value>(stdin)
         .ok()
-        .and_then(|v| {
-            v.get("cniVersion")
-                .and_then(|x| x.as_str())
-                .map(str::to_string)
-        })
+        .and_then(|v| v.get("cniVersion").and_then(|x| x.as_str()).map(str::to_string))
         .filter(|v| v.parse::<Version>().is_ok())
         .unwrap_or_else(|| Version::LATEST.as_str().to_string())
 }

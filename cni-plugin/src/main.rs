@@ -6,13 +6,8 @@ fn main() {
     let read = std::io::stdin().read_to_end(&mut stdin);
     let version = trellis_cni::error_version(&stdin);
     let outcome = match read {
-        Err(e) => Err(trellis_cni_types::CniError::io(
-            "cannot read the network config from stdin",
-            e.to_string(),
-        )),
-        Ok(_) => {
-            trellis_cni_types::Env::from_process().and_then(|env| trellis_cni::run(&env, &stdin))
-        }
+        Err(e) => Err(trellis_cni_types::CniError::io("cannot read the network config from stdin", e.to_string())),
+        Ok(_) => trellis_cni_types::Env::from_process().and_then(|env| trellis_cni::run(&env, &stdin)),
     };
     std::process::exit(trellis_cni_types::emit(outcome, &version));
 }

@@ -11,11 +11,21 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("{HOST_VETH_PREFIX}{hex}")
 }
 
+/// A deleted attachment's host veth while the kernel unregisters it (see `RealDataplane::delete_pod_link`).
+pub const DYING_VETH_PREFIX: &str = "tz";
+
+/// The name a host veth takes when DEL detaches it: frees the `tr` name for an immediate re-ADD.
+pub fn dying_name(host_veth: &str) -> String {
+    format!("{DYING_VETH_PREFIX}{}", &host_veth[HOST_VETH_PREFIX.len()..])
+}
+
+pub fn is_dying_veth_name(name: &str) -> bool {
+    name.len() == 14 && name.starts_with(DYING_VETH_PREFIX) && name[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// True for names [`host_veth_name`] can produce.
 pub fn is_host_veth_name(name: &str) -> bool {
-    name.len() == 14
-        && name.starts_with(HOST_VETH_PREFIX)
-        && name[2..].bytes().all(|b| b.is_ascii_hexdigit())
+    name.len() == 14 && name.starts_with(HOST_VETH_PREFIX) && name[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[cfg(test)]
@@ -32,5 +42,8 @@ mod tests {
         assert!(is_host_veth_name(&a));
         assert!(!is_host_veth_name("trellis0"));
         assert!(!is_host_veth_name("eth0"));
+        let d = dying_name(&a);
+        assert!(is_dying_veth_name(&d) && !is_host_veth_name(&d));
+        assert_eq!(&d[2..], &a[2..]);
     }
 }

@@ -33,11 +33,7 @@ pub fn plan(
     ipam: &IpamOutcome,
 ) -> Result<PodPlan, CniError> {
     if ipam.ips.is_empty() {
-        return Err(CniError::new(
-            codes::INTERNAL,
-            "IPAM returned no addresses",
-            "",
-        ));
+        return Err(CniError::new(codes::INTERNAL, "IPAM returned no addresses", ""));
     }
     let addresses: Vec<IpNet> = ipam.ips.iter().map(|i| i.address).collect();
     let has_v4 = addresses.iter().any(|a| a.addr().is_ipv4());
@@ -45,8 +41,7 @@ pub fn plan(
     let mut routes: Vec<(IpNet, Option<IpAddr>)> = Vec::new();
     // IPAM routes without a gateway go via the family's gateway, as the reference plugins do.
     for r in &ipam.routes {
-        let gw =
-            r.gw.or_else(|| gateway_for(&ipam.ips, r.dst.addr().is_ipv4()));
+        let gw = r.gw.or_else(|| gateway_for(&ipam.ips, r.dst.addr().is_ipv4()));
         if !routes.iter().any(|(d, _)| *d == r.dst) {
             routes.push((r.dst, gw));
         }
@@ -85,27 +80,11 @@ pub struct LinkInfo {
 }
 
 /// The ADD result: bridge, host veth, pod interface (index 2, with `sandbox`), addresses on the pod interface.
-pub fn render(
-    plan: &PodPlan,
-    ipam: &IpamOutcome,
-    bridge: &LinkInfo,
-    host: &LinkInfo,
-    pod: &LinkInfo,
-) -> CniResult {
+pub fn render(plan: &PodPlan, ipam: &IpamOutcome, bridge: &LinkInfo, host: &LinkInfo, pod: &LinkInfo) -> CniResult {
     CniResult {
         interfaces: vec![
-            Interface {
-                name: bridge.name.clone(),
-                mac: bridge.mac.clone(),
-                mtu: Some(bridge.mtu),
-                sandbox: None,
-            },
-            Interface {
-                name: host.name.clone(),
-                mac: host.mac.clone(),
-                mtu: Some(host.mtu),
-                sandbox: None,
-            },
+            Interface { name: bridge.name.clone(), mac: bridge.mac.clone(), mtu: Some(bridge.mtu), sandbox: None },
+            Interface { name: host.name.clone(), mac: host.mac.clone(), mtu: Some(host.mtu), sandbox: None },
             Interface {
                 name: pod.name.clone(),
                 mac: pod.mac.clone(),
@@ -113,19 +92,8 @@ pub fn render(
                 sandbox: Some(plan.netns.clone()),
             },
         ],
-        ips: ipam
-            .ips
-            .iter()
-            .map(|i| IpConfig {
-                interface: Some(2),
-                ..i.clone()
-            })
-            .collect(),
-        routes: plan
-            .routes
-            .iter()
-            .map(|(d, g)| Route::new(*d, *g))
-            .collect(),
+        ips: ipam.ips.iter().map(|i| IpConfig { interface: Some(2), ..i.clone() }).collect(),
+        routes: plan.routes.iter().map(|(d, g)| Route::new(*d, *g)).collect(),
         dns: ipam.dns.clone(),
     }
 }
@@ -144,16 +112,8 @@ mod tests {
     fn outcome() -> IpamOutcome {
         IpamOutcome {
             ips: vec![
-                IpConfig {
-                    address: "10.1.0.5/24".parse().unwrap(),
-                    gateway: "10.1.0.1".parse().ok(),
-                    interface: None,
-                },
-                IpConfig {
-                    address: "fd00::5/64".parse().unwrap(),
-                    gateway: "fd00::1".parse().ok(),
-                    interface: None,
-                },
+                IpConfig { address: "10.1.0.5/24".parse().unwrap(), gateway: "10.1.0.1".parse().ok(), interface: None },
+                IpConfig { address: "fd00::5/64".parse().unwrap(), gateway: "fd00::1".parse().ok(), interface: None },
             ],
             routes: vec![Route::new("10.96.0.0/12".parse().unwrap(), None)],
             dns: Default::default(),
@@ -164,13 +124,7 @@ mod tests {
     fn dual_stack_plan_has_both_default_routes_and_gateways() {
         let p = plan(&cfg(true), "cid", "eth0", "/run/netns/p", 1450, &outcome()).unwrap();
         assert!(p.has_v4 && p.has_v6);
-        assert_eq!(
-            p.bridge_addrs,
-            vec![
-                "10.1.0.1/24".parse::<IpNet>().unwrap(),
-                "fd00::1/64".parse().unwrap()
-            ]
-        );
+        assert_eq!(p.bridge_addrs, vec!["10.1.0.1/24".parse::<IpNet>().unwrap(), "fd00::1/64".parse().unwrap()]);
         assert_eq!(
             p.routes,
             vec![
@@ -186,34 +140,15 @@ mod tests {
     fn no_default_route_when_disabled_and_no_ips_is_an_error() {
         let p = plan(&cfg(false), "cid", "eth0", "/x", 1500, &outcome()).unwrap();
         assert_eq!(p.routes.len(), 1);
-        assert!(plan(
-            &cfg(true),
-            "cid",
-            "eth0",
-            "/x",
-            1500,
-            &IpamOutcome::default()
-        )
-        .is_err());
+        assert!(plan(&cfg(true), "cid", "eth0", "/x", 1500, &IpamOutcome::default()).is_err());
     }
 
     #[test]
     fn result_points_ips_at_the_pod_interface() {
         let o = outcome();
         let p = plan(&cfg(true), "cid", "eth0", "/run/netns/p", 1450, &o).unwrap();
-        let li = |n: &str, i| LinkInfo {
-            name: n.into(),
-            index: i,
-            mac: Some("0e:00:00:00:00:01".into()),
-            mtu: 1450,
-        };
-        let r = render(
-            &p,
-            &o,
-            &li("trellis0", 1),
-            &li(&p.host_veth, 2),
-            &li("eth0", 3),
-        );
+        let li = |n: &str, i| LinkInfo { name: n.into(), index: i, mac: Some("0e:00:00:00:00:01".into()), mtu: 1450 };
+        let r = render(&p, &o, &li("trellis0", 1), &li(&p.host_veth, 2), &li("eth0", 3));
         let j = r.to_json(Version::V1_0_0, "1.0.0");
         assert_eq!(j["interfaces"][2]["sandbox"], "/run/netns/p");
         assert_eq!(j["ips"][0]["interface"], 2);

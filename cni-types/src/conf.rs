@@ -28,9 +28,8 @@ pub struct NetConf {
 impl NetConf {
     /// Parses stdin. Malformed JSON is code 6, a bad version code 1, missing required fields code 7.
     pub fn parse(bytes: &[u8]) -> Result<NetConf, CniError> {
-        let raw: Value = serde_json::from_slice(bytes).map_err(|e| {
-            CniError::decode("network config on stdin is not valid JSON", e.to_string())
-        })?;
+        let raw: Value = serde_json::from_slice(bytes)
+            .map_err(|e| CniError::decode("network config on stdin is not valid JSON", e.to_string()))?;
         Self::from_value(raw)
     }
 
@@ -39,12 +38,11 @@ impl NetConf {
             return Err(CniError::decode("network config must be a JSON object", ""));
         }
         let s = |k: &str| raw.get(k).and_then(|v| v.as_str()).map(str::to_string);
-        let cni_version_str = s("cniVersion")
-            .ok_or_else(|| CniError::config("network config has no \"cniVersion\""))?;
+        let cni_version_str =
+            s("cniVersion").ok_or_else(|| CniError::config("network config has no \"cniVersion\""))?;
         let cni_version: Version = cni_version_str.parse()?;
         let name = s("name").unwrap_or_default();
-        let plugin_type =
-            s("type").ok_or_else(|| CniError::config("network config has no \"type\""))?;
+        let plugin_type = s("type").ok_or_else(|| CniError::config("network config has no \"type\""))?;
         let prev_result = match raw.get("prevResult") {
             None | Some(Value::Null) => None,
             Some(v) => Some(CniResult::from_json(v).map_err(|e| e.context("prevResult"))?),
@@ -88,11 +86,8 @@ impl NetConf {
     /// A network name becomes a directory name in IPAM stores: keep it to a safe character set.
     pub fn require_name(&self) -> Result<&str, CniError> {
         let n = self.name.as_str();
-        let ok = !n.is_empty()
-            && n != "."
-            && n != ".."
-            && n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        let ok =
+            !n.is_empty() && n != "." && n != ".." && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if ok {
             Ok(n)
         } else {
@@ -122,19 +117,9 @@ mod tests {
     fn error_codes_for_bad_input() {
         assert_eq!(NetConf::parse(b"{not json").unwrap_err().code, 6);
         assert_eq!(NetConf::parse(b"[1]").unwrap_err().code, 6);
-        assert_eq!(
-            NetConf::parse(br#"{"cniVersion":"9.9.9","type":"x"}"#)
-                .unwrap_err()
-                .code,
-            1
-        );
+        assert_eq!(NetConf::parse(br#"{"cniVersion":"9.9.9","type":"x"}"#).unwrap_err().code, 1);
         assert_eq!(NetConf::parse(br#"{"type":"x"}"#).unwrap_err().code, 7);
-        assert_eq!(
-            NetConf::parse(br#"{"cniVersion":"1.0.0"}"#)
-                .unwrap_err()
-                .code,
-            7
-        );
+        assert_eq!(NetConf::parse(br#"{"cniVersion":"1.0.0"}"#).unwrap_err().code, 7);
         let c = NetConf::parse(br#"{"cniVersion":"1.0.0","type":"x","name":"../etc"}"#).unwrap();
         assert_eq!(c.require_name().unwrap_err().code, 7);
     }

@@ -61,21 +61,15 @@ impl Env {
     /// CONTAINERID, NETNS, IFNAME; DEL needs CONTAINERID and IFNAME (NETNS may be gone); the rest need none.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> {
         let non_empty = |k: &str| get(k).filter(|v| !v.is_empty());
-        let command = Command::parse(
-            &non_empty("CNI_COMMAND").ok_or_else(|| CniError::env("CNI_COMMAND is not set"))?,
-        )?;
+        let command =
+            Command::parse(&non_empty("CNI_COMMAND").ok_or_else(|| CniError::env("CNI_COMMAND is not set"))?)?;
         let env = Env {
             command,
             container_id: non_empty("CNI_CONTAINERID"),
             netns: non_empty("CNI_NETNS").map(PathBuf::from),
             ifname: non_empty("CNI_IFNAME"),
             args: parse_args(&get("CNI_ARGS").unwrap_or_default())?,
-            path: get("CNI_PATH")
-                .unwrap_or_default()
-                .split(':')
-                .filter(|p| !p.is_empty())
-                .map(PathBuf::from)
-                .collect(),
+            path: get("CNI_PATH").unwrap_or_default().split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect(),
         };
         let need: &[&str] = match command {
             Command::Add | Command::Check => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"],
@@ -92,20 +86,14 @@ impl Env {
             })
             .collect();
         if !missing.is_empty() {
-            return Err(CniError::env(format!(
-                "{} requires {} to be set",
-                command.as_str(),
-                missing.join(", ")
-            )));
+            return Err(CniError::env(format!("{} requires {} to be set", command.as_str(), missing.join(", "))));
         }
         if let Some(ifname) = &env.ifname {
             validate_ifname(ifname)?;
         }
         if let Some(id) = &env.container_id {
             if id.contains('/') || id.contains('\0') || id.contains('\n') {
-                return Err(CniError::env(format!(
-                    "CNI_CONTAINERID {id:?} contains '/', NUL or newline"
-                )));
+                return Err(CniError::env(format!("CNI_CONTAINERID {id:?} contains '/', NUL or newline")));
             }
         }
         Ok(env)
@@ -118,10 +106,7 @@ impl Env {
         self.ifname.as_deref().unwrap_or("")
     }
     pub fn arg(&self, key: &str) -> Option<&str> {
-        self.args
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.args.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 }
 
@@ -131,9 +116,7 @@ pub fn validate_ifname(name: &str) -> Result<(), CniError> {
         || name.len() > 15
         || name == "."
         || name == ".."
-        || name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0');
+        || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0');
     if bad {
         return Err(CniError::env(format!(
             "CNI_IFNAME {name:?} is not a valid interface name (1-15 bytes, no '/', ':' or whitespace)"
@@ -159,10 +142,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> Result<Env, CniError> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Env::from_lookup(|k| m.get(k).cloned())
     }
 
@@ -170,11 +150,7 @@ mod tests {
     fn add_needs_everything() {
         let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1")]).unwrap_err();
         assert_eq!(e.code, 4);
-        assert!(
-            e.msg.contains("CNI_NETNS") && e.msg.contains("CNI_IFNAME"),
-            "{}",
-            e.msg
-        );
+        assert!(e.msg.contains("CNI_NETNS") && e.msg.contains("CNI_IFNAME"), "{}", e.msg);
         let ok = env(&[
             ("CNI_COMMAND", "ADD"),
             ("CNI_CONTAINERID", "c1"),
@@ -190,12 +166,7 @@ mod tests {
 
     #[test]
     fn del_without_netns_is_fine_and_commands_are_checked() {
-        assert!(env(&[
-            ("CNI_COMMAND", "DEL"),
-            ("CNI_CONTAINERID", "c"),
-            ("CNI_IFNAME", "eth0")
-        ])
-        .is_ok());
+        assert!(env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c"), ("CNI_IFNAME", "eth0")]).is_ok());
         assert_eq!(env(&[]).unwrap_err().code, 4);
         assert_eq!(env(&[("CNI_COMMAND", "FROB")]).unwrap_err().code, 4);
         assert!(env(&[("CNI_COMMAND", "VERSION")]).is_ok());

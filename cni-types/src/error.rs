@@ -39,11 +39,7 @@ impl fmt::Display for CniError {
 
 impl CniError {
     pub fn new(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Self {
-        CniError {
-            code,
-            msg: msg.into(),
-            details: details.into(),
-        }
+        CniError { code, msg: msg.into(), details: details.into() }
     }
     pub fn config(msg: impl Into<String>) -> Self {
         Self::new(codes::INVALID_NETWORK_CONFIG, msg, "")
@@ -83,16 +79,8 @@ impl CniError {
         let code = v.get("code")?.as_u64()? as u32;
         Some(CniError {
             code,
-            msg: v
-                .get("msg")
-                .and_then(|m| m.as_str())
-                .unwrap_or("")
-                .to_string(),
-            details: v
-                .get("details")
-                .and_then(|m| m.as_str())
-                .unwrap_or("")
-                .to_string(),
+            msg: v.get("msg").and_then(|m| m.as_str()).unwrap_or("").to_string(),
+            details: v.get("details").and_then(|m| m.as_str()).unwrap_or("").to_string(),
         })
     }
 }

@@ -40,14 +40,7 @@ pub struct Route {
 
 impl Route {
     pub fn new(dst: IpNet, gw: Option<IpAddr>) -> Route {
-        Route {
-            dst,
-            gw,
-            mtu: None,
-            priority: None,
-            table: None,
-            scope: None,
-        }
+        Route { dst, gw, mtu: None, priority: None, table: None, scope: None }
     }
 }
 
@@ -61,10 +54,7 @@ pub struct Dns {
 
 impl Dns {
     fn is_empty(&self) -> bool {
-        self.nameservers.is_empty()
-            && self.domain.is_none()
-            && self.search.is_empty()
-            && self.options.is_empty()
+        self.nameservers.is_empty() && self.domain.is_none() && self.search.is_empty() && self.options.is_empty()
     }
 }
 
@@ -110,15 +100,7 @@ impl CniResult {
                 .map(|ip| {
                     let mut m = Map::new();
                     if version.has_ip_version_field() {
-                        m.insert(
-                            "version".into(),
-                            (if ip.address.addr().is_ipv4() {
-                                "4"
-                            } else {
-                                "6"
-                            })
-                            .into(),
-                        );
+                        m.insert("version".into(), (if ip.address.addr().is_ipv4() { "4" } else { "6" }).into());
                     }
                     m.insert("address".into(), ip.address.to_string().into());
                     if let Some(gw) = ip.gateway {
@@ -143,8 +125,7 @@ impl CniResult {
                         m.insert("gw".into(), gw.to_string().into());
                     }
                     if version.is_1_1() {
-                        for (k, v) in [("mtu", r.mtu), ("priority", r.priority), ("table", r.table)]
-                        {
+                        for (k, v) in [("mtu", r.mtu), ("priority", r.priority), ("table", r.table)] {
                             if let Some(v) = v {
                                 m.insert(k.into(), v.into());
                             }
@@ -197,23 +178,18 @@ impl CniResult {
             match s(o, k) {
                 None => Ok(None),
                 Some(t) if t.is_empty() => Ok(None),
-                Some(t) => t
-                    .parse()
-                    .map(Some)
-                    .map_err(|_| bad(format!("{k} {t:?} is not an IP address"))),
+                Some(t) => t.parse().map(Some).map_err(|_| bad(format!("{k} {t:?} is not an IP address"))),
             }
         };
         let parse_net = |o: &Value, k: &str| -> Result<IpNet, CniError> {
             let t = s(o, k).ok_or_else(|| bad(format!("missing {k} in {o}")))?;
-            t.parse()
-                .map_err(|_| bad(format!("{k} {t:?} is not an address/prefix")))
+            t.parse().map_err(|_| bad(format!("{k} {t:?} is not an address/prefix")))
         };
         let interfaces = arr("interfaces")?
             .iter()
             .map(|i| {
                 Ok(Interface {
-                    name: s(i, "name")
-                        .ok_or_else(|| bad(format!("interface without name: {i}")))?,
+                    name: s(i, "name").ok_or_else(|| bad(format!("interface without name: {i}")))?,
                     mac: s(i, "mac"),
                     mtu: u32f(i, "mtu"),
                     sandbox: s(i, "sandbox").filter(|x| !x.is_empty()),
@@ -223,20 +199,13 @@ impl CniResult {
         let ips = arr("ips")?
             .iter()
             .map(|i| {
-                let interface = i
-                    .get("interface")
-                    .and_then(|x| x.as_u64())
-                    .map(|x| x as usize);
+                let interface = i.get("interface").and_then(|x| x.as_u64()).map(|x| x as usize);
                 if let Some(idx) = interface {
                     if idx >= interfaces.len() {
                         return Err(bad(format!("ips[].interface {idx} is out of range")));
                     }
                 }
-                Ok(IpConfig {
-                    address: parse_net(i, "address")?,
-                    gateway: parse_ip(i, "gateway")?,
-                    interface,
-                })
+                Ok(IpConfig { address: parse_net(i, "address")?, gateway: parse_ip(i, "gateway")?, interface })
             })
             .collect::<Result<Vec<_>, CniError>>()?;
         let routes = arr("routes")?
@@ -257,11 +226,7 @@ impl CniResult {
                 let list = |k: &str| -> Vec<String> {
                     d.get(k)
                         .and_then(|x| x.as_array())
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|s| s.as_str().map(str::to_string))
-                                .collect()
-                        })
+                        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
                         .unwrap_or_default()
                 };
                 Dns {
@@ -273,12 +238,7 @@ impl CniResult {
             }
             _ => Dns::default(),
         };
-        Ok(CniResult {
-            interfaces,
-            ips,
-            routes,
-            dns,
-        })
+        Ok(CniResult { interfaces, ips, routes, dns })
     }
 }
 
@@ -318,10 +278,7 @@ mod tests {
                 mtu: Some(1400),
                 ..Route::new("0.0.0.0/0".parse().unwrap(), "10.244.1.1".parse().ok())
             }],
-            dns: Dns {
-                nameservers: vec!["10.96.0.10".into()],
-                ..Default::default()
-            },
+            dns: Dns { nameservers: vec!["10.96.0.10".into()], ..Default::default() },
         }
     }
 
@@ -338,16 +295,8 @@ mod tests {
             if v < Version::V1_0_0 {
                 assert_eq!(j["ips"][1]["version"], "6");
             }
-            assert_eq!(
-                j["interfaces"][1].get("mtu").is_some(),
-                v == Version::V1_1_0,
-                "{v}"
-            );
-            assert_eq!(
-                j["routes"][0].get("mtu").is_some(),
-                v == Version::V1_1_0,
-                "{v}"
-            );
+            assert_eq!(j["interfaces"][1].get("mtu").is_some(), v == Version::V1_1_0, "{v}");
+            assert_eq!(j["routes"][0].get("mtu").is_some(), v == Version::V1_1_0, "{v}");
             assert_eq!(j["interfaces"][1]["sandbox"], "/run/netns/p");
             assert!(j["interfaces"][0].get("sandbox").is_none());
             assert_eq!(j["dns"]["nameservers"][0], "10.96.0.10");

@@ -14,13 +14,7 @@ pub enum Version {
 }
 
 impl Version {
-    pub const ALL: [Version; 5] = [
-        Version::V0_3_0,
-        Version::V0_3_1,
-        Version::V0_4_0,
-        Version::V1_0_0,
-        Version::V1_1_0,
-    ];
+    pub const ALL: [Version; 5] = [Version::V0_3_0, Version::V0_3_1, Version::V0_4_0, Version::V1_0_0, Version::V1_1_0];
     pub const LATEST: Version = Version::V1_1_0;
 
     pub fn as_str(self) -> &'static str {
@@ -66,24 +60,16 @@ impl fmt::Display for Version {
 impl FromStr for Version {
     type Err = CniError;
     fn from_str(s: &str) -> Result<Self, CniError> {
-        Version::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| {
-                CniError::new(
-                    codes::INCOMPATIBLE_VERSION,
-                    format!("unsupported cniVersion {s:?}"),
-                    format!(
-                        "this plugin supports {}",
-                        Version::ALL
-                            .iter()
-                            .map(|v| v.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                )
-            })
+        Version::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
+            CniError::new(
+                codes::INCOMPATIBLE_VERSION,
+                format!("unsupported cniVersion {s:?}"),
+                format!(
+                    "this plugin supports {}",
+                    Version::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
     }
 }
 

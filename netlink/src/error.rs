@@ -4,11 +4,7 @@ use std::io;
 pub enum Error {
     /// The kernel refused a request; `errno` is positive (libc::EEXIST, ...).
     #[error("netlink {op}: {source}")]
-    Kernel {
-        op: String,
-        errno: i32,
-        source: io::Error,
-    },
+    Kernel { op: String, errno: i32, source: io::Error },
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
     #[error("cannot decode netlink reply to {op}: {detail}")]
@@ -31,10 +27,7 @@ impl Error {
     }
     /// "Nothing to delete" in its various kernel spellings.
     pub fn is_not_found(&self) -> bool {
-        matches!(
-            self.errno(),
-            Some(libc::ENODEV) | Some(libc::ENOENT) | Some(libc::ESRCH) | Some(libc::EADDRNOTAVAIL)
-        )
+        matches!(self.errno(), Some(libc::ENODEV) | Some(libc::ENOENT) | Some(libc::ESRCH) | Some(libc::EADDRNOTAVAIL))
     }
     pub fn is_exists(&self) -> bool {
         self.errno() == Some(libc::EEXIST)

@@ -12,23 +12,15 @@ mod types;
 
 pub use error::{Error, Result};
 pub use handle::{random_local_mac, Handle};
-pub use types::{
-    format_mac, parse_mac, Family, Fdb, Link, Neigh, Route, Scope, VethSpec, VxlanSpec, RTPROT_BOOT,
-};
+pub use types::{format_mac, parse_mac, Family, Fdb, Link, Neigh, Route, Scope, VethSpec, VxlanSpec, RTPROT_BOOT};
 
 /// Writes a sysctl (`net.ipv4.ip_forward` style key) for the network namespace of the calling thread.
 pub fn sysctl_set(key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    if std::fs::read_to_string(&path)
-        .map(|v| v.trim() == value)
-        .unwrap_or(false)
-    {
+    if std::fs::read_to_string(&path).map(|v| v.trim() == value).unwrap_or(false) {
         return Ok(());
     }
-    std::fs::write(&path, value).map_err(|e| Error::Io {
-        what: format!("writing {path}"),
-        source: e,
-    })
+    std::fs::write(&path, value).map_err(|e| Error::Io { what: format!("writing {path}"), source: e })
 }
 
 /// Reads a sysctl for the calling thread's network namespace.
@@ -36,8 +28,5 @@ pub fn sysctl_get(key: &str) -> Result<String> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
     std::fs::read_to_string(&path)
         .map(|s| s.trim().to_string())
-        .map_err(|e| Error::Io {
-            what: format!("reading {path}"),
-            source: e,
-        })
+        .map_err(|e| Error::Io { what: format!("reading {path}"), source: e })
 }

@@ -12,27 +12,20 @@ use crate::error::{Error, Result};
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 
 fn ns_err(path: &Path, detail: impl std::fmt::Display) -> Error {
-    Error::Netns {
-        path: path.display().to_string(),
-        detail: detail.to_string(),
-    }
+    Error::Netns { path: path.display().to_string(), detail: detail.to_string() }
 }
 
 /// Opens a netns file and checks that it really is a network namespace (nsfs, and setns-able as CLONE_NEWNET is
 /// checked by the kernel at use; here we check the filesystem magic so a regular file gets a clear error).
 pub fn open(path: &Path) -> Result<OwnedFd> {
-    let f = File::open(path)
-        .map_err(|e| ns_err(path, format!("cannot open network namespace: {e}")))?;
+    let f = File::open(path).map_err(|e| ns_err(path, format!("cannot open network namespace: {e}")))?;
     let st = nix::sys::statfs::fstatfs(&f).map_err(|e| ns_err(path, format!("statfs: {e}")))?;
     // NSFS_MAGIC; older kernels exposed namespaces through procfs.
     const NSFS_MAGIC: i64 = 0x6e73_6673;
     const PROC_SUPER_MAGIC: i64 = 0x9fa0;
     let magic = st.filesystem_type().0 as i64;
     if magic != NSFS_MAGIC && magic != PROC_SUPER_MAGIC {
-        return Err(ns_err(
-            path,
-            "is not a network namespace (not an nsfs file)",
-        ));
+        return Err(ns_err(path, "is not a network namespace (not an nsfs file)"));
     }
     Ok(f.into())
 }
@@ -47,8 +40,7 @@ pub fn run_in<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
 pub fn run_in_fd<T: Send>(fd: &OwnedFd, path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
     std::thread::scope(|s| {
         s.spawn(|| {
-            setns(fd.as_fd(), CloneFlags::CLONE_NEWNET)
-                .map_err(|e| ns_err(path, format!("setns: {e}")))?;
+            setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| ns_err(path, format!("setns: {e}")))?;
             Ok(f())
         })
         .join()
@@ -68,34 +60,21 @@ pub fn create(name: &str) -> Result<PathBuf> {
         return Err(Error::Invalid(format!("bad netns name {name:?}")));
     }
     let dir = Path::new(NETNS_RUN_DIR);
-    std::fs::create_dir_all(dir).map_err(|e| Error::Io {
-        what: format!("creating {}", dir.display()),
-        source: e,
-    })?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io { what: format!("creating {}", dir.display()), source: e })?;
     ensure_shared_mount(dir)?;
     let path = dir.join(name);
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&path)
-        .map_err(|e| Error::Io {
-            what: format!("creating {}", path.display()),
-            source: e,
-        })?;
+        .map_err(|e| Error::Io { what: format!("creating {}", path.display()), source: e })?;
     let res = std::thread::scope(|s| {
         s.spawn(|| -> Result<()> {
-            unshare(CloneFlags::CLONE_NEWNET)
-                .map_err(|e| ns_err(&path, format!("unshare: {e}")))?;
+            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| ns_err(&path, format!("unshare: {e}")))?;
             let tid = nix::unistd::gettid();
             let src = format!("/proc/self/task/{tid}/ns/net");
-            mount(
-                Some(src.as_str()),
-                &path,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| ns_err(&path, format!("bind mount: {e}")))
+            mount(Some(src.as_str()), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(|e| ns_err(&path, format!("bind mount: {e}")))
         })
         .join()
         .unwrap_or_else(|_| Err(ns_err(&path, "thread panicked")))
@@ -113,14 +92,8 @@ fn ensure_shared_mount(dir: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         // Not a mount point yet: bind it onto itself first, as iproute2 does.
         Err(nix::errno::Errno::EINVAL) => {
-            mount(
-                Some(dir),
-                dir,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(|e| ns_err(dir, format!("bind mount: {e}")))?;
+            mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+                .map_err(|e| ns_err(dir, format!("bind mount: {e}")))?;
             mount(None::<&str>, dir, None::<&str>, flags, None::<&str>)
                 .map_err(|e| ns_err(dir, format!("make shared: {e}")))
         }
@@ -144,20 +117,14 @@ pub fn delete_path(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::Io {
-            what: format!("removing {}", path.display()),
-            source: e,
-        }),
+        Err(e) => Err(Error::Io { what: format!("removing {}", path.display()), source: e }),
     }
 }
 
 /// Named namespaces under /run/netns.
 pub fn list() -> Vec<String> {
     std::fs::read_dir(NETNS_RUN_DIR)
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect()
-        })
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
         .unwrap_or_default()
 }
 
@@ -181,9 +148,7 @@ mod tests {
         let e = open(&p).unwrap_err().to_string();
         assert!(e.contains("is not a network namespace"), "{e}");
         std::fs::remove_file(&p).unwrap();
-        let e = open(Path::new("/nonexistent/netns"))
-            .unwrap_err()
-            .to_string();
+        let e = open(Path::new("/nonexistent/netns")).unwrap_err().to_string();
         assert!(e.contains("cannot open"), "{e}");
     }
 
@@ -197,16 +162,10 @@ mod tests {
         let p = create(&name).unwrap();
         assert!(list().contains(&name));
         let here = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
-        let there = run_in(&p, || {
-            std::fs::read_link("/proc/thread-self/ns/net").unwrap()
-        })
-        .unwrap();
+        let there = run_in(&p, || std::fs::read_link("/proc/thread-self/ns/net").unwrap()).unwrap();
         assert_ne!(here, there);
         // the caller's thread did not move
-        assert_eq!(
-            std::fs::read_link("/proc/thread-self/ns/net").unwrap(),
-            here
-        );
+        assert_eq!(std::fs::read_link("/proc/thread-self/ns/net").unwrap(), here);
         delete(&name).unwrap();
         delete(&name).unwrap();
         assert!(!p.exists());

@@ -32,11 +32,7 @@ pub struct FakeDataplane {
 
 impl FakeDataplane {
     pub fn new() -> Self {
-        FakeDataplane {
-            uplink_mtu: 1500,
-            next_index: 10,
-            ..Default::default()
-        }
+        FakeDataplane { uplink_mtu: 1500, next_index: 10, ..Default::default() }
     }
     fn index(&mut self) -> u32 {
         self.next_index += 1;
@@ -54,30 +50,14 @@ impl FakeDataplane {
 
 impl Dataplane for FakeDataplane {
     fn default_mtu(&mut self, bridge: &str) -> Result<u32, CniError> {
-        Ok(self
-            .node_links
-            .get(bridge)
-            .map(|b| b.mtu)
-            .unwrap_or(self.uplink_mtu))
+        Ok(self.node_links.get(bridge).map(|b| b.mtu).unwrap_or(self.uplink_mtu))
     }
 
-    fn ensure_bridge(
-        &mut self,
-        name: &str,
-        mtu: Option<u32>,
-        addrs: &[IpNet],
-    ) -> Result<LinkInfo, CniError> {
+    fn ensure_bridge(&mut self, name: &str, mtu: Option<u32>, addrs: &[IpNet]) -> Result<LinkInfo, CniError> {
         if !self.node_links.contains_key(name) {
             let index = self.index();
-            self.node_links.insert(
-                name.into(),
-                FakeLink {
-                    index,
-                    mtu: mtu.unwrap_or(1500),
-                    up: true,
-                    ..Default::default()
-                },
-            );
+            self.node_links
+                .insert(name.into(), FakeLink { index, mtu: mtu.unwrap_or(1500), up: true, ..Default::default() });
         }
         let b = self.node_links.get_mut(name).expect("just ensured");
         for a in addrs {
@@ -99,14 +79,8 @@ impl Dataplane for FakeDataplane {
     }
 
     fn ensure_pod_link(&mut self, plan: &PodPlan, bridge: &LinkInfo) -> Result<LinkInfo, CniError> {
-        if self.pod_links.contains_key(&plan.ifname)
-            && !self.node_links.contains_key(&plan.host_veth)
-        {
-            return Err(CniError::new(
-                codes::INTERNAL,
-                format!("interface {} already exists", plan.ifname),
-                "",
-            ));
+        if self.pod_links.contains_key(&plan.ifname) && !self.node_links.contains_key(&plan.host_veth) {
+            return Err(CniError::new(codes::INTERNAL, format!("interface {} already exists", plan.ifname), ""));
         }
         if !self.pod_links.contains_key(&plan.ifname) {
             let (hi, pi) = (self.index(), self.index());
@@ -121,14 +95,7 @@ impl Dataplane for FakeDataplane {
                     ..Default::default()
                 },
             );
-            self.pod_links.insert(
-                plan.ifname.clone(),
-                FakeLink {
-                    index: pi,
-                    mtu: plan.mtu,
-                    ..Default::default()
-                },
-            );
+            self.pod_links.insert(plan.ifname.clone(), FakeLink { index: pi, mtu: plan.mtu, ..Default::default() });
         }
         let h = &self.node_links[&plan.host_veth];
         Ok(Self::info(&plan.host_veth, h))
@@ -177,14 +144,8 @@ impl Dataplane for FakeDataplane {
             .collect())
     }
 
-    fn ensure_masquerade(
-        &mut self,
-        network: &str,
-        sources: &[IpNet],
-        cluster: &[IpNet],
-    ) -> Result<(), CniError> {
-        self.masq
-            .insert(network.into(), (sources.to_vec(), cluster.to_vec()));
+    fn ensure_masquerade(&mut self, network: &str, sources: &[IpNet], cluster: &[IpNet]) -> Result<(), CniError> {
+        self.masq.insert(network.into(), (sources.to_vec(), cluster.to_vec()));
         Ok(())
     }
 }
@@ -198,20 +159,12 @@ pub struct FaultyDataplane<D> {
 
 impl<D: Dataplane> FaultyDataplane<D> {
     pub fn new(inner: D, fail_at: usize) -> Self {
-        FaultyDataplane {
-            inner,
-            fail_at,
-            calls: 0,
-        }
+        FaultyDataplane { inner, fail_at, calls: 0 }
     }
     fn tick(&mut self, what: &str) -> Result<(), CniError> {
         self.calls += 1;
         if self.calls == self.fail_at {
-            return Err(CniError::new(
-                codes::INTERNAL,
-                format!("injected fault in {what}"),
-                "",
-            ));
+            return Err(CniError::new(codes::INTERNAL, format!("injected fault in {what}"), ""));
         }
         Ok(())
     }
@@ -222,12 +175,7 @@ impl<D: Dataplane> Dataplane for FaultyDataplane<D> {
         self.tick("default_mtu")?;
         self.inner.default_mtu(bridge)
     }
-    fn ensure_bridge(
-        &mut self,
-        name: &str,
-        mtu: Option<u32>,
-        addrs: &[IpNet],
-    ) -> Result<LinkInfo, CniError> {
+    fn ensure_bridge(&mut self, name: &str, mtu: Option<u32>, addrs: &[IpNet]) -> Result<LinkInfo, CniError> {
         self.tick("ensure_bridge")?;
         self.inner.ensure_bridge(name, mtu, addrs)
     }
@@ -259,12 +207,7 @@ impl<D: Dataplane> Dataplane for FaultyDataplane<D> {
         self.tick("host_veths_on")?;
         self.inner.host_veths_on(bridge)
     }
-    fn ensure_masquerade(
-        &mut self,
-        network: &str,
-        sources: &[IpNet],
-        cluster: &[IpNet],
-    ) -> Result<(), CniError> {
+    fn ensure_masquerade(&mut self, network: &str, sources: &[IpNet], cluster: &[IpNet]) -> Result<(), CniError> {
         self.tick("ensure_masquerade")?;
         self.inner.ensure_masquerade(network, sources, cluster)
     }

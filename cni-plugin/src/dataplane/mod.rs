@@ -27,12 +27,7 @@ pub trait Dataplane {
     /// MTU for pods when the config sets none: the bridge's if it exists, else the default route's device's.
     fn default_mtu(&mut self, bridge: &str) -> Result<u32, CniError>;
     /// The bridge exists, is up, and holds `addrs` (the range gateways).
-    fn ensure_bridge(
-        &mut self,
-        name: &str,
-        mtu: Option<u32>,
-        addrs: &[IpNet],
-    ) -> Result<LinkInfo, CniError>;
+    fn ensure_bridge(&mut self, name: &str, mtu: Option<u32>, addrs: &[IpNet]) -> Result<LinkInfo, CniError>;
     /// IP forwarding in the node's netns for the families pods use.
     fn ensure_forwarding(&mut self, v4: bool, v6: bool) -> Result<(), CniError>;
     /// The host veth of an attachment, if present.
@@ -49,10 +44,5 @@ pub trait Dataplane {
     /// The bridge ports that look like our host veths.
     fn host_veths_on(&mut self, bridge: &str) -> Result<Vec<String>, CniError>;
     /// nftables masquerade for `sources` leaving `cluster`, keyed by network name. Idempotent.
-    fn ensure_masquerade(
-        &mut self,
-        network: &str,
-        sources: &[IpNet],
-        cluster: &[IpNet],
-    ) -> Result<(), CniError>;
+    fn ensure_masquerade(&mut self, network: &str, sources: &[IpNet], cluster: &[IpNet]) -> Result<(), CniError>;
 }

@@ -8,7 +8,7 @@ use trellis_netlink::{format_mac, netns, Family, Handle, Link, Route, VethSpec};
 
 use super::{Dataplane, Observed};
 use crate::masq;
-use crate::naming::is_host_veth_name;
+use crate::naming::{dying_name, is_dying_veth_name, is_host_veth_name};
 use crate::plan::{LinkInfo, PodPlan};
 
 pub struct RealDataplane {
@@ -19,22 +19,13 @@ pub struct RealDataplane {
 
 fn nl(what: &str) -> impl Fn(trellis_netlink::Error) -> CniError + '_ {
     move |e| {
-        let code = if e.errno() == Some(libc::EBUSY) {
-            codes::TRY_AGAIN_LATER
-        } else {
-            codes::INTERNAL
-        };
+        let code = if e.errno() == Some(libc::EBUSY) { codes::TRY_AGAIN_LATER } else { codes::INTERNAL };
         CniError::new(code, format!("{what}: {e}"), "")
     }
 }
 
 fn info(l: &Link) -> LinkInfo {
-    LinkInfo {
-        name: l.name.clone(),
-        index: l.index,
-        mac: l.mac.as_ref().map(format_mac),
-        mtu: l.mtu,
-    }
+    LinkInfo { name: l.name.clone(), index: l.index, mac: l.mac.as_ref().map(format_mac), mtu: l.mtu }
 }
 
 impl RealDataplane {
@@ -56,84 +47,52 @@ impl RealDataplane {
                 Err(_) => None,
             },
         };
-        Ok(RealDataplane {
-            node,
-            pod_ns,
-            pod: None,
-        })
+        Ok(RealDataplane { node, pod_ns, pod: None })
     }
 
     fn pod(&mut self) -> Result<Option<&mut Handle>, CniError> {
         if self.pod.is_none() {
             if let Some((fd, path)) = &self.pod_ns {
-                self.pod = Some(
-                    Handle::in_netns_fd(fd, path)
-                        .map_err(nl("opening netlink in the pod netns"))?,
-                );
+                self.pod = Some(Handle::in_netns_fd(fd, path).map_err(nl("opening netlink in the pod netns"))?);
             }
         }
         Ok(self.pod.as_mut())
     }
 
     fn require_pod(&mut self) -> Result<&mut Handle, CniError> {
-        self.pod()?.ok_or_else(|| {
-            CniError::new(
-                codes::INVALID_ENV,
-                "no pod network namespace (CNI_NETNS)",
-                "",
-            )
-        })
+        self.pod()?.ok_or_else(|| CniError::new(codes::INVALID_ENV, "no pod network namespace (CNI_NETNS)", ""))
     }
 }
 
 impl Dataplane for RealDataplane {
     fn default_mtu(&mut self, bridge: &str) -> Result<u32, CniError> {
-        if let Some(b) = self
-            .node
-            .link_by_name(bridge)
-            .map_err(nl("reading the bridge"))?
-        {
+        if let Some(b) = self.node.link_by_name(bridge).map_err(nl("reading the bridge"))? {
             return Ok(b.mtu);
         }
         let routes = self.node.routes(Family::V4).map_err(nl("reading routes"))?;
-        if let Some(oif) = routes
-            .iter()
-            .find(|r| r.dst.prefix_len() == 0)
-            .and_then(|r| r.oif)
-        {
-            if let Some(l) = self
-                .node
-                .link_by_index(oif)
-                .map_err(nl("reading the uplink"))?
-            {
+        if let Some(oif) = routes.iter().find(|r| r.dst.prefix_len() == 0).and_then(|r| r.oif) {
+            if let Some(l) = self.node.link_by_index(oif).map_err(nl("reading the uplink"))? {
                 return Ok(l.mtu);
             }
         }
         Ok(1500)
     }
 
-    fn ensure_bridge(
-        &mut self,
-        name: &str,
-        mtu: Option<u32>,
-        addrs: &[IpNet],
-    ) -> Result<LinkInfo, CniError> {
-        let br = self.node.ensure_bridge(name, mtu).map_err(|e| {
-            CniError::new(codes::INTERNAL, format!("ensuring bridge {name}: {e}"), "")
-        })?;
+    fn ensure_bridge(&mut self, name: &str, mtu: Option<u32>, addrs: &[IpNet]) -> Result<LinkInfo, CniError> {
+        let br = self
+            .node
+            .ensure_bridge(name, mtu)
+            .map_err(|e| CniError::new(codes::INTERNAL, format!("ensuring bridge {name}: {e}"), ""))?;
         for a in addrs {
-            self.node
-                .ensure_addr(br.index, *a)
-                .map_err(nl(&format!("adding gateway {a} to bridge {name}")))?;
+            self.node.ensure_addr(br.index, *a).map_err(nl(&format!("adding gateway {a} to bridge {name}")))?;
         }
         Ok(info(&br))
     }
 
     fn ensure_forwarding(&mut self, v4: bool, v6: bool) -> Result<(), CniError> {
         let set = |k: &str| {
-            trellis_netlink::sysctl_set(k, "1").map_err(|e| {
-                CniError::new(codes::IO_FAILURE, format!("enabling forwarding: {e}"), "")
-            })
+            trellis_netlink::sysctl_set(k, "1")
+                .map_err(|e| CniError::new(codes::IO_FAILURE, format!("enabling forwarding: {e}"), ""))
         };
         if v4 {
             set("net.ipv4.ip_forward")?;
@@ -145,54 +104,33 @@ impl Dataplane for RealDataplane {
     }
 
     fn host_veth(&mut self, name: &str) -> Result<Option<LinkInfo>, CniError> {
-        Ok(self
-            .node
-            .link_by_name(name)
-            .map_err(nl("reading host veth"))?
-            .map(|l| info(&l)))
+        Ok(self.node.link_by_name(name).map_err(nl("reading host veth"))?.map(|l| info(&l)))
     }
 
     fn ensure_pod_link(&mut self, plan: &PodPlan, bridge: &LinkInfo) -> Result<LinkInfo, CniError> {
-        let existing = self
-            .node
-            .link_by_name(&plan.host_veth)
-            .map_err(nl("reading host veth"))?;
-        let pod_has_iface = self
-            .require_pod()?
-            .link_by_name(&plan.ifname)
-            .map_err(nl("reading pod interface"))?;
+        let existing = self.node.link_by_name(&plan.host_veth).map_err(nl("reading host veth"))?;
+        let pod_has_iface = self.require_pod()?.link_by_name(&plan.ifname).map_err(nl("reading pod interface"))?;
         if let (Some(h), Some(_)) = (&existing, &pod_has_iface) {
             // A repeated ADD: keep the pair, re-assert what we own of it.
             if h.master != Some(bridge.index) {
-                self.node
-                    .set_master(h.index, bridge.index)
-                    .map_err(nl("attaching host veth to the bridge"))?;
+                self.node.set_master(h.index, bridge.index).map_err(nl("attaching host veth to the bridge"))?;
             }
             if !h.up {
-                self.node
-                    .set_up(h.index)
-                    .map_err(nl("setting host veth up"))?;
+                self.node.set_up(h.index).map_err(nl("setting host veth up"))?;
             }
-            self.node
-                .set_hairpin(h.index, plan.hairpin)
-                .map_err(nl("setting hairpin"))?;
+            self.node.set_hairpin(h.index, plan.hairpin).map_err(nl("setting hairpin"))?;
             return Ok(info(h));
         }
         if let Some(p) = pod_has_iface {
             return Err(CniError::new(
                 codes::INTERNAL,
-                format!(
-                    "interface {} already exists in {} and is not ours",
-                    p.name, plan.netns
-                ),
+                format!("interface {} already exists in {} and is not ours", p.name, plan.netns),
                 "pick another CNI_IFNAME or remove the interface",
             ));
         }
         if let Some(h) = existing {
             // Half of a pair left behind by an interrupted ADD.
-            self.node
-                .delete_link(h.index)
-                .map_err(nl("removing a stale host veth"))?;
+            self.node.delete_link(h.index).map_err(nl("removing a stale host veth"))?;
         }
         let fd = self.pod_ns.as_ref().map(|(fd, _)| fd.as_fd());
         self.node
@@ -205,64 +143,52 @@ impl Dataplane for RealDataplane {
                 up: true,
                 ..Default::default()
             })
-            .map_err(nl(&format!(
-                "creating veth {} <-> {}",
-                plan.host_veth, plan.ifname
-            )))?;
-        let h = self
-            .node
-            .require_link(&plan.host_veth)
-            .map_err(nl("reading the new host veth"))?;
+            .map_err(nl(&format!("creating veth {} <-> {}", plan.host_veth, plan.ifname)))?;
+        let h = self.node.require_link(&plan.host_veth).map_err(nl("reading the new host veth"))?;
         if plan.hairpin {
-            self.node
-                .set_hairpin(h.index, true)
-                .map_err(nl("setting hairpin"))?;
+            self.node.set_hairpin(h.index, true).map_err(nl("setting hairpin"))?;
         }
         Ok(info(&h))
     }
 
     fn configure_pod(&mut self, plan: &PodPlan) -> Result<LinkInfo, CniError> {
         let pod = self.require_pod()?;
-        let l = pod
-            .require_link(&plan.ifname)
-            .map_err(nl("finding the pod interface"))?;
+        let l = pod.require_link(&plan.ifname).map_err(nl("finding the pod interface"))?;
         for a in &plan.addresses {
-            pod.ensure_addr(l.index, *a)
-                .map_err(nl(&format!("adding {a} to {}", plan.ifname)))?;
+            pod.ensure_addr(l.index, *a).map_err(nl(&format!("adding {a} to {}", plan.ifname)))?;
         }
         if !l.up {
-            pod.set_up(l.index)
-                .map_err(nl("setting the pod interface up"))?;
+            pod.set_up(l.index).map_err(nl("setting the pod interface up"))?;
         }
         for (dst, gw) in &plan.routes {
             let mut r = Route::new(*dst).dev(l.index);
             r.gateway = *gw;
-            pod.ensure_route(&r)
-                .map_err(nl(&format!("adding route {dst} in the pod")))?;
+            pod.ensure_route(&r).map_err(nl(&format!("adding route {dst} in the pod")))?;
         }
         Ok(info(&l))
     }
 
     fn delete_pod_link(&mut self, host_veth: &str, ifname: &str) -> Result<(), CniError> {
-        if let Some(h) = self
-            .node
-            .link_by_name(host_veth)
-            .map_err(nl("reading host veth"))?
-        {
-            return self
-                .node
-                .delete_link(h.index)
-                .map_err(nl(&format!("deleting {host_veth}")));
+        if let Some(h) = self.node.link_by_name(host_veth).map_err(nl("reading host veth"))? {
+            if !is_host_veth_name(host_veth) {
+                return self.node.delete_link(h.index).map_err(nl(&format!("deleting {host_veth}")));
+            }
+            // Unregistering a netdev waits for an RCU grace period (~20 ms here, most of a DEL). Synchronously we
+            // take the pair down, out of the bridge and off its name (about 1 ms: no traffic reaches the pod and
+            // a re-ADD can reuse the name); the delete itself finishes in a detached child. GC deletes any
+            // `tz*` link such a child did not get to.
+            self.node.detach(h.index).map_err(nl(&format!("detaching {host_veth}")))?;
+            self.node.rename(h.index, &dying_name(host_veth)).map_err(nl(&format!("renaming {host_veth}")))?;
+            if !delete_in_background(&mut self.node, h.index) {
+                self.node.delete_link(h.index).map_err(nl(&format!("deleting {host_veth}")))?;
+            }
+            return Ok(());
         }
         // No host end: remove a pod end left without its peer (only if it is a veth; never the runtime's lo).
         if let Some(pod) = self.pod()? {
-            if let Some(l) = pod
-                .link_by_name(ifname)
-                .map_err(nl("reading pod interface"))?
-            {
+            if let Some(l) = pod.link_by_name(ifname).map_err(nl("reading pod interface"))? {
                 if l.kind.as_deref() == Some("veth") {
-                    pod.delete_link(l.index)
-                        .map_err(nl(&format!("deleting {ifname} in the pod")))?;
+                    pod.delete_link(l.index).map_err(nl(&format!("deleting {ifname} in the pod")))?;
                 }
             }
         }
@@ -271,17 +197,10 @@ impl Dataplane for RealDataplane {
 
     fn observe_pod(&mut self, ifname: &str) -> Result<Option<Observed>, CniError> {
         let pod = self.require_pod()?;
-        let Some(l) = pod
-            .link_by_name(ifname)
-            .map_err(nl("reading pod interface"))?
-        else {
+        let Some(l) = pod.link_by_name(ifname).map_err(nl("reading pod interface"))? else {
             return Ok(None);
         };
-        let addresses = pod
-            .addrs(Some(l.index))
-            .map_err(nl("reading pod addresses"))?
-            .into_iter()
-            .map(|(_, a)| a);
+        let addresses = pod.addrs(Some(l.index)).map_err(nl("reading pod addresses"))?.into_iter().map(|(_, a)| a);
         let routes = pod
             .routes(Family::All)
             .map_err(nl("reading pod routes"))?
@@ -289,20 +208,11 @@ impl Dataplane for RealDataplane {
             .filter(|r| r.oif == Some(l.index))
             .map(|r| (r.dst, r.gateway))
             .collect();
-        Ok(Some(Observed {
-            addresses: addresses.collect(),
-            routes,
-            mtu: l.mtu,
-            up: l.up,
-        }))
+        Ok(Some(Observed { addresses: addresses.collect(), routes, mtu: l.mtu, up: l.up }))
     }
 
     fn host_veths_on(&mut self, bridge: &str) -> Result<Vec<String>, CniError> {
-        let Some(br) = self
-            .node
-            .link_by_name(bridge)
-            .map_err(nl("reading the bridge"))?
-        else {
+        let Some(br) = self.node.link_by_name(bridge).map_err(nl("reading the bridge"))? else {
             return Ok(vec![]);
         };
         Ok(self
@@ -310,17 +220,37 @@ impl Dataplane for RealDataplane {
             .links()
             .map_err(nl("listing links"))?
             .into_iter()
-            .filter(|l| l.master == Some(br.index) && is_host_veth_name(&l.name))
+            .filter(|l| (l.master == Some(br.index) && is_host_veth_name(&l.name)) || is_dying_veth_name(&l.name))
             .map(|l| l.name)
             .collect())
     }
 
-    fn ensure_masquerade(
-        &mut self,
-        network: &str,
-        sources: &[IpNet],
-        cluster: &[IpNet],
-    ) -> Result<(), CniError> {
+    fn ensure_masquerade(&mut self, network: &str, sources: &[IpNet], cluster: &[IpNet]) -> Result<(), CniError> {
         masq::apply(&masq::script(network, sources, cluster))
+    }
+}
+
+/// Forks a child that deletes link `index` and exits; the parent returns at once. The child's stdio goes to
+/// /dev/null so a runtime reading our stdout sees EOF when we exit, not when the child does. Returns false if
+/// fork failed (the caller then deletes synchronously).
+fn delete_in_background(node: &mut Handle, index: u32) -> bool {
+    // SAFETY: the plugin is single-threaded here (namespace helper threads have been joined), so the child may
+    // run arbitrary code; it only uses its copy of the netlink socket and exits with _exit.
+    match unsafe { libc::fork() } {
+        0 => {
+            unsafe {
+                libc::setsid();
+                let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if devnull >= 0 {
+                    for fd in 0..3 {
+                        libc::dup2(devnull, fd);
+                    }
+                }
+            }
+            let _ = node.delete_link(index);
+            unsafe { libc::_exit(0) }
+        }
+        pid if pid > 0 => true,
+        _ => false,
     }
 }
