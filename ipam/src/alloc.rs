@@ -23,19 +23,9 @@ pub struct Candidates<'a> {
 
 /// Candidates starting after `last_reserved` if it belongs to the set, else at the first range's start.
 pub fn candidates(set: &RangeSet, last_reserved: Option<IpAddr>) -> Candidates<'_> {
-    let bounds: Vec<(u128, u128)> = set
-        .ranges
-        .iter()
-        .map(|r| (ip::to_u128(r.range_start), ip::to_u128(r.range_end)))
-        .collect();
-    let mut it = Candidates {
-        set,
-        family: set.family(),
-        first: (0, bounds[0].0),
-        bounds,
-        cur: None,
-        done: false,
-    };
+    let bounds: Vec<(u128, u128)> =
+        set.ranges.iter().map(|r| (ip::to_u128(r.range_start), ip::to_u128(r.range_end))).collect();
+    let mut it = Candidates { set, family: set.family(), first: (0, bounds[0].0), bounds, cur: None, done: false };
     if let Some(last) = last_reserved {
         if let Some(idx) = set.ranges.iter().position(|r| r.contains(last)) {
             it.first = it.step((idx, ip::to_u128(last)));
@@ -82,11 +72,7 @@ impl Iterator for Candidates<'_> {
 }
 
 /// The first candidate not in `used`.
-pub fn pick(
-    set: &RangeSet,
-    last_reserved: Option<IpAddr>,
-    used: &HashSet<IpAddr>,
-) -> Option<(IpAddr, usize)> {
+pub fn pick(set: &RangeSet, last_reserved: Option<IpAddr>, used: &HashSet<IpAddr>) -> Option<(IpAddr, usize)> {
     candidates(set, last_reserved).find(|(a, _)| !used.contains(a))
 }
 
@@ -105,10 +91,7 @@ pub fn free_count(set: &RangeSet, used: &HashSet<IpAddr>) -> u128 {
             }
         }
         n -= reserved.iter().filter(|a| r.contains(**a)).count() as u128;
-        n -= used
-            .iter()
-            .filter(|a| r.contains(**a) && !reserved.contains(a))
-            .count() as u128;
+        n -= used.iter().filter(|a| r.contains(**a) && !reserved.contains(a)).count() as u128;
         free = free.saturating_add(n);
     }
     free
@@ -121,10 +104,7 @@ mod tests {
     use serde_json::json;
 
     fn set(ranges: serde_json::Value) -> RangeSet {
-        IpamConfig::from_ipam_value("n", &json!({ "ranges": [ranges] }))
-            .unwrap()
-            .range_sets
-            .remove(0)
+        IpamConfig::from_ipam_value("n", &json!({ "ranges": [ranges] })).unwrap().range_sets.remove(0)
     }
 
     fn ips(v: &[&str]) -> Vec<IpAddr> {
@@ -132,46 +112,29 @@ mod tests {
     }
 
     fn order(set: &RangeSet, last: Option<&str>) -> Vec<IpAddr> {
-        candidates(set, last.map(|s| s.parse().unwrap()))
-            .map(|(a, _)| a)
-            .collect()
+        candidates(set, last.map(|s| s.parse().unwrap())).map(|(a, _)| a).collect()
     }
 
     #[test]
     fn starts_at_range_start_and_skips_gateway() {
         let s = set(json!([{"subnet": "10.0.0.0/29"}]));
         // .0 network, .1 gateway, .7 broadcast.
-        assert_eq!(
-            order(&s, None),
-            ips(&["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"])
-        );
+        assert_eq!(order(&s, None), ips(&["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]));
     }
 
     #[test]
     fn round_robin_from_last_reserved_wraps_and_ends_with_it() {
         let s = set(json!([{"subnet": "10.0.0.0/29"}]));
-        assert_eq!(
-            order(&s, Some("10.0.0.4")),
-            ips(&["10.0.0.5", "10.0.0.6", "10.0.0.2", "10.0.0.3", "10.0.0.4"])
-        );
+        assert_eq!(order(&s, Some("10.0.0.4")), ips(&["10.0.0.5", "10.0.0.6", "10.0.0.2", "10.0.0.3", "10.0.0.4"]));
         // Last at the range end wraps to the start.
-        assert_eq!(
-            order(&s, Some("10.0.0.6"))[0],
-            "10.0.0.2".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(order(&s, Some("10.0.0.6"))[0], "10.0.0.2".parse::<IpAddr>().unwrap());
     }
 
     #[test]
     fn last_reserved_outside_the_set_is_ignored() {
         let s = set(json!([{"subnet": "10.0.0.0/29"}]));
-        assert_eq!(
-            order(&s, Some("192.168.0.1"))[0],
-            "10.0.0.2".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            order(&s, Some("fd00::1"))[0],
-            "10.0.0.2".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(order(&s, Some("192.168.0.1"))[0], "10.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(order(&s, Some("fd00::1"))[0], "10.0.0.2".parse::<IpAddr>().unwrap());
     }
 
     #[test]
@@ -179,10 +142,7 @@ mod tests {
         let s = set(json!([
             {"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.10", "rangeEnd": "10.0.0.11"},
             {"subnet": "10.1.0.0/24", "rangeStart": "10.1.0.5", "rangeEnd": "10.1.0.6"}]));
-        assert_eq!(
-            order(&s, Some("10.0.0.11")),
-            ips(&["10.1.0.5", "10.1.0.6", "10.0.0.10", "10.0.0.11"])
-        );
+        assert_eq!(order(&s, Some("10.0.0.11")), ips(&["10.1.0.5", "10.1.0.6", "10.0.0.10", "10.0.0.11"]));
         let v: Vec<usize> = candidates(&s, None).map(|(_, i)| i).collect();
         assert_eq!(v, vec![0, 0, 1, 1]);
     }
@@ -196,10 +156,7 @@ mod tests {
     #[test]
     fn gateway_inside_the_range_middle_is_skipped() {
         let s = set(json!([{"subnet": "10.0.0.0/29", "gateway": "10.0.0.4"}]));
-        assert_eq!(
-            order(&s, None),
-            ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.5", "10.0.0.6"])
-        );
+        assert_eq!(order(&s, None), ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.5", "10.0.0.6"]));
     }
 
     #[test]
@@ -207,17 +164,8 @@ mod tests {
         let s = set(json!([{"subnet": "10.0.0.0/29"}]));
         let mut used: HashSet<IpAddr> = ips(&["10.0.0.2", "10.0.0.3"]).into_iter().collect();
         assert_eq!(free_count(&s, &used), 3);
-        assert_eq!(
-            pick(&s, None, &used),
-            Some(("10.0.0.4".parse().unwrap(), 0))
-        );
-        used.extend(ips(&[
-            "10.0.0.4",
-            "10.0.0.5",
-            "10.0.0.6",
-            "10.0.0.1",
-            "192.168.1.1",
-        ]));
+        assert_eq!(pick(&s, None, &used), Some(("10.0.0.4".parse().unwrap(), 0)));
+        used.extend(ips(&["10.0.0.4", "10.0.0.5", "10.0.0.6", "10.0.0.1", "192.168.1.1"]));
         assert_eq!(free_count(&s, &used), 0);
         assert_eq!(pick(&s, Some("10.0.0.5".parse().unwrap()), &used), None);
     }
@@ -229,9 +177,6 @@ mod tests {
         );
         assert_eq!(free_count(&s, &HashSet::new()), u128::MAX - 1);
         // Picking still terminates quickly: it stops at the first free address.
-        assert_eq!(
-            pick(&s, None, &HashSet::new()).unwrap().0,
-            "::2".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(pick(&s, None, &HashSet::new()).unwrap().0, "::2".parse::<IpAddr>().unwrap());
     }
 }

@@ -30,8 +30,7 @@ impl Range {
     /// True if `ip` lies in `range_start..=range_end` (gateway included).
     pub fn contains(&self, ip: IpAddr) -> bool {
         Family::of(ip) == self.family()
-            && (ip::to_u128(self.range_start)..=ip::to_u128(self.range_end))
-                .contains(&ip::to_u128(ip))
+            && (ip::to_u128(self.range_start)..=ip::to_u128(self.range_end)).contains(&ip::to_u128(ip))
     }
 
     /// True for addresses that are never handed out even though they may lie in the range.
@@ -138,21 +137,13 @@ struct RawRoute {
 impl IpamConfig {
     /// Parse a whole CNI net config (the plugin's stdin): uses its `name` and `ipam` object.
     pub fn from_net_config(bytes: &[u8]) -> Result<Self> {
-        let v: Value =
-            serde_json::from_slice(bytes).map_err(|e| IpamError::Decode(e.to_string()))?;
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| IpamError::Decode(e.to_string()))?;
         let name = match v.get("name") {
             Some(Value::String(s)) => s.as_str(),
             Some(_) => return Err(IpamError::config("name", "must be a string")),
-            None => {
-                return Err(IpamError::config(
-                    "name",
-                    "missing: the network needs a name",
-                ))
-            }
+            None => return Err(IpamError::config("name", "missing: the network needs a name")),
         };
-        let ipam = v
-            .get("ipam")
-            .ok_or_else(|| IpamError::config("ipam", "missing: add an \"ipam\" object"))?;
+        let ipam = v.get("ipam").ok_or_else(|| IpamError::config("ipam", "missing: add an \"ipam\" object"))?;
         Self::from_ipam_value(name, ipam)
     }
 
@@ -162,8 +153,8 @@ impl IpamConfig {
         if !ipam.is_object() {
             return Err(IpamError::config("ipam", "must be a JSON object"));
         }
-        let raw: RawIpam = serde_json::from_value(ipam.clone())
-            .map_err(|e| IpamError::config("ipam", e.to_string()))?;
+        let raw: RawIpam =
+            serde_json::from_value(ipam.clone()).map_err(|e| IpamError::config("ipam", e.to_string()))?;
 
         let mut raw_sets = Vec::new();
         match raw.subnet {
@@ -174,26 +165,18 @@ impl IpamConfig {
                 gateway: raw.gateway,
             }]),
             None => {
-                for (field, v) in [
-                    ("rangeStart", &raw.range_start),
-                    ("rangeEnd", &raw.range_end),
-                    ("gateway", &raw.gateway),
-                ] {
+                for (field, v) in
+                    [("rangeStart", &raw.range_start), ("rangeEnd", &raw.range_end), ("gateway", &raw.gateway)]
+                {
                     if v.is_some() {
-                        return Err(IpamError::config(
-                            field,
-                            "given without \"subnet\"; put it in a \"ranges\" entry",
-                        ));
+                        return Err(IpamError::config(field, "given without \"subnet\"; put it in a \"ranges\" entry"));
                     }
                 }
             }
         }
         raw_sets.extend(raw.ranges.unwrap_or_default());
         if raw_sets.is_empty() {
-            return Err(IpamError::config(
-                "ranges",
-                "no IP ranges: set \"ranges\" (or the legacy \"subnet\")",
-            ));
+            return Err(IpamError::config("ranges", "no IP ranges: set \"ranges\" (or the legacy \"subnet\")"));
         }
 
         let mut range_sets = Vec::with_capacity(raw_sets.len());
@@ -208,15 +191,8 @@ impl IpamConfig {
         }
 
         let data_dir = match raw.data_dir {
-            Some(d) if d.is_empty() => {
-                return Err(IpamError::config(
-                    "dataDir",
-                    "is empty; omit it for the default",
-                ))
-            }
-            Some(d) if d.contains('\0') => {
-                return Err(IpamError::config("dataDir", "contains a NUL byte"))
-            }
+            Some(d) if d.is_empty() => return Err(IpamError::config("dataDir", "is empty; omit it for the default")),
+            Some(d) if d.contains('\0') => return Err(IpamError::config("dataDir", "contains a NUL byte")),
             Some(d) => PathBuf::from(d),
             None => PathBuf::from(DEFAULT_DATA_DIR),
         };
@@ -293,18 +269,13 @@ fn validate_network_name(name: &str) -> Result<()> {
 
 fn parse_cidr(field: &str, s: &str) -> Result<IpNet> {
     let net: IpNet = s.trim().parse().map_err(|_| {
-        IpamError::config(
-            field,
-            format!("invalid CIDR {s:?}: expected e.g. \"10.244.1.0/24\" or \"fd00::/64\""),
-        )
+        IpamError::config(field, format!("invalid CIDR {s:?}: expected e.g. \"10.244.1.0/24\" or \"fd00::/64\""))
     })?;
     Ok(net)
 }
 
 fn parse_ip(field: &str, s: &str) -> Result<IpAddr> {
-    s.trim()
-        .parse()
-        .map_err(|_| IpamError::config(field, format!("invalid IP address {s:?}")))
+    s.trim().parse().map_err(|_| IpamError::config(field, format!("invalid IP address {s:?}")))
 }
 
 fn parse_range(field: &str, raw: &RawRange) -> Result<Range> {
@@ -313,10 +284,7 @@ fn parse_range(field: &str, raw: &RawRange) -> Result<Range> {
     if subnet.network() != subnet.addr() {
         return Err(IpamError::config(
             subnet_field,
-            format!(
-                "{subnet} has host bits set; the network is {}",
-                subnet.trunc()
-            ),
+            format!("{subnet} has host bits set; the network is {}", subnet.trunc()),
         ));
     }
     let family = Family::of_net(&subnet);
@@ -343,29 +311,15 @@ fn parse_range(field: &str, raw: &RawRange) -> Result<Range> {
         if Family::of(a) != family {
             return Err(IpamError::config(
                 field,
-                format!(
-                    "{a} is {} but subnet {subnet} is {}",
-                    Family::of(a).name(),
-                    family.name()
-                ),
+                format!("{a} is {} but subnet {subnet} is {}", Family::of(a).name(), family.name()),
             ));
         }
         if !subnet.contains(&a) {
-            return Err(IpamError::config(
-                field,
-                format!("{a} is outside subnet {subnet}"),
-            ));
+            return Err(IpamError::config(field, format!("{a} is outside subnet {subnet}")));
         }
         if ip::is_network_or_broadcast(&subnet, a) {
-            let what = if ip::to_u128(a) == net {
-                "network"
-            } else {
-                "broadcast"
-            };
-            return Err(IpamError::config(
-                field,
-                format!("{a} is the {what} address of {subnet}"),
-            ));
+            let what = if ip::to_u128(a) == net { "network" } else { "broadcast" };
+            return Err(IpamError::config(field, format!("{a} is the {what} address of {subnet}")));
         }
         Ok(a)
     };
@@ -384,21 +338,13 @@ fn parse_range(field: &str, raw: &RawRange) -> Result<Range> {
             format!("the only address {range_start} is the gateway: nothing to allocate"),
         ));
     }
-    Ok(Range {
-        subnet,
-        range_start,
-        range_end,
-        gateway,
-    })
+    Ok(Range { subnet, range_start, range_end, gateway })
 }
 
 fn parse_range_set(i: usize, raw: &[RawRange]) -> Result<RangeSet> {
     let field = format!("ranges[{i}]");
     if raw.is_empty() {
-        return Err(IpamError::config(
-            field,
-            "is empty: a range set needs at least one range",
-        ));
+        return Err(IpamError::config(field, "is empty: a range set needs at least one range"));
     }
     let mut ranges: Vec<Range> = Vec::with_capacity(raw.len());
     for (j, r) in raw.iter().enumerate() {
@@ -411,10 +357,7 @@ fn parse_range_set(i: usize, raw: &[RawRange]) -> Result<RangeSet> {
             ));
         }
         if let Some((k, other)) = ranges.iter().enumerate().find(|(_, o)| o.overlaps(&range)) {
-            return Err(IpamError::config(
-                rf,
-                format!("{range} overlaps {field}[{k}] ({other})"),
-            ));
+            return Err(IpamError::config(rf, format!("{range} overlaps {field}[{k}] ({other})")));
         }
         ranges.push(range);
     }

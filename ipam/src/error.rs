@@ -39,10 +39,7 @@ pub enum IpamError {
 
     /// A specifically requested address cannot be given.
     #[error("requested address {ip} is not available: {reason}")]
-    Unavailable {
-        ip: std::net::IpAddr,
-        reason: String,
-    },
+    Unavailable { ip: std::net::IpAddr, reason: String },
 
     /// A file operation of the disk store failed.
     #[error("{op} {}: {source}", path.display())]
@@ -72,25 +69,16 @@ impl IpamError {
             IpamError::StoreBusy { .. } => code::TRY_AGAIN_LATER,
             IpamError::Exhausted { .. } => code::NO_ADDRESSES,
             IpamError::Io { .. } => code::IO_FAILURE,
-            IpamError::Unavailable { .. } | IpamError::CheckFailed(_) | IpamError::Store(_) => {
-                code::OTHER
-            }
+            IpamError::Unavailable { .. } | IpamError::CheckFailed(_) | IpamError::Store(_) => code::OTHER,
         }
     }
 
     pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        IpamError::InvalidConfig {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        IpamError::InvalidConfig { field: field.into(), reason: reason.into() }
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        IpamError::Io {
-            op,
-            path: path.into(),
-            source,
-        }
+        IpamError::Io { op, path: path.into(), source }
     }
 }
 
@@ -104,43 +92,20 @@ mod tests {
     fn codes_follow_the_cni_spec() {
         assert_eq!(IpamError::config("ranges", "x").cni_code(), 7);
         assert_eq!(IpamError::Decode("x".into()).cni_code(), 6);
-        assert_eq!(
-            IpamError::BadArgs {
-                name: "CNI_IFNAME",
-                reason: "x".into()
-            }
-            .cni_code(),
-            4
-        );
-        let busy = IpamError::StoreBusy {
-            dir: "/x".into(),
-            waited: Duration::from_secs(1),
-        };
+        assert_eq!(IpamError::BadArgs { name: "CNI_IFNAME", reason: "x".into() }.cni_code(), 4);
+        let busy = IpamError::StoreBusy { dir: "/x".into(), waited: Duration::from_secs(1) };
         assert_eq!(busy.cni_code(), 11);
-        assert_eq!(
-            IpamError::Exhausted {
-                rangeset: 0,
-                ranges: "r".into()
-            }
-            .cni_code(),
-            110
-        );
+        assert_eq!(IpamError::Exhausted { rangeset: 0, ranges: "r".into() }.cni_code(), 110);
         let io = IpamError::io("open", "/x", std::io::Error::other("boom"));
         assert_eq!(io.cni_code(), 5);
         assert_eq!(IpamError::Store("x".into()).cni_code(), 999);
-        let taken = IpamError::Unavailable {
-            ip: "10.0.0.1".parse().unwrap(),
-            reason: "taken".into(),
-        };
+        let taken = IpamError::Unavailable { ip: "10.0.0.1".parse().unwrap(), reason: "taken".into() };
         assert_eq!(taken.cni_code(), 999);
     }
 
     #[test]
     fn messages_name_the_field() {
         let e = IpamError::config("ranges[0][1].subnet", "bad CIDR");
-        assert_eq!(
-            e.to_string(),
-            "invalid ipam config: ranges[0][1].subnet: bad CIDR"
-        );
+        assert_eq!(e.to_string(), "invalid ipam config: ranges[0][1].subnet: bad CIDR");
     }
 }

@@ -67,14 +67,7 @@ mod tests {
 
     #[test]
     fn round_trips_both_families() {
-        for s in [
-            "10.1.2.3",
-            "0.0.0.0",
-            "255.255.255.255",
-            "fd00::1",
-            "::",
-            "ffff::ffff",
-        ] {
+        for s in ["10.1.2.3", "0.0.0.0", "255.255.255.255", "fd00::1", "::", "ffff::ffff"] {
             let ip: IpAddr = s.parse().unwrap();
             assert_eq!(from_u128(to_u128(ip), Family::of(ip)), ip);
         }
@@ -83,14 +76,8 @@ mod tests {
     #[test]
     fn network_and_last() {
         let n: IpNet = "10.0.0.0/30".parse().unwrap();
-        assert_eq!(
-            from_u128(network(&n), Family::V4),
-            "10.0.0.0".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            from_u128(last(&n), Family::V4),
-            "10.0.0.3".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(from_u128(network(&n), Family::V4), "10.0.0.0".parse::<IpAddr>().unwrap());
+        assert_eq!(from_u128(last(&n), Family::V4), "10.0.0.3".parse::<IpAddr>().unwrap());
         assert!(is_network_or_broadcast(&n, "10.0.0.3".parse().unwrap()));
         assert!(!is_network_or_broadcast(&n, "10.0.0.2".parse().unwrap()));
         let n6: IpNet = "fd00::/126".parse().unwrap();

@@ -22,10 +22,7 @@ pub struct Allocation {
 pub fn validate_args(container_id: &str, ifname: &str) -> Result<()> {
     let id = container_id.trim();
     if id.is_empty() {
-        return Err(IpamError::BadArgs {
-            name: "CNI_CONTAINERID",
-            reason: "is empty".into(),
-        });
+        return Err(IpamError::BadArgs { name: "CNI_CONTAINERID", reason: "is empty".into() });
     }
     if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(IpamError::BadArgs {
@@ -34,17 +31,12 @@ pub fn validate_args(container_id: &str, ifname: &str) -> Result<()> {
         });
     }
     if ifname.is_empty() {
-        return Err(IpamError::BadArgs {
-            name: "CNI_IFNAME",
-            reason: "is empty".into(),
-        });
+        return Err(IpamError::BadArgs { name: "CNI_IFNAME", reason: "is empty".into() });
     }
     if ifname.len() > 15
         || ifname == "."
         || ifname == ".."
-        || ifname
-            .chars()
-            .any(|c| c.is_control() || c.is_whitespace() || c == '/' || c == ':')
+        || ifname.chars().any(|c| c.is_control() || c.is_whitespace() || c == '/' || c == ':')
     {
         return Err(IpamError::BadArgs {
             name: "CNI_IFNAME",
@@ -57,11 +49,7 @@ pub fn validate_args(container_id: &str, ifname: &str) -> Result<()> {
 fn allocation_of(cfg: &IpamConfig, rangeset: usize, ip: IpAddr) -> Option<Allocation> {
     let range = cfg.range_sets[rangeset].range_for(ip)?;
     let address = IpNet::new(ip, range.subnet.prefix_len()).ok()?;
-    Some(Allocation {
-        address,
-        gateway: Some(range.gateway),
-        rangeset,
-    })
+    Some(Allocation { address, gateway: Some(range.gateway), rangeset })
 }
 
 /// One address per range set for `container_id`/`ifname`. Idempotent: an existing allocation is
@@ -130,10 +118,7 @@ fn allocate_locked<S: Store + ?Sized>(
                 None => {
                     fresh.push(want);
                     used.insert(want);
-                    out.push(
-                        allocation_of(cfg, idx, want)
-                            .ok_or_else(|| unavailable("not in its range set".into()))?,
-                    );
+                    out.push(allocation_of(cfg, idx, want).ok_or_else(|| unavailable("not in its range set".into()))?);
                 }
             }
             continue;
@@ -156,10 +141,7 @@ fn allocate_locked<S: Store + ?Sized>(
                 break;
             }
         }
-        let ip = got.ok_or_else(|| IpamError::Exhausted {
-            rangeset: idx,
-            ranges: set.to_string(),
-        })?;
+        let ip = got.ok_or_else(|| IpamError::Exhausted { rangeset: idx, ranges: set.to_string() })?;
         let a = allocation_of(cfg, idx, ip)
             .ok_or_else(|| IpamError::Store(format!("internal: {ip} is not in range set {idx}")))?;
         out.push(a);
@@ -172,10 +154,8 @@ fn allocate_locked<S: Store + ?Sized>(
 pub fn assign_requested(cfg: &IpamConfig, requested: &[IpAddr]) -> Result<Vec<Option<IpAddr>>> {
     let mut wanted = vec![None; cfg.range_sets.len()];
     for &ip in requested {
-        let bad = |reason: String| IpamError::BadArgs {
-            name: "IP",
-            reason: format!("requested address {ip} {reason}"),
-        };
+        let bad =
+            |reason: String| IpamError::BadArgs { name: "IP", reason: format!("requested address {ip} {reason}") };
         let (idx, range) = cfg
             .range_sets
             .iter()
@@ -183,15 +163,10 @@ pub fn assign_requested(cfg: &IpamConfig, requested: &[IpAddr]) -> Result<Vec<Op
             .find_map(|(i, s)| s.range_for(ip).map(|r| (i, r)))
             .ok_or_else(|| bad("is in none of the configured ranges".into()))?;
         if range.is_reserved(ip) {
-            return Err(bad(format!(
-                "is reserved in {} (gateway, network or broadcast)",
-                range.subnet
-            )));
+            return Err(bad(format!("is reserved in {} (gateway, network or broadcast)", range.subnet)));
         }
         if let Some(other) = wanted[idx].replace(ip) {
-            return Err(bad(format!(
-                "and {other} are in the same range set {idx}; request one per range set"
-            )));
+            return Err(bad(format!("and {other} are in the same range set {idx}; request one per range set")));
         }
     }
     Ok(wanted)
@@ -206,29 +181,19 @@ pub fn release<S: Store + ?Sized>(
     ifname: &str,
 ) -> Result<Vec<IpAddr>> {
     if container_id.trim().is_empty() {
-        return Err(IpamError::BadArgs {
-            name: "CNI_CONTAINERID",
-            reason: "is empty".into(),
-        });
+        return Err(IpamError::BadArgs { name: "CNI_CONTAINERID", reason: "is empty".into() });
     }
     with_lock(store, |s| s.release_by_id(container_id, ifname))
 }
 
 /// Release every lease whose owner is not in `valid` (container ID, ifname), including leases
 /// whose owner is unknown (a reservation cut short by a crash). Returns what was released.
-pub fn gc<S: Store + ?Sized>(
-    store: &mut S,
-    _cfg: &IpamConfig,
-    valid: &[(String, String)],
-) -> Result<Vec<IpAddr>> {
+pub fn gc<S: Store + ?Sized>(store: &mut S, _cfg: &IpamConfig, valid: &[(String, String)]) -> Result<Vec<IpAddr>> {
     with_lock(store, |s| {
         let mut released = Vec::new();
         let mut first_err = None;
         for lease in s.list()? {
-            if valid
-                .iter()
-                .any(|(id, ifname)| lease.belongs_to(id, ifname))
-            {
+            if valid.iter().any(|(id, ifname)| lease.belongs_to(id, ifname)) {
                 continue;
             }
             match s.release(lease.ip) {
@@ -255,10 +220,7 @@ pub fn status<S: Store + ?Sized>(store: &mut S, cfg: &IpamConfig) -> Result<()> 
         let used: HashSet<IpAddr> = s.list()?.into_iter().map(|l| l.ip).collect();
         for (idx, set) in cfg.range_sets.iter().enumerate() {
             if alloc::free_count(set, &used) == 0 {
-                return Err(IpamError::Exhausted {
-                    rangeset: idx,
-                    ranges: set.to_string(),
-                });
+                return Err(IpamError::Exhausted { rangeset: idx, ranges: set.to_string() });
             }
         }
         Ok(())
@@ -266,23 +228,12 @@ pub fn status<S: Store + ?Sized>(store: &mut S, cfg: &IpamConfig) -> Result<()> 
 }
 
 /// Ok if `container_id`/`ifname` holds at least one address and every address in `expected`.
-pub fn check<S: Store + ?Sized>(
-    store: &mut S,
-    container_id: &str,
-    ifname: &str,
-    expected: &[IpAddr],
-) -> Result<()> {
+pub fn check<S: Store + ?Sized>(store: &mut S, container_id: &str, ifname: &str, expected: &[IpAddr]) -> Result<()> {
     let held = with_lock(store, |s| s.get_by_id(container_id, ifname))?;
     if held.is_empty() {
-        return Err(IpamError::CheckFailed(format!(
-            "no address is allocated to {container_id}/{ifname}"
-        )));
+        return Err(IpamError::CheckFailed(format!("no address is allocated to {container_id}/{ifname}")));
     }
-    let missing: Vec<String> = expected
-        .iter()
-        .filter(|ip| !held.contains(ip))
-        .map(|ip| ip.to_string())
-        .collect();
+    let missing: Vec<String> = expected.iter().filter(|ip| !held.contains(ip)).map(|ip| ip.to_string()).collect();
     if !missing.is_empty() {
         return Err(IpamError::CheckFailed(format!(
             "{} not allocated to {container_id}/{ifname} (it holds {held:?})",

@@ -13,8 +13,7 @@ pub fn load(cfg: &crate::IpamConfig) -> crate::Result<Option<ResolvConf>> {
     let Some(path) = &cfg.resolv_conf else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| crate::IpamError::io("read resolvConf", path, e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| crate::IpamError::io("read resolvConf", path, e))?;
     Ok(Some(parse(&text)))
 }
 

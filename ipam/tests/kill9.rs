@@ -12,23 +12,14 @@ use std::time::Duration;
 fn kill_9_at_random_points_then_gc_leaves_no_duplicates_and_no_leaks() {
     let mut rng = Rng::from_env_or_time();
     let tmp = tempfile::tempdir().unwrap();
-    let c = conf(
-        "1.1.0",
-        tmp.path(),
-        json!([[{"subnet": "10.60.0.0/24"}], [{"subnet": "fd00:60::/64"}]]),
-    );
+    let c = conf("1.1.0", tmp.path(), json!([[{"subnet": "10.60.0.0/24"}], [{"subnet": "fd00:60::/64"}]]));
     // Survivors of all rounds: (id, ifname) -> addresses.
     let mut valid: Vec<(String, String, Vec<IpAddr>)> = Vec::new();
     let mut killed_total = 0;
     for round in 0..4 {
         let n = 30;
         let mut children: Vec<_> = (0..n)
-            .map(|i| {
-                (
-                    format!("r{round}c{i:02}"),
-                    spawn("ADD", &c, &format!("r{round}c{i:02}"), "eth0"),
-                )
-            })
+            .map(|i| (format!("r{round}c{i:02}"), spawn("ADD", &c, &format!("r{round}c{i:02}"), "eth0")))
             .collect();
         // Kill about half of them, at random moments while the batch is running.
         for _ in 0..n / 2 {
@@ -50,10 +41,7 @@ fn kill_9_at_random_points_then_gc_leaves_no_duplicates_and_no_leaks() {
         let mut seen = HashSet::new();
         for (id, _, ips) in &valid {
             for ip in ips {
-                assert!(
-                    seen.insert(*ip),
-                    "{ip} handed out twice (second time to {id})"
-                );
+                assert!(seen.insert(*ip), "{ip} handed out twice (second time to {id})");
             }
         }
     }
@@ -61,35 +49,18 @@ fn kill_9_at_random_points_then_gc_leaves_no_duplicates_and_no_leaks() {
 
     let before = leases(tmp.path());
     let orphans = before.values().filter(|v| v.is_empty()).count();
-    eprintln!(
-        "before GC: {} lease files ({orphans} empty) for {} survivors' addresses",
-        before.len(),
-        2 * valid.len()
-    );
+    eprintln!("before GC: {} lease files ({orphans} empty) for {} survivors' addresses", before.len(), 2 * valid.len());
 
     // Garbage-collect everything not belonging to a survivor (the runtime would do this).
     let mut gc_conf = c.clone();
-    gc_conf["cni.dev/valid-attachments"] = json!(valid
-        .iter()
-        .map(|(id, ifname, _)| json!({"containerID": id, "ifname": ifname}))
-        .collect::<Vec<_>>());
+    gc_conf["cni.dev/valid-attachments"] =
+        json!(valid.iter().map(|(id, ifname, _)| json!({"containerID": id, "ifname": ifname})).collect::<Vec<_>>());
     let o = run("GC", &gc_conf, "", "");
-    assert!(
-        o.status.success(),
-        "GC: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    assert!(o.status.success(), "GC: {}", String::from_utf8_lossy(&o.stdout));
 
     let on_disk = leases(tmp.path());
-    let expected: BTreeSet<IpAddr> = valid
-        .iter()
-        .flat_map(|(_, _, ips)| ips.iter().copied())
-        .collect();
-    assert_eq!(
-        on_disk.keys().copied().collect::<BTreeSet<_>>(),
-        expected,
-        "exactly the survivors' addresses remain"
-    );
+    let expected: BTreeSet<IpAddr> = valid.iter().flat_map(|(_, _, ips)| ips.iter().copied()).collect();
+    assert_eq!(on_disk.keys().copied().collect::<BTreeSet<_>>(), expected, "exactly the survivors' addresses remain");
     for (id, ifname, ips) in &valid {
         for ip in ips {
             assert_eq!(on_disk[ip], format!("{id}\r\n{ifname}"));

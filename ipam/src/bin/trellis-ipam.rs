@@ -17,10 +17,7 @@ fn main() {
     // Errors are reported in the version the runtime spoke, when we can tell.
     let version = version_of(&stdin);
     let outcome = match read {
-        Err(e) => Err(CniError::io(
-            "cannot read the network config from stdin",
-            e.to_string(),
-        )),
+        Err(e) => Err(CniError::io("cannot read the network config from stdin", e.to_string())),
         Ok(_) => Env::from_process().and_then(|env| run(&env, &stdin, &version)),
     };
     std::process::exit(trellis_cni_types::emit(outcome, &version));
@@ -32,39 +29,26 @@ fn run(env: &Env, stdin: &[u8], version: &str) -> Result<Option<Value>, CniError
     }
     let conf = NetConf::parse(stdin)?;
     let name = conf.require_name()?;
-    let ipam = conf
-        .raw
-        .get("ipam")
-        .ok_or_else(|| CniError::config("network config has no \"ipam\" object"))?;
+    let ipam = conf.raw.get("ipam").ok_or_else(|| CniError::config("network config has no \"ipam\" object"))?;
     let cfg = IpamConfig::from_ipam_value(name, ipam).map_err(cni_error)?;
     let mut store = DiskStore::open_config(&cfg).map_err(cni_error)?;
     match env.command {
         Command::Add => {
+            // Everything that can fail on input is read before an address is reserved.
             let requested = requested_ips(env, &conf)?;
-            let allocs = ops::allocate_requested(
-                &mut store,
-                &cfg,
-                env.container_id(),
-                env.ifname(),
-                &requested,
-            )
-            .map_err(cni_error)?;
+            let dns = dns(&cfg)?;
+            let allocs = ops::allocate_requested(&mut store, &cfg, env.container_id(), env.ifname(), &requested)
+                .map_err(cni_error)?;
             let result = CniResult {
                 interfaces: vec![],
                 ips: allocs
                     .iter()
-                    .map(|a| IpConfig {
-                        address: a.address,
-                        gateway: a.gateway,
-                        interface: None,
-                    })
+                    .map(|a| IpConfig { address: a.address, gateway: a.gateway, interface: None })
                     .collect(),
                 routes: cfg.routes.iter().map(|r| Route::new(r.dst, r.gw)).collect(),
-                dns: dns(&cfg)?,
+                dns,
             };
-            Ok(Some(
-                result.to_json(conf.cni_version, &conf.cni_version_str),
-            ))
+            Ok(Some(result.to_json(conf.cni_version, &conf.cni_version_str)))
         }
         Command::Del => {
             ops::release(&mut store, &cfg, env.container_id(), env.ifname()).map_err(cni_error)?;
@@ -74,10 +58,7 @@ fn run(env: &Env, stdin: &[u8], version: &str) -> Result<Option<Value>, CniError
             if !conf.cni_version.supports_check() {
                 return Err(CniError::new(
                     codes::INCOMPATIBLE_VERSION,
-                    format!(
-                        "CHECK is not defined for cniVersion {}",
-                        conf.cni_version_str
-                    ),
+                    format!("CHECK is not defined for cniVersion {}", conf.cni_version_str),
                     "CHECK needs cniVersion 0.4.0 or later",
                 ));
             }
@@ -88,8 +69,7 @@ fn run(env: &Env, stdin: &[u8], version: &str) -> Result<Option<Value>, CniError
                 .flat_map(|r| r.ips.iter().map(|ip| ip.address.addr()))
                 .filter(|ip| cfg.range_sets.iter().any(|s| s.contains(*ip)))
                 .collect();
-            ops::check(&mut store, env.container_id(), env.ifname(), &expected)
-                .map_err(cni_error)?;
+            ops::check(&mut store, env.container_id(), env.ifname(), &expected).map_err(cni_error)?;
             Ok(None)
         }
         Command::Status => {
@@ -103,9 +83,7 @@ fn run(env: &Env, stdin: &[u8], version: &str) -> Result<Option<Value>, CniError
         Command::Gc => {
             let valid: Vec<(String, String)> = conf
                 .valid_attachments
-                .ok_or_else(|| {
-                    CniError::config("GC needs \"cni.dev/valid-attachments\" in the config")
-                })?
+                .ok_or_else(|| CniError::config("GC needs \"cni.dev/valid-attachments\" in the config"))?
                 .into_iter()
                 .map(|a| (a.container_id, a.ifname))
                 .collect();
@@ -123,9 +101,7 @@ fn requested_ips(env: &Env, conf: &NetConf) -> Result<Vec<IpAddr>, CniError> {
     let mut push = |s: &str, bad: &dyn Fn(String) -> CniError| -> Result<(), CniError> {
         let s = s.trim();
         let addr = s.split_once('/').map_or(s, |(a, _)| a);
-        let ip: IpAddr = addr
-            .parse()
-            .map_err(|_| bad(format!("requested IP {s:?} is not an address")))?;
+        let ip: IpAddr = addr.parse().map_err(|_| bad(format!("requested IP {s:?} is not an address")))?;
         if !out.contains(&ip) {
             out.push(ip);
         }
@@ -136,25 +112,19 @@ fn requested_ips(env: &Env, conf: &NetConf) -> Result<Vec<IpAddr>, CniError> {
             push(s, &|m| CniError::env(format!("CNI_ARGS: {m}")))?;
         }
     }
-    for (field, v) in [
-        ("args.cni.ips", conf.raw.pointer("/args/cni/ips")),
-        ("runtimeConfig.ips", conf.runtime_config.get("ips")),
-    ] {
+    for (field, v) in
+        [("args.cni.ips", conf.raw.pointer("/args/cni/ips")), ("runtimeConfig.ips", conf.runtime_config.get("ips"))]
+    {
         match v {
             None | Some(Value::Null) => {}
             Some(Value::Array(items)) => {
                 for item in items {
-                    let s = item.as_str().ok_or_else(|| {
-                        CniError::config(format!("{field}: {item} is not a string"))
-                    })?;
+                    let s =
+                        item.as_str().ok_or_else(|| CniError::config(format!("{field}: {item} is not a string")))?;
                     push(s, &|m| CniError::config(format!("{field}: {m}")))?;
                 }
             }
-            Some(other) => {
-                return Err(CniError::config(format!(
-                    "{field} must be an array of strings, got {other}"
-                )))
-            }
+            Some(other) => return Err(CniError::config(format!("{field} must be an array of strings, got {other}"))),
         }
     }
     Ok(out)
@@ -164,23 +134,14 @@ fn requested_ips(env: &Env, conf: &NetConf) -> Result<Vec<IpAddr>, CniError> {
 fn version_of(stdin: &[u8]) -> String {
     serde_json::from_slice::<Value>(stdin)
         .ok()
-        .and_then(|v| {
-            v.get("cniVersion")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
+        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
         .unwrap_or_default()
 }
 
 fn dns(cfg: &IpamConfig) -> Result<Dns, CniError> {
     Ok(resolv::load(cfg)
         .map_err(cni_error)?
-        .map(|rc| Dns {
-            nameservers: rc.nameservers,
-            domain: rc.domain,
-            search: rc.search,
-            options: rc.options,
-        })
+        .map(|rc| Dns { nameservers: rc.nameservers, domain: rc.domain, search: rc.search, options: rc.options })
         .unwrap_or_default())
 }
 

@@ -21,8 +21,7 @@ fn ip(s: &str) -> IpAddr {
 
 #[test]
 fn defaults_follow_host_local_v4() {
-    let c =
-        parse(json!({"type": "trellis-ipam", "ranges": [[{"subnet": "10.244.1.0/24"}]]})).unwrap();
+    let c = parse(json!({"type": "trellis-ipam", "ranges": [[{"subnet": "10.244.1.0/24"}]]})).unwrap();
     let r = &c.range_sets[0].ranges[0];
     assert_eq!(r.range_start, ip("10.244.1.1"));
     assert_eq!(r.range_end, ip("10.244.1.254"));
@@ -59,13 +58,7 @@ fn contract_example_parses() {
     assert_eq!(c.range_sets[1].family(), Family::V6);
     assert_eq!(c.range_sets[0].ranges[0].range_start, ip("10.244.1.10"));
     assert_eq!(c.range_sets[0].ranges[0].range_end, ip("10.244.1.200"));
-    assert_eq!(
-        c.routes[0],
-        Route {
-            dst: "0.0.0.0/0".parse().unwrap(),
-            gw: None
-        }
-    );
+    assert_eq!(c.routes[0], Route { dst: "0.0.0.0/0".parse().unwrap(), gw: None });
     assert_eq!(c.routes[1].gw, Some(ip("fd00:10:244:1::1")));
     assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
     assert_eq!(c.resolv_conf, Some(PathBuf::from("/etc/resolv.conf")));
@@ -73,10 +66,8 @@ fn contract_example_parses() {
 
 #[test]
 fn legacy_flat_form_is_prepended() {
-    let c = parse(
-        json!({"subnet": "10.0.0.0/16", "rangeStart": "10.0.5.0", "gateway": "10.0.0.254",
-        "ranges": [[{"subnet": "fd00::/64"}]]}),
-    )
+    let c = parse(json!({"subnet": "10.0.0.0/16", "rangeStart": "10.0.5.0", "gateway": "10.0.0.254",
+        "ranges": [[{"subnet": "fd00::/64"}]]}))
     .unwrap();
     assert_eq!(c.range_sets.len(), 2);
     let r = &c.range_sets[0].ranges[0];
@@ -89,10 +80,8 @@ fn legacy_flat_form_is_prepended() {
 
 #[test]
 fn empty_strings_mean_absent_like_host_local() {
-    let c = parse(
-        json!({"ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "", "gateway": " "}]],
-        "routes": [{"dst": "0.0.0.0/0", "gw": ""}], "resolvConf": ""}),
-    )
+    let c = parse(json!({"ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "", "gateway": " "}]],
+        "routes": [{"dst": "0.0.0.0/0", "gw": ""}], "resolvConf": ""}))
     .unwrap();
     assert_eq!(c.range_sets[0].ranges[0].range_start, ip("10.0.0.1"));
     assert_eq!(c.range_sets[0].ranges[0].gateway, ip("10.0.0.1"));
@@ -103,19 +92,13 @@ fn empty_strings_mean_absent_like_host_local() {
 #[test]
 fn legacy_fields_without_subnet_are_rejected() {
     let e = err_of(json!({"rangeStart": "10.0.0.5", "ranges": [[{"subnet": "10.0.0.0/24"}]]}));
-    assert!(
-        e.contains("rangeStart") && e.contains("without \"subnet\""),
-        "{e}"
-    );
+    assert!(e.contains("rangeStart") && e.contains("without \"subnet\""), "{e}");
 }
 
 #[test]
 fn bad_cidr() {
     let e = err_of(json!({"ranges": [[{"subnet": "10.0.0/24"}]]}));
-    assert!(
-        e.contains("ranges[0][0].subnet") && e.contains("invalid CIDR"),
-        "{e}"
-    );
+    assert!(e.contains("ranges[0][0].subnet") && e.contains("invalid CIDR"), "{e}");
     let e = err_of(json!({"ranges": [[{"subnet": "10.0.0.0"}]]}));
     assert!(e.contains("invalid CIDR"), "{e}");
 }
@@ -133,8 +116,7 @@ fn too_small_subnets() {
         assert!(e.contains("too small"), "{s}: {e}");
     }
     // /30 and /126 still have usable addresses.
-    let c = parse(json!({"ranges": [[{"subnet": "10.0.0.0/30"}], [{"subnet": "fd00::/126"}]]}))
-        .unwrap();
+    let c = parse(json!({"ranges": [[{"subnet": "10.0.0.0/30"}], [{"subnet": "fd00::/126"}]]})).unwrap();
     assert_eq!(c.range_sets[0].ranges[0].range_end, ip("10.0.0.2"));
     assert_eq!(c.range_sets[1].ranges[0].range_end, ip("fd00::3"));
 }
@@ -142,17 +124,13 @@ fn too_small_subnets() {
 #[test]
 fn range_bounds_outside_subnet_or_reversed() {
     let e = err_of(json!({"ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.1.5"}]]}));
-    assert!(
-        e.contains("rangeStart") && e.contains("outside subnet"),
-        "{e}"
-    );
+    assert!(e.contains("rangeStart") && e.contains("outside subnet"), "{e}");
     let e = err_of(json!({"ranges": [[{"subnet": "10.0.0.0/24", "rangeEnd": "10.0.0.255"}]]}));
     assert!(e.contains("rangeEnd") && e.contains("broadcast"), "{e}");
     let e = err_of(json!({"ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.0"}]]}));
     assert!(e.contains("network address"), "{e}");
-    let e = err_of(
-        json!({"ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.50", "rangeEnd": "10.0.0.40"}]]}),
-    );
+    let e =
+        err_of(json!({"ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.50", "rangeEnd": "10.0.0.40"}]]}));
     assert!(e.contains("after rangeEnd"), "{e}");
     let e = err_of(json!({"ranges": [[{"subnet": "10.0.0.0/24", "gateway": "fd00::1"}]]}));
     assert!(e.contains("gateway") && e.contains("IPv6"), "{e}");
@@ -162,9 +140,7 @@ fn range_bounds_outside_subnet_or_reversed() {
 
 #[test]
 fn range_of_only_the_gateway_is_rejected() {
-    let e = err_of(
-        json!({"ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.1", "rangeEnd": "10.0.0.1"}]]}),
-    );
+    let e = err_of(json!({"ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.1", "rangeEnd": "10.0.0.1"}]]}));
     assert!(e.contains("nothing to allocate"), "{e}");
 }
 
@@ -173,23 +149,16 @@ fn overlaps_within_and_across_sets() {
     let e = err_of(json!({"ranges": [[
         {"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.10", "rangeEnd": "10.0.0.100"},
         {"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.100", "rangeEnd": "10.0.0.200"}]]}));
-    assert!(
-        e.contains("ranges[0][1]") && e.contains("overlaps ranges[0][0]"),
-        "{e}"
-    );
+    assert!(e.contains("ranges[0][1]") && e.contains("overlaps ranges[0][0]"), "{e}");
     let e = err_of(json!({"ranges": [[{"subnet": "10.0.0.0/16"}], [{"subnet": "10.0.3.0/24"}]]}));
-    assert!(
-        e.contains("ranges[1][0]") && e.contains("overlaps ranges[0][0]"),
-        "{e}"
-    );
+    assert!(e.contains("ranges[1][0]") && e.contains("overlaps ranges[0][0]"), "{e}");
     // Disjoint spans of one subnet are fine (host-local allows it).
     parse(json!({"ranges": [[
         {"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.10", "rangeEnd": "10.0.0.99"},
         {"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.100", "rangeEnd": "10.0.0.200"}]]}))
     .unwrap();
     // Several range sets of one family are allowed too.
-    let c = parse(json!({"ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "10.1.0.0/24"}]]}))
-        .unwrap();
+    let c = parse(json!({"ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "10.1.0.0/24"}]]})).unwrap();
     assert_eq!(c.range_sets.len(), 2);
 }
 
@@ -204,9 +173,7 @@ fn empty_things_are_rejected() {
     assert!(err_of(json!({})).contains("no IP ranges"));
     assert!(err_of(json!({"ranges": []})).contains("no IP ranges"));
     assert!(err_of(json!({"ranges": [[]]})).contains("ranges[0]: is empty"));
-    assert!(
-        err_of(json!({"ranges": [[{"subnet": "10.0.0.0/24"}]], "dataDir": ""})).contains("dataDir")
-    );
+    assert!(err_of(json!({"ranges": [[{"subnet": "10.0.0.0/24"}]], "dataDir": ""})).contains("dataDir"));
     assert!(err_of(json!([1, 2])).contains("JSON object"));
     assert!(err_of(json!({"ranges": [[{"subnet": 5}]]})).contains("ipam"));
 }
@@ -215,21 +182,14 @@ fn empty_things_are_rejected() {
 fn routes_are_validated() {
     let e = err_of(json!({"ranges": [[{"subnet": "10.0.0.0/24"}]], "routes": [{"dst": "nope"}]}));
     assert!(e.contains("routes[0].dst"), "{e}");
-    let e = err_of(
-        json!({"ranges": [[{"subnet": "10.0.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0", "gw": "fd00::1"}]}),
-    );
-    assert!(
-        e.contains("routes[0].gw") && e.contains("different address families"),
-        "{e}"
-    );
+    let e = err_of(json!({"ranges": [[{"subnet": "10.0.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0", "gw": "fd00::1"}]}));
+    assert!(e.contains("routes[0].gw") && e.contains("different address families"), "{e}");
 }
 
 #[test]
 fn network_name_must_be_one_path_component() {
     for name in ["", ".", "..", "a/b", "../etc"] {
-        let e =
-            IpamConfig::from_ipam_value(name, &json!({"ranges": [[{"subnet": "10.0.0.0/24"}]]}))
-                .unwrap_err();
+        let e = IpamConfig::from_ipam_value(name, &json!({"ranges": [[{"subnet": "10.0.0.0/24"}]]})).unwrap_err();
         assert_eq!(e.cni_code(), 7, "{name:?}");
     }
     let e = IpamConfig::from_net_config(br#"{"ipam": {}}"#).unwrap_err();
@@ -242,10 +202,8 @@ fn network_name_must_be_one_path_component() {
 
 #[test]
 fn canonical_form_round_trips() {
-    let c = parse(
-        json!({"subnet": "10.0.0.0/24", "routes": [{"dst": "0.0.0.0/0", "gw": "10.0.0.1"}],
-        "ranges": [[{"subnet": "fd00::/64", "rangeStart": "fd00::10"}]], "resolvConf": "/r"}),
-    )
+    let c = parse(json!({"subnet": "10.0.0.0/24", "routes": [{"dst": "0.0.0.0/0", "gw": "10.0.0.1"}],
+        "ranges": [[{"subnet": "fd00::/64", "rangeStart": "fd00::10"}]], "resolvConf": "/r"}))
     .unwrap();
     let again = parse(c.to_ipam_value()).unwrap();
     assert_eq!(c, again);
@@ -260,14 +218,8 @@ fn arb_json() -> impl Strategy<Value = Value> {
         any::<i64>().prop_map(|n| json!(n)),
         "[a-zA-Z0-9./:-]{0,20}".prop_map(Value::String),
         // Strings that look like addresses, to go deeper into validation.
-        prop_oneof![
-            Just("10.0.0.0/24"),
-            Just("10.0.0.5"),
-            Just("fd00::/64"),
-            Just("fd00::1"),
-            Just("0.0.0.0/0")
-        ]
-        .prop_map(|s| Value::String(s.to_string())),
+        prop_oneof![Just("10.0.0.0/24"), Just("10.0.0.5"), Just("fd00::/64"), Just("fd00::1"), Just("0.0.0.0/0")]
+            .prop_map(|s| Value::String(s.to_string())),
     ];
     leaf.prop_recursive(4, 64, 6, |inner| {
         let key = prop_oneof![
@@ -284,8 +236,7 @@ fn arb_json() -> impl Strategy<Value = Value> {
         ];
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map(key, inner, 0..5)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map(key, inner, 0..5).prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -293,18 +244,11 @@ fn arb_json() -> impl Strategy<Value = Value> {
 /// A valid range set: `n` disjoint ranges carved out of one subnet, or separate subnets.
 fn arb_valid_config() -> impl Strategy<Value = IpamConfig> {
     let v4 = (0u8..=200, 8u8..=30).prop_map(|(b, prefix)| {
-        let net: IpNet = format!("{b}.0.0.0/{prefix}")
-            .parse::<IpNet>()
-            .unwrap()
-            .trunc();
+        let net: IpNet = format!("{b}.0.0.0/{prefix}").parse::<IpNet>().unwrap().trunc();
         net
     });
-    let v6 = (1u16..=0xfff0, 16u8..=126).prop_map(|(w, prefix)| {
-        format!("fd00:{w:x}::/{prefix}")
-            .parse::<IpNet>()
-            .unwrap()
-            .trunc()
-    });
+    let v6 = (1u16..=0xfff0, 16u8..=126)
+        .prop_map(|(w, prefix)| format!("fd00:{w:x}::/{prefix}").parse::<IpNet>().unwrap().trunc());
     let subnet = prop_oneof![v4, v6];
     (
         prop::collection::vec((subnet, any::<u64>(), any::<u64>(), any::<u64>()), 1..4),
@@ -342,14 +286,10 @@ fn arb_valid_config() -> impl Strategy<Value = IpamConfig> {
             let routes = routes
                 .into_iter()
                 .map(|(v6, p)| Route {
-                    dst: if v6 {
-                        format!("fd00::/{}", p.max(8))
-                    } else {
-                        format!("10.0.0.0/{p}")
-                    }
-                    .parse::<IpNet>()
-                    .unwrap()
-                    .trunc(),
+                    dst: if v6 { format!("fd00::/{}", p.max(8)) } else { format!("10.0.0.0/{p}") }
+                        .parse::<IpNet>()
+                        .unwrap()
+                        .trunc(),
                     gw: None,
                 })
                 .collect();

@@ -25,22 +25,11 @@ fn first_allocation_carries_prefix_and_gateway() {
     let a = allocate(&mut s, &c, "c1", "eth0").unwrap();
     assert_eq!(
         a,
-        vec![Allocation {
-            address: "10.244.1.2/24".parse().unwrap(),
-            gateway: Some(ip("10.244.1.1")),
-            rangeset: 0
-        }]
+        vec![Allocation { address: "10.244.1.2/24".parse().unwrap(), gateway: Some(ip("10.244.1.1")), rangeset: 0 }]
     );
     assert!(!s.is_locked(), "lock released after allocate");
     let l = held(&mut s);
-    assert_eq!(
-        l,
-        vec![Lease {
-            ip: ip("10.244.1.2"),
-            id: "c1".into(),
-            ifname: Some("eth0".into())
-        }]
-    );
+    assert_eq!(l, vec![Lease { ip: ip("10.244.1.2"), id: "c1".into(), ifname: Some("eth0".into()) }]);
 }
 
 #[test]
@@ -51,11 +40,7 @@ fn round_robin_does_not_reuse_a_released_address_at_once() {
     release(&mut s, &c, "c1", "eth0").unwrap();
     let a2 = addrs(&allocate(&mut s, &c, "c2", "eth0").unwrap());
     assert_eq!(a1, vec![ip("10.0.0.2")]);
-    assert_eq!(
-        a2,
-        vec![ip("10.0.0.3")],
-        "continues after the last reserved address"
-    );
+    assert_eq!(a2, vec![ip("10.0.0.3")], "continues after the last reserved address");
 }
 
 #[test]
@@ -64,16 +49,9 @@ fn wraps_exhausts_and_never_hands_out_gateway_network_broadcast() {
     let mut s = MemStore::new();
     let mut got = Vec::new();
     for i in 0..5 {
-        got.extend(addrs(
-            &allocate(&mut s, &c, &format!("c{i}"), "eth0").unwrap(),
-        ));
+        got.extend(addrs(&allocate(&mut s, &c, &format!("c{i}"), "eth0").unwrap()));
     }
-    assert_eq!(
-        got,
-        ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]
-            .map(ip)
-            .to_vec()
-    );
+    assert_eq!(got, ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"].map(ip).to_vec());
     let e = allocate(&mut s, &c, "c5", "eth0").unwrap_err();
     assert_eq!(e.cni_code(), 110, "{e}");
     assert!(matches!(e, IpamError::Exhausted { rangeset: 0, .. }));
@@ -81,10 +59,7 @@ fn wraps_exhausts_and_never_hands_out_gateway_network_broadcast() {
     // Free one in the middle: the next allocation wraps around to it.
     release(&mut s, &c, "c1", "eth0").unwrap();
     assert!(status(&mut s, &c).is_ok());
-    assert_eq!(
-        addrs(&allocate(&mut s, &c, "c6", "eth0").unwrap()),
-        vec![ip("10.0.0.3")]
-    );
+    assert_eq!(addrs(&allocate(&mut s, &c, "c6", "eth0").unwrap()), vec![ip("10.0.0.3")]);
 }
 
 #[test]
@@ -93,17 +68,14 @@ fn explicit_range_with_gateway_in_the_middle() {
         json!([[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.10", "rangeEnd": "10.0.0.12", "gateway": "10.0.0.11"}]]),
     );
     let mut s = MemStore::new();
-    let a: Vec<IpAddr> = (0..2)
-        .flat_map(|i| addrs(&allocate(&mut s, &c, &format!("c{i}"), "eth0").unwrap()))
-        .collect();
+    let a: Vec<IpAddr> = (0..2).flat_map(|i| addrs(&allocate(&mut s, &c, &format!("c{i}"), "eth0").unwrap())).collect();
     assert_eq!(a, vec![ip("10.0.0.10"), ip("10.0.0.12")]);
     assert!(allocate(&mut s, &c, "c9", "eth0").is_err());
 }
 
 #[test]
 fn dual_stack_gives_one_address_per_range_set() {
-    let c =
-        cfg(json!([[{"subnet": "10.0.0.0/24"}], [{"subnet": "fd00::/64", "gateway": "fd00::ff"}]]));
+    let c = cfg(json!([[{"subnet": "10.0.0.0/24"}], [{"subnet": "fd00::/64", "gateway": "fd00::ff"}]]));
     let mut s = MemStore::new();
     let a = allocate(&mut s, &c, "c1", "eth0").unwrap();
     assert_eq!(a.len(), 2);
@@ -133,11 +105,7 @@ fn idempotency_completes_a_partial_allocation() {
     let c = cfg(json!([[{"subnet": "10.0.0.0/24"}], [{"subnet": "fd00::/64"}]]));
     let mut s = MemStore::new();
     // As if an earlier ADD died between the two range sets.
-    s.insert_raw(Lease {
-        ip: ip("10.0.0.7"),
-        id: "c1".into(),
-        ifname: Some("eth0".into()),
-    });
+    s.insert_raw(Lease { ip: ip("10.0.0.7"), id: "c1".into(), ifname: Some("eth0".into()) });
     let a = allocate(&mut s, &c, "c1", "eth0").unwrap();
     assert_eq!(addrs(&a), vec![ip("10.0.0.7"), ip("fd00::2")]);
 }
@@ -177,10 +145,7 @@ fn a_fault_at_any_operation_leaves_nothing_behind() {
             Err(e) => assert!(leases.is_empty(), "fault at op {n} ({e}) leaked {leases:?}"),
             Ok(a) => panic!("fault at op {n} fired but allocate succeeded with {a:?}"),
         }
-        assert!(
-            !s.inner.is_locked(),
-            "fault at op {n} left the store locked"
-        );
+        assert!(!s.inner.is_locked(), "fault at op {n} left the store locked");
         n += 1;
         assert!(n < 50, "allocate never completed");
     }
@@ -191,16 +156,10 @@ fn a_fault_at_any_operation_leaves_nothing_behind() {
 fn release_missing_is_ok_and_release_is_per_attachment() {
     let c = cfg(json!([[{"subnet": "10.0.0.0/24"}]]));
     let mut s = MemStore::new();
-    assert_eq!(
-        release(&mut s, &c, "nobody", "eth0").unwrap(),
-        Vec::<IpAddr>::new()
-    );
+    assert_eq!(release(&mut s, &c, "nobody", "eth0").unwrap(), Vec::<IpAddr>::new());
     allocate(&mut s, &c, "c1", "eth0").unwrap();
     allocate(&mut s, &c, "c1", "net1").unwrap();
-    assert_eq!(
-        release(&mut s, &c, "c1", "eth0").unwrap(),
-        vec![ip("10.0.0.2")]
-    );
+    assert_eq!(release(&mut s, &c, "c1", "eth0").unwrap(), vec![ip("10.0.0.2")]);
     assert_eq!(held(&mut s).len(), 1);
     assert!(release(&mut s, &c, "", "eth0").is_err());
 }
@@ -209,20 +168,10 @@ fn release_missing_is_ok_and_release_is_per_attachment() {
 fn old_format_leases_are_found_and_released_by_id() {
     let c = cfg(json!([[{"subnet": "10.0.0.0/24"}]]));
     let mut s = MemStore::new();
-    s.insert_raw(Lease {
-        ip: ip("10.0.0.9"),
-        id: "old".into(),
-        ifname: None,
-    });
-    assert_eq!(
-        addrs(&allocate(&mut s, &c, "old", "eth0").unwrap()),
-        vec![ip("10.0.0.9")]
-    );
+    s.insert_raw(Lease { ip: ip("10.0.0.9"), id: "old".into(), ifname: None });
+    assert_eq!(addrs(&allocate(&mut s, &c, "old", "eth0").unwrap()), vec![ip("10.0.0.9")]);
     check(&mut s, "old", "eth0", &[ip("10.0.0.9")]).unwrap();
-    assert_eq!(
-        release(&mut s, &c, "old", "eth0").unwrap(),
-        vec![ip("10.0.0.9")]
-    );
+    assert_eq!(release(&mut s, &c, "old", "eth0").unwrap(), vec![ip("10.0.0.9")]);
 }
 
 #[test]
@@ -232,26 +181,15 @@ fn gc_keeps_valid_and_removes_the_rest_including_orphans() {
     for id in ["a", "b", "c"] {
         allocate(&mut s, &c, id, "eth0").unwrap();
     }
-    s.insert_raw(Lease {
-        ip: ip("10.0.0.50"),
-        id: String::new(),
-        ifname: None,
-    });
-    s.insert_raw(Lease {
-        ip: ip("10.0.0.51"),
-        id: "legacy".into(),
-        ifname: None,
-    });
+    s.insert_raw(Lease { ip: ip("10.0.0.50"), id: String::new(), ifname: None });
+    s.insert_raw(Lease { ip: ip("10.0.0.51"), id: "legacy".into(), ifname: None });
     let valid = vec![
         ("a".to_string(), "eth0".to_string()),
         ("legacy".to_string(), "eth0".to_string()),
         ("c".to_string(), "eth1".to_string()),
     ];
     let released = gc(&mut s, &c, &valid).unwrap();
-    assert_eq!(
-        released,
-        vec![ip("10.0.0.3"), ip("10.0.0.4"), ip("10.0.0.50")]
-    );
+    assert_eq!(released, vec![ip("10.0.0.3"), ip("10.0.0.4"), ip("10.0.0.50")]);
     let mut left: Vec<IpAddr> = held(&mut s).iter().map(|l| l.ip).collect();
     left.sort();
     assert_eq!(left, vec![ip("10.0.0.2"), ip("10.0.0.51")]);
@@ -270,10 +208,7 @@ fn status_reports_unwritable_store() {
 fn check_detects_missing_addresses() {
     let c = cfg(json!([[{"subnet": "10.0.0.0/24"}]]));
     let mut s = MemStore::new();
-    assert!(matches!(
-        check(&mut s, "c1", "eth0", &[]),
-        Err(IpamError::CheckFailed(_))
-    ));
+    assert!(matches!(check(&mut s, "c1", "eth0", &[]), Err(IpamError::CheckFailed(_))));
     allocate(&mut s, &c, "c1", "eth0").unwrap();
     check(&mut s, "c1", "eth0", &[ip("10.0.0.2")]).unwrap();
     let e = check(&mut s, "c1", "eth0", &[ip("10.0.0.3")]).unwrap_err();
@@ -284,13 +219,7 @@ fn check_detects_missing_addresses() {
 fn bad_args_are_rejected_before_touching_the_store() {
     let c = cfg(json!([[{"subnet": "10.0.0.0/24"}]]));
     let mut s = MemStore::new();
-    for (id, ifname) in [
-        ("", "eth0"),
-        ("a\r\nb", "eth0"),
-        ("c1", ""),
-        ("c1", "a/b"),
-        ("c1", "0123456789abcdef"),
-    ] {
+    for (id, ifname) in [("", "eth0"), ("a\r\nb", "eth0"), ("c1", ""), ("c1", "a/b"), ("c1", "0123456789abcdef")] {
         let e = allocate(&mut s, &c, id, ifname).unwrap_err();
         assert_eq!(e.cni_code(), 4, "{id:?}/{ifname:?}: {e}");
     }
@@ -332,16 +261,9 @@ fn a_foreign_file_in_the_way_is_skipped() {
     }
     let c = cfg(json!([[{"subnet": "10.0.0.0/24"}]]));
     let mut inner = MemStore::new();
-    inner.insert_raw(Lease {
-        ip: ip("10.0.0.2"),
-        id: "other".into(),
-        ifname: Some("eth0".into()),
-    });
+    inner.insert_raw(Lease { ip: ip("10.0.0.2"), id: "other".into(), ifname: Some("eth0".into()) });
     let mut s = Hidden(inner);
-    assert_eq!(
-        addrs(&allocate(&mut s, &c, "c1", "eth0").unwrap()),
-        vec![ip("10.0.0.3")]
-    );
+    assert_eq!(addrs(&allocate(&mut s, &c, "c1", "eth0").unwrap()), vec![ip("10.0.0.3")]);
 }
 
 #[test]
@@ -349,19 +271,11 @@ fn requested_addresses_are_honoured_per_range_set() {
     let c = cfg(json!([[{"subnet": "10.0.0.0/24"}], [{"subnet": "fd00::/64"}]]));
     let mut s = MemStore::new();
     let a = allocate_requested(&mut s, &c, "c1", "eth0", &[ip("10.0.0.77")]).unwrap();
-    assert_eq!(
-        addrs(&a),
-        vec![ip("10.0.0.77"), ip("fd00::2")],
-        "v6 allocated normally"
-    );
+    assert_eq!(addrs(&a), vec![ip("10.0.0.77"), ip("fd00::2")], "v6 allocated normally");
     // Idempotent with the same request.
-    assert_eq!(
-        allocate_requested(&mut s, &c, "c1", "eth0", &[ip("10.0.0.77")]).unwrap(),
-        a
-    );
+    assert_eq!(allocate_requested(&mut s, &c, "c1", "eth0", &[ip("10.0.0.77")]).unwrap(), a);
     // Another container cannot have it; nothing is left behind by the failed attempt.
-    let e = allocate_requested(&mut s, &c, "c2", "eth0", &[ip("fd00::99"), ip("10.0.0.77")])
-        .unwrap_err();
+    let e = allocate_requested(&mut s, &c, "c2", "eth0", &[ip("fd00::99"), ip("10.0.0.77")]).unwrap_err();
     assert!(matches!(e, IpamError::Unavailable { .. }), "{e}");
     assert_eq!(held(&mut s).len(), 2);
     // The holder asking for a different address is refused too.
@@ -374,19 +288,12 @@ fn requested_addresses_are_honoured_per_range_set() {
 #[test]
 fn requested_addresses_are_validated() {
     let c = cfg(json!([[{"subnet": "10.0.0.0/24", "rangeEnd": "10.0.0.100"}]]));
-    for bad in [
-        vec![ip("10.0.0.150")],
-        vec![ip("10.0.0.1")],
-        vec![ip("10.0.0.5"), ip("10.0.0.6")],
-        vec![ip("fd00::1")],
-    ] {
+    for bad in [vec![ip("10.0.0.150")], vec![ip("10.0.0.1")], vec![ip("10.0.0.5"), ip("10.0.0.6")], vec![ip("fd00::1")]]
+    {
         let e = assign_requested(&c, &bad).unwrap_err();
         assert_eq!(e.cni_code(), 4, "{bad:?}: {e}");
     }
-    assert_eq!(
-        assign_requested(&c, &[ip("10.0.0.9")]).unwrap(),
-        vec![Some(ip("10.0.0.9"))]
-    );
+    assert_eq!(assign_requested(&c, &[ip("10.0.0.9")]).unwrap(), vec![Some(ip("10.0.0.9"))]);
     assert_eq!(assign_requested(&c, &[]).unwrap(), vec![None]);
 }
 
@@ -422,8 +329,7 @@ mod props {
             }
             r
         });
-        let v6 = (0u8..3)
-            .prop_map(|n| json!({"subnet": "fd00::/125", "rangeEnd": format!("fd00::{}", 5 + n)}));
+        let v6 = (0u8..3).prop_map(|n| json!({"subnet": "fd00::/125", "rangeEnd": format!("fd00::{}", 5 + n)}));
         (v4, prop::option::of(v6)).prop_map(|(a, b)| {
             let mut sets = vec![json!([a])];
             if let Some(b) = b {

@@ -39,22 +39,13 @@ impl DiskStore {
             .open(&lock_path)
             .or_else(|e| match e.kind() {
                 // O_CREAT needs write access in std's API; host-local creates it empty, 0644 here.
-                ErrorKind::NotFound => OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .mode(0o644)
-                    .open(&lock_path),
+                ErrorKind::NotFound => {
+                    OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(&lock_path)
+                }
                 _ => Err(e),
             })
             .map_err(|e| IpamError::io("open lock file", &lock_path, e))?;
-        Ok(DiskStore {
-            dir,
-            lock_file,
-            locked: false,
-            lock_timeout: DEFAULT_LOCK_TIMEOUT,
-        })
+        Ok(DiskStore { dir, lock_file, locked: false, lock_timeout: DEFAULT_LOCK_TIMEOUT })
     }
 
     pub fn open_config(cfg: &IpamConfig) -> Result<Self> {
@@ -81,12 +72,7 @@ impl DiskStore {
 
     fn create_lease_file(&self, path: &Path, content: &str) -> std::io::Result<()> {
         // O_CREAT|O_EXCL: the address can never be handed out twice, even if the lock were broken.
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(path)?;
+        let mut f = OpenOptions::new().read(true).write(true).create_new(true).mode(0o644).open(path)?;
         let written = f.write_all(content.as_bytes()).and_then(|_| f.sync_all());
         if written.is_err() {
             let _ = fs::remove_file(path);
@@ -111,16 +97,8 @@ impl DiskStore {
 pub(crate) fn parse_lease(ip: IpAddr, content: &str) -> Lease {
     let t = content.trim();
     match t.split_once(LINE_BREAK) {
-        Some((id, ifname)) => Lease {
-            ip,
-            id: id.trim().to_string(),
-            ifname: Some(ifname.trim().to_string()),
-        },
-        None => Lease {
-            ip,
-            id: t.to_string(),
-            ifname: None,
-        },
+        Some((id, ifname)) => Lease { ip, id: id.trim().to_string(), ifname: Some(ifname.trim().to_string()) },
+        None => Lease { ip, id: t.to_string(), ifname: None },
     }
 }
 
@@ -138,16 +116,11 @@ impl Store for DiskStore {
                     return Ok(());
                 }
                 Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Error(e)) => {
-                    return Err(IpamError::io("flock", self.dir.join(LOCK_FILE), e))
-                }
+                Err(TryLockError::Error(e)) => return Err(IpamError::io("flock", self.dir.join(LOCK_FILE), e)),
             }
             let waited = start.elapsed();
             if waited >= self.lock_timeout {
-                return Err(IpamError::StoreBusy {
-                    dir: self.dir.clone(),
-                    waited,
-                });
+                return Err(IpamError::StoreBusy { dir: self.dir.clone(), waited });
             }
             std::thread::sleep(backoff.min(self.lock_timeout - waited));
             backoff = (backoff * 2).min(Duration::from_millis(5));
@@ -159,9 +132,7 @@ impl Store for DiskStore {
             return Ok(());
         }
         self.locked = false;
-        self.lock_file
-            .unlock()
-            .map_err(|e| IpamError::io("unlock", self.dir.join(LOCK_FILE), e))
+        self.lock_file.unlock().map_err(|e| IpamError::io("unlock", self.dir.join(LOCK_FILE), e))
     }
 
     fn reserve(&mut self, id: &str, ifname: &str, ip: IpAddr, rangeset: usize) -> Result<bool> {
@@ -223,8 +194,7 @@ impl Store for DiskStore {
 
     fn list(&mut self) -> Result<Vec<Lease>> {
         // One readdir; only files named by an address are read.
-        let entries =
-            fs::read_dir(&self.dir).map_err(|e| IpamError::io("read directory", &self.dir, e))?;
+        let entries = fs::read_dir(&self.dir).map_err(|e| IpamError::io("read directory", &self.dir, e))?;
         let mut leases = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| IpamError::io("read directory", &self.dir, e))?;
@@ -247,9 +217,7 @@ impl Store for DiskStore {
 
     fn check_writable(&mut self) -> Result<()> {
         // A real create+remove: catches read-only mounts and a full disk, which access(2) misses for root.
-        let probe = self
-            .dir
-            .join(format!(".status-probe.{}", std::process::id()));
+        let probe = self.dir.join(format!(".status-probe.{}", std::process::id()));
         let r = OpenOptions::new()
             .write(true)
             .create(true)

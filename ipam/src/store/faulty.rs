@@ -13,11 +13,7 @@ pub struct FaultyStore<S> {
 
 impl<S: Store> FaultyStore<S> {
     pub fn new(inner: S, fail_at: usize) -> Self {
-        FaultyStore {
-            inner,
-            fail_at,
-            ops: 0,
-        }
+        FaultyStore { inner, fail_at, ops: 0 }
     }
 
     /// Operations seen so far (lock and unlock included).
@@ -33,10 +29,7 @@ impl<S: Store> FaultyStore<S> {
     fn tick(&mut self, op: &str) -> Result<()> {
         self.ops += 1;
         if self.ops == self.fail_at {
-            return Err(IpamError::Store(format!(
-                "injected fault in {op} (operation {})",
-                self.ops
-            )));
+            return Err(IpamError::Store(format!("injected fault in {op} (operation {})", self.ops)));
         }
         Ok(())
     }

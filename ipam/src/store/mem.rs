@@ -32,9 +32,7 @@ impl MemStore {
         if self.locked {
             Ok(())
         } else {
-            Err(IpamError::Store(format!(
-                "{op} called without holding the lock"
-            )))
+            Err(IpamError::Store(format!("{op} called without holding the lock")))
         }
     }
 }
@@ -58,8 +56,7 @@ impl Store for MemStore {
         if self.leases.contains_key(&ip) {
             return Ok(false);
         }
-        self.leases
-            .insert(ip, (id.trim().to_string(), Some(ifname.to_string())));
+        self.leases.insert(ip, (id.trim().to_string(), Some(ifname.to_string())));
         self.last.insert(rangeset, ip);
         Ok(true)
     }
@@ -92,11 +89,7 @@ impl Store for MemStore {
         Ok(self
             .leases
             .iter()
-            .map(|(ip, (id, ifname))| Lease {
-                ip: *ip,
-                id: id.clone(),
-                ifname: ifname.clone(),
-            })
+            .map(|(ip, (id, ifname))| Lease { ip: *ip, id: id.clone(), ifname: ifname.clone() })
             .collect())
     }
 

@@ -25,9 +25,7 @@ pub struct Lease {
 impl Lease {
     /// Host-local matching: exact id + ifname, or an old-format lease of that id.
     pub fn belongs_to(&self, id: &str, ifname: &str) -> bool {
-        !self.id.is_empty()
-            && self.id == id.trim()
-            && self.ifname.as_deref().is_none_or(|n| n == ifname)
+        !self.id.is_empty() && self.id == id.trim() && self.ifname.as_deref().is_none_or(|n| n == ifname)
     }
 
     /// Nobody can ever release this lease by ID: only GC can.
@@ -58,10 +56,7 @@ pub trait Store {
 }
 
 /// Run `f` with the store locked; the lock is released whatever `f` returns.
-pub fn with_lock<S: Store + ?Sized, T>(
-    store: &mut S,
-    f: impl FnOnce(&mut S) -> Result<T>,
-) -> Result<T> {
+pub fn with_lock<S: Store + ?Sized, T>(store: &mut S, f: impl FnOnce(&mut S) -> Result<T>) -> Result<T> {
     store.lock()?;
     let out = f(store);
     let unlocked = store.unlock();
@@ -72,19 +67,12 @@ pub fn with_lock<S: Store + ?Sized, T>(
 
 /// Shared by the stores: host-local's "exact match first, else old format" release rule.
 pub fn matching(leases: &[Lease], id: &str, ifname: &str) -> Vec<IpAddr> {
-    let exact: Vec<IpAddr> = leases
-        .iter()
-        .filter(|l| l.belongs_to(id, ifname) && l.ifname.is_some())
-        .map(|l| l.ip)
-        .collect();
+    let exact: Vec<IpAddr> =
+        leases.iter().filter(|l| l.belongs_to(id, ifname) && l.ifname.is_some()).map(|l| l.ip).collect();
     if !exact.is_empty() {
         return exact;
     }
-    leases
-        .iter()
-        .filter(|l| l.belongs_to(id, ifname))
-        .map(|l| l.ip)
-        .collect()
+    leases.iter().filter(|l| l.belongs_to(id, ifname)).map(|l| l.ip).collect()
 }
 
 #[cfg(test)]
@@ -92,11 +80,7 @@ mod tests {
     use super::*;
 
     fn lease(ip: &str, id: &str, ifname: Option<&str>) -> Lease {
-        Lease {
-            ip: ip.parse().unwrap(),
-            id: id.into(),
-            ifname: ifname.map(Into::into),
-        }
+        Lease { ip: ip.parse().unwrap(), id: id.into(), ifname: ifname.map(Into::into) }
     }
 
     #[test]
@@ -106,14 +90,8 @@ mod tests {
             lease("10.0.0.3", "c1", None),
             lease("10.0.0.4", "c1", Some("eth1")),
         ];
-        assert_eq!(
-            matching(&leases, "c1", "eth0"),
-            vec!["10.0.0.2".parse::<IpAddr>().unwrap()]
-        );
-        assert_eq!(
-            matching(&leases, "c1", "net9"),
-            vec!["10.0.0.3".parse::<IpAddr>().unwrap()]
-        );
+        assert_eq!(matching(&leases, "c1", "eth0"), vec!["10.0.0.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(matching(&leases, "c1", "net9"), vec!["10.0.0.3".parse::<IpAddr>().unwrap()]);
         assert!(matching(&leases, "c2", "eth0").is_empty());
         // An orphan (empty owner) never matches an empty id.
         assert!(matching(&[lease("10.0.0.5", "", None)], "", "eth0").is_empty());

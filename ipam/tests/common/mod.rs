@@ -52,12 +52,8 @@ pub fn json_out(o: &Output) -> Value {
     if o.stdout.iter().all(u8::is_ascii_whitespace) {
         return Value::Null;
     }
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}",
-            String::from_utf8_lossy(&o.stdout)
-        )
-    })
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
 }
 
 /// Runs and asserts success; returns stdout JSON.
@@ -75,34 +71,17 @@ pub fn ok(cmd: &str, conf: &Value, id: &str, ifname: &str) -> Value {
 /// Runs and asserts failure; returns the CNI error code.
 pub fn err_code(cmd: &str, conf: &Value, id: &str, ifname: &str) -> u64 {
     let o = run(cmd, conf, id, ifname);
-    assert!(
-        !o.status.success(),
-        "{cmd} unexpectedly succeeded: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    assert!(!o.status.success(), "{cmd} unexpectedly succeeded: {}", String::from_utf8_lossy(&o.stdout));
     let v = json_out(&o);
     assert!(v["msg"].is_string(), "error JSON has msg: {v}");
-    v["code"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("error JSON without code: {v}"))
+    v["code"].as_u64().unwrap_or_else(|| panic!("error JSON without code: {v}"))
 }
 
 pub fn ips_of(result: &Value) -> Vec<IpAddr> {
     result["ips"]
         .as_array()
         .map(|a| {
-            a.iter()
-                .map(|ip| {
-                    ip["address"]
-                        .as_str()
-                        .unwrap()
-                        .split('/')
-                        .next()
-                        .unwrap()
-                        .parse()
-                        .unwrap()
-                })
-                .collect()
+            a.iter().map(|ip| ip["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap()).collect()
         })
         .unwrap_or_default()
 }
@@ -115,20 +94,14 @@ pub fn store_files(data_dir: &Path) -> BTreeMap<String, String> {
     };
     rd.map(|e| {
         let e = e.unwrap();
-        (
-            e.file_name().into_string().unwrap(),
-            std::fs::read_to_string(e.path()).unwrap(),
-        )
+        (e.file_name().into_string().unwrap(), std::fs::read_to_string(e.path()).unwrap())
     })
     .collect()
 }
 
 /// The lease files only (named by an IP).
 pub fn leases(data_dir: &Path) -> BTreeMap<IpAddr, String> {
-    store_files(data_dir)
-        .into_iter()
-        .filter_map(|(k, v)| k.parse::<IpAddr>().ok().map(|ip| (ip, v)))
-        .collect()
+    store_files(data_dir).into_iter().filter_map(|(k, v)| k.parse::<IpAddr>().ok().map(|ip| (ip, v))).collect()
 }
 
 /// Tiny deterministic PRNG for the randomised tests (seed printed so a failure can be replayed).
@@ -136,16 +109,9 @@ pub struct Rng(u64);
 
 impl Rng {
     pub fn from_env_or_time() -> Rng {
-        let seed = std::env::var("IPAM_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
+        let seed = std::env::var("IPAM_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+        });
         eprintln!("IPAM_TEST_SEED={seed}");
         Rng(seed)
     }

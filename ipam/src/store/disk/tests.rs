@@ -15,10 +15,7 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .unwrap()
         .map(|e| {
             let e = e.unwrap();
-            (
-                e.file_name().into_string().unwrap(),
-                fs::read(e.path()).unwrap(),
-            )
+            (e.file_name().into_string().unwrap(), fs::read(e.path()).unwrap())
         })
         .collect()
 }
@@ -30,10 +27,7 @@ fn cfg(data_dir: &Path, ranges: serde_json::Value) -> IpamConfig {
 #[test]
 fn layout_is_byte_for_byte_host_local() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = cfg(
-        tmp.path(),
-        json!([[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00:1::/64"}]]),
-    );
+    let c = cfg(tmp.path(), json!([[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00:1::/64"}]]));
     let mut s = DiskStore::open_config(&c).unwrap();
     assert_eq!(s.dir(), tmp.path().join("mynet"));
     ops::allocate(&mut s, &c, "  0123abcd  ", "eth0").unwrap();
@@ -49,18 +43,10 @@ fn layout_is_byte_for_byte_host_local() {
     .map(|(k, v)| (k.to_string(), v.to_vec()))
     .collect();
     assert_eq!(snap, expected);
-    let mode = fs::metadata(s.dir().join("10.1.0.2"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = fs::metadata(s.dir().join("10.1.0.2")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o644);
     let dmode = fs::metadata(s.dir()).unwrap().permissions().mode() & 0o777;
-    assert_eq!(
-        dmode & !0o022,
-        0o755 & !0o022,
-        "directory 0755 (minus umask)"
-    );
+    assert_eq!(dmode & !0o022, 0o755 & !0o022, "directory 0755 (minus umask)");
 }
 
 #[test]
@@ -79,22 +65,11 @@ fn reads_files_written_by_host_local_including_the_old_format() {
     assert_eq!(
         leases,
         vec![
-            Lease {
-                ip: ip("10.1.0.5"),
-                id: "ctr-new".into(),
-                ifname: Some("eth0".into())
-            },
-            Lease {
-                ip: ip("10.1.0.6"),
-                id: "ctr-old".into(),
-                ifname: None
-            },
+            Lease { ip: ip("10.1.0.5"), id: "ctr-new".into(), ifname: Some("eth0".into()) },
+            Lease { ip: ip("10.1.0.6"), id: "ctr-old".into(), ifname: None },
         ]
     );
-    assert_eq!(
-        with_lock(&mut s, |s| s.last_reserved(0)).unwrap(),
-        Some(ip("10.1.0.6"))
-    );
+    assert_eq!(with_lock(&mut s, |s| s.last_reserved(0)).unwrap(), Some(ip("10.1.0.6")));
     assert_eq!(with_lock(&mut s, |s| s.last_reserved(1)).unwrap(), None);
     // Round-robin continues after host-local's last reservation.
     let c = cfg(tmp.path(), json!([[{"subnet": "10.1.0.0/24"}]]));
@@ -105,10 +80,7 @@ fn reads_files_written_by_host_local_including_the_old_format() {
     assert_eq!(b[0].address.addr(), ip("10.1.0.8"));
     let c2 = ops::allocate(&mut s, &c, "ctr-z", "eth0").unwrap();
     assert_eq!(c2[0].address.addr(), ip("10.1.0.10"));
-    assert_eq!(
-        with_lock(&mut s, |s| s.release_by_id("ctr-old", "eth0")).unwrap(),
-        vec![ip("10.1.0.6")]
-    );
+    assert_eq!(with_lock(&mut s, |s| s.release_by_id("ctr-old", "eth0")).unwrap(), vec![ip("10.1.0.6")]);
     assert!(!dir.join("10.1.0.6").exists());
 }
 
@@ -155,9 +127,7 @@ fn empty_file_from_a_crash_is_an_orphan_that_gc_removes() {
 fn lock_excludes_a_second_opener_until_released() {
     let tmp = tempfile::tempdir().unwrap();
     let mut a = DiskStore::open(tmp.path(), "n").unwrap();
-    let mut b = DiskStore::open(tmp.path(), "n")
-        .unwrap()
-        .with_lock_timeout(Duration::from_millis(50));
+    let mut b = DiskStore::open(tmp.path(), "n").unwrap().with_lock_timeout(Duration::from_millis(50));
     a.lock().unwrap();
     let e = b.lock().unwrap_err();
     assert_eq!(e.cni_code(), 11, "{e}");
@@ -178,9 +148,7 @@ fn lock_waits_for_a_holder_that_finishes() {
     a.lock().unwrap();
     let path = tmp.path().to_path_buf();
     let t = std::thread::spawn(move || {
-        let mut b = DiskStore::open(&path, "n")
-            .unwrap()
-            .with_lock_timeout(Duration::from_secs(10));
+        let mut b = DiskStore::open(&path, "n").unwrap().with_lock_timeout(Duration::from_secs(10));
         let start = Instant::now();
         b.lock().unwrap();
         start.elapsed()
@@ -188,10 +156,7 @@ fn lock_waits_for_a_holder_that_finishes() {
     std::thread::sleep(Duration::from_millis(100));
     a.unlock().unwrap();
     let waited = t.join().unwrap();
-    assert!(
-        waited >= Duration::from_millis(80),
-        "waited only {waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(80), "waited only {waited:?}");
 }
 
 #[test]
@@ -200,10 +165,7 @@ fn status_fails_when_the_store_directory_is_gone() {
     let c = cfg(tmp.path(), json!([[{"subnet": "10.1.0.0/24"}]]));
     let mut s = DiskStore::open_config(&c).unwrap();
     ops::status(&mut s, &c).unwrap();
-    assert!(
-        snapshot(s.dir()).keys().all(|k| !k.starts_with(".status")),
-        "probe cleaned up"
-    );
+    assert!(snapshot(s.dir()).keys().all(|k| !k.starts_with(".status")), "probe cleaned up");
     fs::remove_dir_all(s.dir()).unwrap();
     let e = ops::status(&mut s, &c).unwrap_err();
     assert_eq!(e.cni_code(), 5, "{e}");
@@ -215,20 +177,9 @@ fn parse_lease_forms() {
     assert_eq!(parse_lease(ip("10.0.0.1"), "  \n").ifname, None);
     assert_eq!(
         parse_lease(ip("10.0.0.1"), "abc\r\neth0\n"),
-        Lease {
-            ip: ip("10.0.0.1"),
-            id: "abc".into(),
-            ifname: Some("eth0".into())
-        }
+        Lease { ip: ip("10.0.0.1"), id: "abc".into(), ifname: Some("eth0".into()) }
     );
-    assert_eq!(
-        parse_lease(ip("10.0.0.1"), "abc"),
-        Lease {
-            ip: ip("10.0.0.1"),
-            id: "abc".into(),
-            ifname: None
-        }
-    );
+    assert_eq!(parse_lease(ip("10.0.0.1"), "abc"), Lease { ip: ip("10.0.0.1"), id: "abc".into(), ifname: None });
 }
 
 #[test]
@@ -244,11 +195,7 @@ fn allocation_is_fast_on_a_busy_16() {
     let start = Instant::now();
     let a = ops::allocate(&mut s, &c, "new", "eth0").unwrap();
     let took = start.elapsed();
-    assert_eq!(
-        a[0].address.addr(),
-        ip("10.2.1.46"),
-        "first free after 300 used (skipping the gateway)"
-    );
+    assert_eq!(a[0].address.addr(), ip("10.2.1.46"), "first free after 300 used (skipping the gateway)");
     // Generous bound for a debug build on a loaded CI box; the point is no per-address stat.
     assert!(took < Duration::from_millis(500), "allocate took {took:?}");
 }
@@ -259,10 +206,7 @@ fn faults_over_the_disk_store_leave_no_files_behind() {
     let mut n = 1;
     loop {
         let tmp = tempfile::tempdir().unwrap();
-        let c = cfg(
-            tmp.path(),
-            json!([[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00:1::/64"}]]),
-        );
+        let c = cfg(tmp.path(), json!([[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00:1::/64"}]]));
         let mut s = FaultyStore::new(DiskStore::open_config(&c).unwrap(), n);
         let r = ops::allocate(&mut s, &c, "c1", "eth0");
         if !s.fired() {
@@ -278,9 +222,7 @@ fn faults_over_the_disk_store_leave_no_files_behind() {
             assert!(left.is_empty(), "fault at op {n} ({e}) left {left:?}");
         }
         // The flock is free again: another opener gets it at once.
-        let mut other = DiskStore::open_config(&c)
-            .unwrap()
-            .with_lock_timeout(Duration::from_millis(10));
+        let mut other = DiskStore::open_config(&c).unwrap().with_lock_timeout(Duration::from_millis(10));
         other.lock().unwrap();
         n += 1;
         assert!(n < 50);
