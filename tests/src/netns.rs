@@ -67,6 +67,14 @@ impl Netns {
         Ok(self.links()?.into_iter().find(|l| l["ifname"] == name))
     }
 
+    /// `ip -d -j link show dev NAME`: with linkinfo (kind, bridge port flags such as hairpin).
+    pub fn link_details(&self, name: &str) -> Result<Value> {
+        json_array(&self.run(&["ip", "-d", "-j", "link", "show", "dev", name])?)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("no link {name} in {}", self.name))
+    }
+
     pub fn has_link(&self, name: &str) -> Result<bool> {
         Ok(self.link(name)?.is_some())
     }
@@ -78,6 +86,11 @@ impl Netns {
             .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
             .filter_map(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"].as_u64()?)))
             .collect())
+    }
+
+    /// IPv6 routes of the main table, parsed.
+    pub fn routes6(&self) -> Result<Vec<Value>> {
+        json_array(&self.run(&["ip", "-j", "-6", "route", "show"])?)
     }
 
     /// IPv4 routes of the main table, parsed.

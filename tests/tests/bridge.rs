@@ -32,6 +32,8 @@ fn two_pods_ping_each_other_and_the_gateway() {
         let host_link = fx.node.ns.link(&pod.host_veth()).unwrap().expect("host veth exists in node netns");
         assert_eq!(host.mac.as_deref(), host_link["address"].as_str(), "host veth MAC in result vs kernel");
         assert_eq!(host_link["master"], conf::BRIDGE, "host veth is a port of the bridge");
+        let details = fx.node.ns.link_details(&pod.host_veth()).unwrap();
+        assert_eq!(details["linkinfo"]["info_slave_data"]["hairpin"], true, "hairpinMode defaults to true");
         // Pod interface: sandbox = netns path, the IP points at it.
         let entries = result::ips(r).unwrap();
         let v4 = entries.iter().find(|e| e.addr.is_ipv4()).expect("an IPv4 entry");

@@ -135,3 +135,27 @@ fn unknown_field_is_ignored_or_rejected_as_unsupported() {
         check_rejected(&fx, &pod, &out, Some(2));
     }
 }
+
+#[test]
+fn invalid_ifname_is_rejected() {
+    require_root!();
+    let (fx, pod, c) = setup();
+    let mut inv = add(&c, &pod);
+    inv.ifname = Some("this-name-is-way-too-long".into());
+    let err = rejected(&fx, &pod, &inv, None);
+    assert!(
+        err.text().to_lowercase().contains("ifname")
+            || err.text().contains("CNI_IFNAME")
+            || err.text().contains("interface name"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn ip_masq_without_cluster_cidr_is_invalid_config() {
+    require_root!();
+    let (fx, pod, mut c) = setup();
+    c["ipMasq"] = json!(true);
+    let err = rejected(&fx, &pod, &add(&c, &pod), Some(7));
+    assert!(err.text().contains("clusterCIDR"), "{err:?}");
+}
