@@ -5,7 +5,7 @@
 //! deleted, every agent killed, by a Drop guard, pass or fail. Nothing touches the root netns.
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{ControlPlane, Event, Kind, ObjectKey, Resource};
+use super::{ControlPlane, Event, ObjectKey, Resource};
 use crate::metrics::Metrics;
 use crate::{Error, Result};
 
@@ -277,9 +277,6 @@ impl ControlPlane for FilesSource {
         })
     }
 }
-
-/// Kinds this source can produce (all of them, from any file).
-pub const KINDS: &[Kind] = &[Kind::Node];
 
 #[cfg(test)]
 mod tests {
