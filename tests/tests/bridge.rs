@@ -150,3 +150,19 @@ fn check_passes_after_add_and_fails_after_address_removed() {
         out.describe()
     );
 }
+
+#[test]
+fn check_fails_when_the_host_veth_is_gone() {
+    require_root!();
+    let fx = Fixture::new().unwrap();
+    let c = fx.trellis("0.4.0", SUBNET);
+    let pod = Pod::new("pod").unwrap();
+    let r = fx.node.add(&c, &pod).unwrap();
+    let mut check_conf = c.clone();
+    check_conf["prevResult"] = r;
+    fx.node.pod(CniCmd::Check, &check_conf, &pod).unwrap().ok().unwrap();
+    fx.node.ns.run(&["ip", "link", "del", &pod.host_veth()]).unwrap();
+    let out = fx.node.pod(CniCmd::Check, &check_conf, &pod).unwrap();
+    let err = out.error().unwrap();
+    assert_eq!(err.cni_version, "0.4.0", "error echoes the config's version:\n{}", out.describe());
+}

@@ -110,3 +110,52 @@ fn kill_9_mid_add_then_gc_leaves_nothing_of_the_killed() {
         assert!(p.ns.ping("10.244.2.1"), "live pod lost connectivity after GC");
     }
 }
+
+/// Kill one call of `cmd` for `pod` after `delay`; returns whether the kill landed before it finished.
+fn kill_after(fx: &Fixture, c: &serde_json::Value, pod: &Pod, cmd: CniCmd, delay: Duration) -> bool {
+    let inv = Invocation::attachment(cmd, c, &pod.id, &pod.netns(), &pod.ifname);
+    let mut child = fx.node.spawn(&fx.node.bins.trellis(), &inv).unwrap();
+    std::thread::sleep(delay);
+    child.kill().unwrap();
+    child.wait().unwrap().code().is_none()
+}
+
+#[test]
+fn add_retried_after_kill_9_succeeds_with_one_ip() {
+    require_root!();
+    let fx = Fixture::new().unwrap();
+    let c = fx.trellis("1.0.0", "10.244.25.0/24");
+    let mut rng = Rng::seeded();
+    let mut landed = 0;
+    for i in 0..6 {
+        let pod = Pod::new(&format!("retry{i}")).unwrap();
+        landed += kill_after(&fx, &c, &pod, CniCmd::Add, Duration::from_micros(rng.range(0, 8_000))) as usize;
+        // The runtime retries the same attachment: leftovers of the killed run must not break it.
+        let r = fx.node.add(&c, &pod).unwrap_or_else(|e| panic!("retry {i} after kill: {e:#}"));
+        let ip = result::ipv4(&r).unwrap();
+        let mine: Vec<_> = fx.store().allocations().unwrap().into_iter().filter(|a| a.container_id == pod.id).collect();
+        assert_eq!(mine.len(), 1, "retry {i}: allocations for one attachment: {mine:?}");
+        assert_eq!(mine[0].ip, ip);
+        assert!(pod.ns.ping("10.244.25.1"), "retry {i}: pod cannot reach the gateway");
+        fx.node.del(&c, &pod).unwrap();
+        assert!(!fx.store().has(ip));
+    }
+    eprintln!("{landed} of 6 kills landed mid-ADD");
+}
+
+#[test]
+fn del_retried_after_kill_9_cleans_up() {
+    require_root!();
+    let fx = Fixture::new().unwrap();
+    let c = fx.trellis("1.0.0", "10.244.26.0/24");
+    let mut rng = Rng::seeded();
+    for i in 0..6 {
+        let pod = Pod::new(&format!("kdel{i}")).unwrap();
+        let ip = result::ipv4(&fx.node.add(&c, &pod).unwrap()).unwrap();
+        kill_after(&fx, &c, &pod, CniCmd::Del, Duration::from_micros(rng.range(0, 8_000)));
+        fx.node.del(&c, &pod).unwrap_or_else(|e| panic!("DEL {i} after a killed DEL: {e:#}"));
+        assert!(!fx.store().has(ip), "DEL {i}: IP {ip} still allocated");
+        assert!(!fx.node.ns.has_link(&pod.host_veth()).unwrap(), "DEL {i}: host veth left");
+    }
+    assert!(tr_links(&fx).is_empty());
+}
