@@ -28,6 +28,9 @@ pub struct BenchArgs {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3)]
     pub secs: u64,
+    /// Rounds over all paths (interleaved); the table shows medians.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
     /// Replace the section between `<!-- lab-bench -->` markers in this file (created/appended if needed).
     #[arg(long)]
     pub write: bool,
@@ -61,12 +64,7 @@ const PORT_RR: u16 = 5202;
 const PORT_CRR: u16 = 5203;
 
 /// Runs the three measurements from the netns `client` to `server_ip` served from the netns `server`.
-pub fn measure(
-    client: &Path,
-    server: &Path,
-    server_ip: Ipv4Addr,
-    secs: Duration,
-) -> Result<Numbers> {
+pub fn measure(client: &Path, server: &Path, server_ip: Ipv4Addr, secs: Duration) -> Result<Numbers> {
     Ok(Numbers {
         throughput: run_pair(client, server, server_ip, PORT_STREAM, secs, Kind::Stream)?,
         rr: run_pair(client, server, server_ip, PORT_RR, secs, Kind::Rr)?,
@@ -86,21 +84,13 @@ fn io_err(what: &str) -> impl Fn(std::io::Error) -> LabError + '_ {
 }
 
 /// Server thread in `server` netns, client thread in `client` netns. Returns Gbit/s (stream) or ops/s.
-fn run_pair(
-    client: &Path,
-    server: &Path,
-    ip: Ipv4Addr,
-    port: u16,
-    secs: Duration,
-    kind: Kind,
-) -> Result<f64> {
+fn run_pair(client: &Path, server: &Path, ip: Ipv4Addr, port: u16, secs: Duration, kind: Kind) -> Result<f64> {
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
     let server_path = server.to_path_buf();
     let stop_srv = stop.clone();
     let srv = std::thread::spawn(move || -> Result<u64> {
-        let f = std::fs::File::open(&server_path)
-            .map_err(|e| LabError::io("netns", &server_path, e))?;
+        let f = std::fs::File::open(&server_path).map_err(|e| LabError::io("netns", &server_path, e))?;
         nsexec::enter(&f, &server_path)?;
         let l = match TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)) {
             Ok(l) => l,
@@ -113,16 +103,12 @@ fn run_pair(
         let _ = ready_tx.send(Ok(()));
         serve_kind(&l, kind, &stop_srv)
     });
-    ready_rx
-        .recv()
-        .map_err(|_| LabError::Probe("bench server thread died".into()))??;
+    ready_rx.recv().map_err(|_| LabError::Probe("bench server thread died".into()))??;
     let target = SocketAddrV4::new(ip, port);
     let client_path = client.to_path_buf();
     let cli = nsexec::run_in(&client_path, move || client_kind(target, kind, secs))?;
     stop.store(true, Ordering::SeqCst);
-    let server_bytes = srv
-        .join()
-        .map_err(|_| LabError::Probe("bench server panicked".into()))??;
+    let server_bytes = srv.join().map_err(|_| LabError::Probe("bench server panicked".into()))??;
     let (ops, elapsed) = cli?;
     Ok(match kind {
         Kind::Stream => server_bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9,
@@ -146,8 +132,7 @@ fn serve_kind(l: &TcpListener, kind: Kind, stop: &AtomicBool) -> Result<u64> {
         };
         s.set_nonblocking(false).map_err(io_err("socket"))?;
         s.set_nodelay(true).map_err(io_err("socket"))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(io_err("socket"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(io_err("socket"))?;
         match kind {
             Kind::Stream => loop {
                 match s.read(&mut buf) {
@@ -178,11 +163,7 @@ fn serve_kind(l: &TcpListener, kind: Kind, stop: &AtomicBool) -> Result<u64> {
 
 fn readable(l: &TcpListener, timeout_ms: i32) -> bool {
     use std::os::fd::AsRawFd;
-    let mut fds = libc::pollfd {
-        fd: l.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut fds = libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd for the duration of the call.
     unsafe { libc::poll(&mut fds, 1, timeout_ms) > 0 }
 }
@@ -192,26 +173,24 @@ fn client_kind(target: SocketAddrV4, kind: Kind, secs: Duration) -> Result<(u64,
     let mut ops = 0u64;
     match kind {
         Kind::Stream => {
-            let mut s = TcpStream::connect_timeout(&target.into(), Duration::from_secs(3))
-                .map_err(io_err("connect"))?;
+            let mut s =
+                TcpStream::connect_timeout(&target.into(), Duration::from_secs(3)).map_err(io_err("connect"))?;
             let buf = vec![0x5au8; 128 * 1024];
             while start.elapsed() < secs {
                 s.write_all(&buf).map_err(io_err("write"))?;
                 ops += 1;
             }
-            s.shutdown(std::net::Shutdown::Write)
-                .map_err(io_err("shutdown"))?;
+            s.shutdown(std::net::Shutdown::Write).map_err(io_err("shutdown"))?;
             // Wait for the server to drain so its byte count covers what was sent.
             let mut b = [0u8; 16];
             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
             let _ = s.read(&mut b);
         }
         Kind::Rr => {
-            let mut s = TcpStream::connect_timeout(&target.into(), Duration::from_secs(3))
-                .map_err(io_err("connect"))?;
+            let mut s =
+                TcpStream::connect_timeout(&target.into(), Duration::from_secs(3)).map_err(io_err("connect"))?;
             s.set_nodelay(true).map_err(io_err("socket"))?;
-            s.set_read_timeout(Some(Duration::from_secs(3)))
-                .map_err(io_err("socket"))?;
+            s.set_read_timeout(Some(Duration::from_secs(3))).map_err(io_err("socket"))?;
             let mut b = [1u8; 1];
             while start.elapsed() < secs {
                 for _ in 0..64 {
@@ -224,11 +203,10 @@ fn client_kind(target: SocketAddrV4, kind: Kind, secs: Duration) -> Result<(u64,
         Kind::Crr => {
             let mut b = [1u8; 1];
             while start.elapsed() < secs {
-                let mut s = TcpStream::connect_timeout(&target.into(), Duration::from_secs(3))
-                    .map_err(io_err("connect"))?;
+                let mut s =
+                    TcpStream::connect_timeout(&target.into(), Duration::from_secs(3)).map_err(io_err("connect"))?;
                 s.set_nodelay(true).map_err(io_err("socket"))?;
-                s.set_read_timeout(Some(Duration::from_secs(3)))
-                    .map_err(io_err("socket"))?;
+                s.set_read_timeout(Some(Duration::from_secs(3))).map_err(io_err("socket"))?;
                 s.write_all(&b).map_err(io_err("write"))?;
                 s.read_exact(&mut b).map_err(io_err("read"))?;
                 let mut rest = [0u8; 1];
@@ -295,59 +273,119 @@ impl Drop for LabGuard {
 }
 
 fn lab_pair(st: &LabState) -> Result<(PathBuf, PathBuf, Ipv4Addr)> {
-    let srv = st
-        .pod("server")
-        .ok_or_else(|| LabError::State("bench lab has no server pod".into()))?;
-    let cli = st
-        .pod("client")
-        .ok_or_else(|| LabError::State("bench lab has no client pod".into()))?;
-    let ip = st
-        .pod_ip(srv)
-        .ok_or_else(|| LabError::State("bench server pod has no IP".into()))?;
-    Ok((
-        names::netns_path(&cli.netns),
-        names::netns_path(&srv.netns),
-        ip,
-    ))
+    let srv = st.pod("server").ok_or_else(|| LabError::State("bench lab has no server pod".into()))?;
+    let cli = st.pod("client").ok_or_else(|| LabError::State("bench lab has no client pod".into()))?;
+    let ip = st.pod_ip(srv).ok_or_else(|| LabError::State("bench server pod has no IP".into()))?;
+    Ok((names::netns_path(&cli.netns), names::netns_path(&srv.netns), ip))
+}
+
+/// The same hops as a host-gw lab (pod veth, node, underlay bridge, node, pod veth) routed by hand: no pod
+/// bridge, no nftables, no agent. Separates what the lab's topology costs from what Trellis adds.
+pub struct RoutedPath {
+    lab: String,
+    pub client: String,
+    pub server: String,
+    pub server_ip: Ipv4Addr,
+}
+
+impl RoutedPath {
+    pub fn create(lab: &str) -> Result<RoutedPath> {
+        let plan = crate::plan::plan(&bench_topology(lab, Mode::HostGw)?, None)?;
+        let mut net = NetlinkNet::default();
+        let r = RoutedPath {
+            lab: lab.into(),
+            client: plan.pods[1].netns.clone(),
+            server: plan.pods[0].netns.clone(),
+            server_ip: Ipv4Addr::new(10, 250, 0, 2),
+        };
+        underlay::setup_skeleton(&mut net, &plan)?;
+        // node i: pod subnet 10.250.i.0/24, node side .1, pod .2; each node routes the other's subnet via its
+        // underlay address.
+        for (i, (node, pod)) in
+            [(&plan.nodes[0], &plan.pods[0]), (&plan.nodes[1], &plan.pods[1])].into_iter().enumerate()
+        {
+            let gw = Ipv4Addr::new(10, 250, i as u8, 1);
+            net.add_veth(&node.netns, "p0", &pod.netns, "eth0", plan.underlay_mtu)?;
+            net.add_addr(&node.netns, "p0", Ipv4Net::new(gw, 24).expect("literal"))?;
+            net.add_addr(&pod.netns, "eth0", Ipv4Net::new(Ipv4Addr::new(10, 250, i as u8, 2), 24).expect("literal"))?;
+            net.set_up(&node.netns, "p0")?;
+            net.set_up(&pod.netns, "eth0")?;
+            net.sysctl(&node.netns, "net.ipv4.ip_forward", "1")?;
+            add_route(&pod.netns, "0.0.0.0/0", gw)?;
+            let peer = &plan.nodes[1 - i];
+            add_route(&node.netns, &format!("10.250.{}.0/24", 1 - i), peer.internal_ip)?;
+        }
+        Ok(r)
+    }
+}
+
+fn add_route(netns: &str, dst: &str, via: Ipv4Addr) -> Result<()> {
+    let nl = |source| LabError::Netlink { netns: netns.to_string(), source };
+    let mut h = trellis_netlink::Handle::in_netns(&names::netns_path(netns)).map_err(nl)?;
+    let dst: ipnet::IpNet = dst.parse().expect("literal");
+    h.ensure_route(&trellis_netlink::Route::new(dst).via(via.into())).map_err(nl)
+}
+
+impl Drop for RoutedPath {
+    fn drop(&mut self) {
+        let _ = underlay::teardown_netns(&mut NetlinkNet::default(), &self.lab);
+    }
+}
+
+/// One measured path: where the client and server run and the server's address.
+struct PathUnderTest {
+    label: &'static str,
+    client: PathBuf,
+    server: PathBuf,
+    ip: Ipv4Addr,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
-    let base = args
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("b{}", std::process::id()));
+    let base = args.name.clone().unwrap_or_else(|| format!("b{}", std::process::id()));
     crate::topology::validate_lab_name(&format!("{base}vx"))?;
     let secs = Duration::from_secs(args.secs.max(1));
     let bin_dir = match &args.bin_dir {
         Some(d) => d.clone(),
         None => lab::default_bin_dir()?,
     };
-    let lab_exe = std::env::current_exe()
-        .map_err(|e| LabError::io("locating trellis-lab", "/proc/self/exe", e))?;
-    let mut rows = Vec::new();
+    let lab_exe = std::env::current_exe().map_err(|e| LabError::io("locating trellis-lab", "/proc/self/exe", e))?;
 
+    // Everything is built first and measured interleaved, so load from elsewhere on the machine spreads over
+    // all paths instead of skewing one.
+    let mut guards = Vec::new();
+    let mut paths = Vec::new();
+    let veth_lab = format!("{base}ve");
+    guards.push(LabGuard(veth_lab.clone()));
+    let pair = VethPair::create(&veth_lab)?;
+    paths.push(PathUnderTest {
+        label: "veth pair (limit)",
+        client: names::netns_path(&pair.b),
+        server: names::netns_path(&pair.a),
+        ip: Ipv4Addr::new(10, 99, 0, 1),
+    });
+    let routed_lab = format!("{base}rt");
+    guards.push(LabGuard(routed_lab.clone()));
+    let routed = RoutedPath::create(&routed_lab)?;
+    paths.push(PathUnderTest {
+        label: "routed by hand, same hops as host-gw (reference)",
+        client: names::netns_path(&routed.client),
+        server: names::netns_path(&routed.server),
+        ip: routed.server_ip,
+    });
+    for (suffix, mode, label) in
+        [("hg", Mode::HostGw, "host-gw, across nodes"), ("vx", Mode::Vxlan, "vxlan, across nodes")]
     {
-        let veth_lab = format!("{base}ve");
-        let _guard = LabGuard(veth_lab.clone());
-        let pair = VethPair::create(&veth_lab)?;
-        let n = measure(
-            &names::netns_path(&pair.b),
-            &names::netns_path(&pair.a),
-            Ipv4Addr::new(10, 99, 0, 1),
-            secs,
-        )?;
-        let _ = writeln!(out, "veth: {n:?}");
-        rows.push(Row {
-            path: "veth pair (limit)".into(),
-            n,
-        });
-    }
-    for (suffix, mode, label) in [
-        ("hg", Mode::HostGw, "host-gw, across nodes"),
-        ("vx", Mode::Vxlan, "vxlan, across nodes"),
-    ] {
         let name = format!("{base}{suffix}");
-        let _guard = LabGuard(name.clone());
+        guards.push(LabGuard(name.clone()));
         let opts = UpOptions {
             topology: bench_topology(&name, mode)?,
             mode: None,
@@ -358,14 +396,42 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
             agent_timeout: Duration::from_secs(60),
         };
         let st = lab::up(&opts, &mut std::io::sink())?;
-        let (c, s, ip) = lab_pair(&st)?;
-        let n = measure(&c, &s, ip, secs)?;
-        let _ = writeln!(out, "{label}: {n:?}");
-        rows.push(Row {
-            path: label.into(),
-            n,
-        });
+        let (client, server, ip) = lab_pair(&st)?;
+        paths.push(PathUnderTest { label, client, server, ip });
     }
+    let _ = writeln!(out, "{} paths up; {} rounds of {}s per measurement", paths.len(), args.rounds, args.secs);
+
+    let mut samples: Vec<Vec<Numbers>> = vec![Vec::new(); paths.len()];
+    for round in 0..args.rounds.max(1) {
+        for (i, p) in paths.iter().enumerate() {
+            let n = measure(&p.client, &p.server, p.ip, secs)?;
+            let _ = writeln!(
+                out,
+                "round {}: {:<50} {:>7.2} Gbit/s {:>8.0} RR/s {:>7.0} CRR/s",
+                round + 1,
+                p.label,
+                n.throughput,
+                n.rr,
+                n.crr
+            );
+            samples[i].push(n);
+        }
+    }
+    let rows: Vec<Row> = paths
+        .iter()
+        .zip(samples)
+        .map(|(p, s)| Row {
+            path: p.label.into(),
+            n: Numbers {
+                throughput: median(s.iter().map(|n| n.throughput).collect()),
+                rr: median(s.iter().map(|n| n.rr).collect()),
+                crr: median(s.iter().map(|n| n.crr).collect()),
+            },
+        })
+        .collect();
+    drop(routed);
+    drop(pair);
+    drop(guards);
     let table = render(&rows, &command_line(args));
     let _ = writeln!(out, "\n{table}");
     if args.write {
@@ -376,22 +442,17 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
 }
 
 fn command_line(args: &BenchArgs) -> String {
-    let profile = if cfg!(debug_assertions) {
-        ""
-    } else {
-        " --release"
-    };
+    let profile = if cfg!(debug_assertions) { "" } else { " --release" };
     format!(
-        "cargo run -p trellis-lab{profile} -- bench --secs {}{}",
+        "cargo run -p trellis-lab{profile} -- bench --secs {} --rounds {}{}",
         args.secs,
+        args.rounds,
         if args.write { " --write" } else { "" }
     )
 }
 
 fn find<'a>(rows: &'a [Row], prefix: &str) -> Option<&'a Numbers> {
-    rows.iter()
-        .find(|r| r.path.starts_with(prefix))
-        .map(|r| &r.n)
+    rows.iter().find(|r| r.path.starts_with(prefix)).map(|r| &r.n)
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
@@ -403,23 +464,27 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 
 /// The markdown section: table, ratios against the goals, and the command.
 pub fn render(rows: &[Row], command: &str) -> String {
-    let mut s = String::from("| path | TCP throughput (Gbit/s) | TCP RR (trans/s) | TCP CRR (conn/s) |\n| --- | ---: | ---: | ---: |\n");
+    let mut s = String::from(
+        "| path | TCP throughput (Gbit/s) | TCP RR (trans/s) | TCP CRR (conn/s) |\n| --- | ---: | ---: | ---: |\n",
+    );
     for r in rows {
-        s.push_str(&format!(
-            "| {} | {:.2} | {:.0} | {:.0} |\n",
-            r.path, r.n.throughput, r.n.rr, r.n.crr
-        ));
+        s.push_str(&format!("| {} | {:.2} | {:.0} | {:.0} |\n", r.path, r.n.throughput, r.n.rr, r.n.crr));
     }
     let hg = find(rows, "host-gw");
     let vx = find(rows, "vxlan");
     let ve = find(rows, "veth");
+    let rt = find(rows, "routed");
     s.push_str(&format!(
-        "\nhost-gw RR / veth RR = {} (goal >= 0.90); vxlan CRR / host-gw CRR = {} (goal >= 0.70); vxlan throughput / host-gw = {}\n",
+        "\n- host-gw RR / veth RR = {} (goal >= 0.90)\n- vxlan CRR / host-gw CRR = {} (goal >= 0.70)\n- host-gw RR / hand-routed RR on the same hops = {}; vxlan throughput / host-gw = {}\n",
         ratio(hg.map(|n| n.rr), ve.map(|n| n.rr)),
         ratio(vx.map(|n| n.crr), hg.map(|n| n.crr)),
+        ratio(hg.map(|n| n.rr), rt.map(|n| n.rr)),
         ratio(vx.map(|n| n.throughput), hg.map(|n| n.throughput)),
     ));
-    s.push_str(&format!("\nCommand: `{command}`\n"));
+    s.push_str(&format!(
+        "\nMedians over interleaved rounds; client and server are threads of trellis-lab in the pods' netns, \
+         1 connection (RR: 1-byte ping-pong; CRR: connect, 1 byte each way, server closes). Command: `{command}`\n"
+    ));
     s
 }
 
@@ -437,11 +502,7 @@ pub fn splice(doc: &str, section: &str) -> String {
             } else {
                 "\n\n"
             };
-            let head = if doc.is_empty() {
-                "# Benchmarks\n\n"
-            } else {
-                ""
-            };
+            let head = if doc.is_empty() { "# Benchmarks\n\n" } else { "" };
             format!("{head}{doc}{sep}## Network lab (trellis-lab bench)\n\n{block}\n")
         }
     }
@@ -461,14 +522,7 @@ mod tests {
     use super::*;
 
     fn rows() -> Vec<Row> {
-        let r = |p: &str, t, rr, crr| Row {
-            path: p.into(),
-            n: Numbers {
-                throughput: t,
-                rr,
-                crr,
-            },
-        };
+        let r = |p: &str, t, rr, crr| Row { path: p.into(), n: Numbers { throughput: t, rr, crr } };
         vec![
             r("veth pair (limit)", 40.0, 50000.0, 10000.0),
             r("host-gw, across nodes", 30.0, 45000.0, 8000.0),
@@ -480,11 +534,9 @@ mod tests {
     fn render_has_ratios_and_command() {
         let s = render(&rows(), "cmd");
         assert!(s.contains("host-gw RR / veth RR = 0.90"), "{s}");
+        assert!(s.contains("hand-routed RR on the same hops = n/a"), "{s}");
         assert!(s.contains("vxlan CRR / host-gw CRR = 0.75"), "{s}");
-        assert!(
-            s.contains("| vxlan, across nodes | 10.00 | 30000 | 6000 |"),
-            "{s}"
-        );
+        assert!(s.contains("| vxlan, across nodes | 10.00 | 30000 | 6000 |"), "{s}");
         assert!(s.contains("`cmd`"));
         assert!(render(&rows()[..1], "c").contains("n/a"));
     }

@@ -12,13 +12,7 @@ use crate::plan::PodPlan;
 use crate::state::LabState;
 
 /// What the lab expects for one probe. For now everything is reachable; NetworkPolicy plugs in here later.
-pub fn expected(
-    _st: &LabState,
-    _from: &Endpoint,
-    _to: &PodPlan,
-    _port: u16,
-    _proto: Proto,
-) -> bool {
+pub fn expected(_st: &LabState, _from: &Endpoint, _to: &PodPlan, _port: u16, _proto: Proto) -> bool {
     true
 }
 
@@ -46,20 +40,8 @@ impl Matrix {
     }
 
     pub fn render(&self) -> String {
-        let w = self
-            .targets
-            .iter()
-            .map(String::len)
-            .max()
-            .unwrap_or(4)
-            .max(7);
-        let sw = self
-            .sources
-            .iter()
-            .map(String::len)
-            .max()
-            .unwrap_or(4)
-            .max(9);
+        let w = self.targets.iter().map(String::len).max().unwrap_or(4).max(7);
+        let sw = self.sources.iter().map(String::len).max().unwrap_or(4).max(9);
         let mut s = format!("{:<sw$}", "FROM \\ TO");
         for t in &self.targets {
             s.push_str(&format!(" {t:<w$}"));
@@ -68,27 +50,16 @@ impl Matrix {
         for src in &self.sources {
             s.push_str(&format!("{src:<sw$}"));
             for t in &self.targets {
-                let cells: Vec<&Cell> = self
-                    .cells
-                    .iter()
-                    .filter(|c| &c.from == src && &c.to == t)
-                    .collect();
+                let cells: Vec<&Cell> = self.cells.iter().filter(|c| &c.from == src && &c.to == t).collect();
                 s.push_str(&format!(" {:<w$}", cell_text(&cells)));
             }
             s.push('\n');
         }
-        let bad: Vec<&Cell> = self
-            .cells
-            .iter()
-            .filter(|c| c.expected != c.reached)
-            .collect();
+        let bad: Vec<&Cell> = self.cells.iter().filter(|c| c.expected != c.reached).collect();
         if bad.is_empty() {
             s.push_str("matrix matches expectations\n");
         } else {
-            s.push_str(&format!(
-                "{} probe(s) differ from expectations:\n",
-                bad.len()
-            ));
+            s.push_str(&format!("{} probe(s) differ from expectations:\n", bad.len()));
             for c in bad {
                 s.push_str(&format!(
                     "  {} -> {} {}: expected {}, got {} ({})\n",
@@ -111,11 +82,7 @@ fn cell_text(cells: &[&Cell]) -> String {
         return "-".into();
     }
     let mismatch = cells.iter().any(|c| c.expected != c.reached);
-    let reached: Vec<String> = cells
-        .iter()
-        .filter(|c| c.reached)
-        .map(|c| c.proto.to_string())
-        .collect();
+    let reached: Vec<String> = cells.iter().filter(|c| c.reached).map(|c| c.proto.to_string()).collect();
     let body = if reached.len() == cells.len() {
         "ok".to_string()
     } else if reached.is_empty() {
@@ -135,11 +102,7 @@ pub fn sources(st: &LabState) -> Vec<Endpoint> {
         .plan
         .pods
         .iter()
-        .map(|p| Endpoint {
-            label: p.name.clone(),
-            netns: p.netns.clone(),
-            is_node: false,
-        })
+        .map(|p| Endpoint { label: p.name.clone(), netns: p.netns.clone(), is_node: false })
         .collect();
     v.extend(st.plan.nodes.iter().map(|n| Endpoint {
         label: format!("node/{}", n.name),
@@ -153,19 +116,10 @@ pub fn sources(st: &LabState) -> Vec<Endpoint> {
 pub fn run(st: &LabState, timeout: Duration) -> Result<Matrix> {
     let srcs = sources(st);
     let results: Vec<Result<Vec<Cell>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = srcs
-            .iter()
-            .map(|src| s.spawn(move || probe_all_from(st, src, timeout)))
-            .collect();
+        let handles: Vec<_> = srcs.iter().map(|src| s.spawn(move || probe_all_from(st, src, timeout))).collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(crate::error::LabError::Probe(
-                        "probe thread panicked".into(),
-                    ))
-                })
-            })
+            .map(|h| h.join().unwrap_or_else(|_| Err(crate::error::LabError::Probe("probe thread panicked".into()))))
             .collect()
     });
     let mut m = Matrix {
@@ -194,14 +148,7 @@ fn probe_all_from(st: &LabState, src: &Endpoint, timeout: Duration) -> Result<Ve
                         Err(e) => (false, e.to_string()),
                     },
                 };
-                cells.push(Cell {
-                    from: src.label.clone(),
-                    to: to.name.clone(),
-                    proto,
-                    expected,
-                    reached,
-                    detail,
-                });
+                cells.push(Cell { from: src.label.clone(), to: to.name.clone(), proto, expected, reached, detail });
             }
         }
         cells
@@ -213,14 +160,7 @@ mod tests {
     use super::*;
 
     fn cell(from: &str, to: &str, proto: Proto, expected: bool, reached: bool) -> Cell {
-        Cell {
-            from: from.into(),
-            to: to.into(),
-            proto,
-            expected,
-            reached,
-            detail: "x".into(),
-        }
+        Cell { from: from.into(), to: to.into(), proto, expected, reached, detail: "x".into() }
     }
 
     #[test]
@@ -257,8 +197,6 @@ mod tests {
         let st = LabState::new(plan, "/x".into(), None);
         let srcs = sources(&st);
         assert_eq!(srcs.len(), 6);
-        assert!(srcs
-            .iter()
-            .all(|s| expected(&st, s, &st.plan.pods[0], 8080, Proto::Tcp)));
+        assert!(srcs.iter().all(|s| expected(&st, s, &st.plan.pods[0], 8080, Proto::Tcp)));
     }
 }

@@ -25,11 +25,7 @@ pub struct Invocation {
 
 impl Invocation {
     pub fn env(&self) -> Vec<(String, String)> {
-        let path: Vec<String> = self
-            .cni_path
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
+        let path: Vec<String> = self.cni_path.iter().map(|p| p.display().to_string()).collect();
         vec![
             ("CNI_COMMAND".into(), self.command.into()),
             ("CNI_CONTAINERID".into(), self.container_id.clone()),
@@ -49,22 +45,14 @@ impl Invocation {
 
 /// The plugin list of a conflist (or a single plugin config, as a one-element list).
 pub fn plugins(conflist: &Value) -> Result<Vec<Value>> {
-    let bad = |r: &str| LabError::Cni {
-        plugin: "conflist".into(),
-        command: "parse".into(),
-        reason: r.into(),
-    };
+    let bad = |r: &str| LabError::Cni { plugin: "conflist".into(), command: "parse".into(), reason: r.into() };
     if let Some(list) = conflist.get("plugins") {
-        let list = list
-            .as_array()
-            .ok_or_else(|| bad("plugins is not a list"))?;
+        let list = list.as_array().ok_or_else(|| bad("plugins is not a list"))?;
         if list.is_empty() {
             return Err(bad("plugins is empty"));
         }
         for p in list {
-            p.get("type")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("a plugin has no type"))?;
+            p.get("type").and_then(Value::as_str).ok_or_else(|| bad("a plugin has no type"))?;
         }
         Ok(list.clone())
     } else if conflist.get("type").and_then(Value::as_str).is_some() {
@@ -99,15 +87,9 @@ pub fn plugin_config(conflist: &Value, plugin: &Value, prev: Option<&Value>) -> 
 pub fn result_ipv4(result: &Value) -> Option<Ipv4Addr> {
     let from_cidr = |s: &str| s.split('/').next().and_then(|a| a.parse::<Ipv4Addr>().ok());
     if let Some(ips) = result.get("ips").and_then(Value::as_array) {
-        return ips
-            .iter()
-            .filter_map(|ip| ip.get("address").and_then(Value::as_str))
-            .find_map(from_cidr);
+        return ips.iter().filter_map(|ip| ip.get("address").and_then(Value::as_str)).find_map(from_cidr);
     }
-    result
-        .pointer("/ip4/ip")
-        .and_then(Value::as_str)
-        .and_then(from_cidr)
+    result.pointer("/ip4/ip").and_then(Value::as_str).and_then(from_cidr)
 }
 
 pub fn find_plugin(kind: &str, cni_path: &[PathBuf]) -> Result<PathBuf> {
@@ -118,63 +100,38 @@ pub fn find_plugin(kind: &str, cni_path: &[PathBuf]) -> Result<PathBuf> {
             reason: "plugin type must be a plain name".into(),
         });
     }
-    cni_path
-        .iter()
-        .map(|d| d.join(kind))
-        .find(|p| p.is_file())
-        .ok_or_else(|| LabError::Cni {
-            plugin: kind.into(),
-            command: "find".into(),
-            reason: format!("not found in CNI_PATH {cni_path:?}"),
-        })
+    cni_path.iter().map(|d| d.join(kind)).find(|p| p.is_file()).ok_or_else(|| LabError::Cni {
+        plugin: kind.into(),
+        command: "find".into(),
+        reason: format!("not found in CNI_PATH {cni_path:?}"),
+    })
 }
 
 /// Runs one plugin inside the netns `run_netns` (the node), returning its stdout JSON (None when empty).
-pub fn exec_plugin(
-    inv: &Invocation,
-    kind: &str,
-    stdin: &Value,
-    run_netns: &Path,
-    lab: &str,
-) -> Result<Option<Value>> {
+pub fn exec_plugin(inv: &Invocation, kind: &str, stdin: &Value, run_netns: &Path, lab: &str) -> Result<Option<Value>> {
     let bin = find_plugin(kind, &inv.cni_path)?;
     let mut cmd = Command::new(&bin);
     cmd.env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .envs(inv.env())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let err = |reason: String| LabError::Cni {
-        plugin: kind.into(),
-        command: inv.command.into(),
-        reason,
-    };
+    let err = |reason: String| LabError::Cni { plugin: kind.into(), command: inv.command.into(), reason };
     let mut child = crate::nsexec::spawn_in(&mut cmd, run_netns, lab, false)?;
     let input = stdin.to_string();
     if let Some(mut si) = child.stdin.take() {
-        si.write_all(input.as_bytes())
-            .map_err(|e| err(format!("writing stdin: {e}")))?;
+        si.write_all(input.as_bytes()).map_err(|e| err(format!("writing stdin: {e}")))?;
     }
     let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        return Err(err(format!(
-            "{}: {} {}",
-            out.status,
-            stdout.trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(err(format!("{}: {} {}", out.status, stdout.trim(), String::from_utf8_lossy(&out.stderr).trim())));
     }
     if stdout.trim().is_empty() {
         return Ok(None);
     }
-    serde_json::from_str(&stdout)
-        .map(Some)
-        .map_err(|e| err(format!("result is not JSON ({e}): {stdout}")))
+    serde_json::from_str(&stdout).map(Some).map_err(|e| err(format!("result is not JSON ({e}): {stdout}")))
 }
 
 /// ADD through every plugin in order; returns the final result.
@@ -235,10 +192,7 @@ mod tests {
 
     #[test]
     fn single_conf_and_bad_lists() {
-        assert_eq!(
-            plugins(&json!({"type": "x", "name": "n"})).unwrap().len(),
-            1
-        );
+        assert_eq!(plugins(&json!({"type": "x", "name": "n"})).unwrap().len(), 1);
         assert!(plugins(&json!({"plugins": []})).is_err());
         assert!(plugins(&json!({"plugins": [{"name": "no-type"}]})).is_err());
         assert!(plugins(&json!({"name": "n"})).is_err());
@@ -246,16 +200,10 @@ mod tests {
 
     #[test]
     fn result_addresses() {
-        assert_eq!(
-            result_ipv4(&sample_result("10.244.0.2/24")),
-            Some(Ipv4Addr::new(10, 244, 0, 2))
-        );
+        assert_eq!(result_ipv4(&sample_result("10.244.0.2/24")), Some(Ipv4Addr::new(10, 244, 0, 2)));
         let v6_first = json!({"ips": [{"address": "fd00::2/64"}, {"address": "10.1.0.3/16"}]});
         assert_eq!(result_ipv4(&v6_first), Some(Ipv4Addr::new(10, 1, 0, 3)));
-        assert_eq!(
-            result_ipv4(&json!({"ip4": {"ip": "10.0.0.9/8"}})),
-            Some(Ipv4Addr::new(10, 0, 0, 9))
-        );
+        assert_eq!(result_ipv4(&json!({"ip4": {"ip": "10.0.0.9/8"}})), Some(Ipv4Addr::new(10, 0, 0, 9)));
         assert_eq!(result_ipv4(&json!({})), None);
     }
 

@@ -19,9 +19,7 @@ impl std::str::FromStr for Proto {
         match s.to_ascii_lowercase().as_str() {
             "tcp" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
-            o => Err(LabError::Probe(format!(
-                "protocol {o:?}: expected tcp or udp"
-            ))),
+            o => Err(LabError::Probe(format!("protocol {o:?}: expected tcp or udp"))),
         }
     }
 }
@@ -40,10 +38,8 @@ pub fn serve(name: &str, ports: &[u16]) -> Result<()> {
     let mut handles = Vec::new();
     for &port in ports {
         let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-        let tcp = TcpListener::bind(addr)
-            .map_err(|e| LabError::Probe(format!("bind tcp {addr}: {e}")))?;
-        let udp =
-            UdpSocket::bind(addr).map_err(|e| LabError::Probe(format!("bind udp {addr}: {e}")))?;
+        let tcp = TcpListener::bind(addr).map_err(|e| LabError::Probe(format!("bind tcp {addr}: {e}")))?;
+        let udp = UdpSocket::bind(addr).map_err(|e| LabError::Probe(format!("bind udp {addr}: {e}")))?;
         let n = name.to_string();
         handles.push(std::thread::spawn(move || serve_tcp(tcp, &n)));
         let n = name.to_string();
@@ -84,18 +80,13 @@ fn serve_udp(sock: UdpSocket, name: &str) {
 /// Connects to `ip:port` and returns the name the server answers with.
 pub fn probe(ip: Ipv4Addr, port: u16, proto: Proto, timeout: Duration) -> Result<String> {
     let target = SocketAddrV4::new(ip, port);
-    let fail =
-        |what: &str, e: std::io::Error| LabError::Probe(format!("{proto} {target}: {what}: {e}"));
+    let fail = |what: &str, e: std::io::Error| LabError::Probe(format!("{proto} {target}: {what}: {e}"));
     match proto {
         Proto::Tcp => {
             let start = Instant::now();
-            let mut s = TcpStream::connect_timeout(&target.into(), timeout)
-                .map_err(|e| fail("connect", e))?;
-            let left = timeout
-                .saturating_sub(start.elapsed())
-                .max(Duration::from_millis(1));
-            s.set_read_timeout(Some(left))
-                .map_err(|e| fail("socket", e))?;
+            let mut s = TcpStream::connect_timeout(&target.into(), timeout).map_err(|e| fail("connect", e))?;
+            let left = timeout.saturating_sub(start.elapsed()).max(Duration::from_millis(1));
+            s.set_read_timeout(Some(left)).map_err(|e| fail("socket", e))?;
             let mut out = String::new();
             s.read_to_string(&mut out).map_err(|e| fail("read", e))?;
             let name = out.trim().to_string();
@@ -113,24 +104,15 @@ pub fn probe(ip: Ipv4Addr, port: u16, proto: Proto, timeout: Duration) -> Result
             loop {
                 let now = Instant::now();
                 if now >= deadline {
-                    return Err(LabError::Probe(format!(
-                        "udp {target}: no answer within {timeout:?}"
-                    )));
+                    return Err(LabError::Probe(format!("udp {target}: no answer within {timeout:?}")));
                 }
                 let _ = s.send(b"?");
                 let wait = (deadline - now).min(Duration::from_millis(250));
-                s.set_read_timeout(Some(wait))
-                    .map_err(|e| fail("socket", e))?;
+                s.set_read_timeout(Some(wait)).map_err(|e| fail("socket", e))?;
                 match s.recv(&mut buf) {
-                    Ok(n) if n > 0 => {
-                        return Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
-                    }
+                    Ok(n) if n > 0 => return Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string()),
                     Ok(_) => {}
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
                     Err(e) => return Err(fail("recv", e)),
                 }
             }
@@ -145,36 +127,18 @@ mod tests {
     #[test]
     fn echo_over_loopback_tcp_and_udp() {
         // Port 0 is not allowed by serve(); find a free port first.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         std::thread::spawn(move || serve("pod-a", &[port]));
         let deadline = Instant::now() + Duration::from_secs(5);
         let name = loop {
-            match probe(
-                Ipv4Addr::LOCALHOST,
-                port,
-                Proto::Tcp,
-                Duration::from_millis(500),
-            ) {
+            match probe(Ipv4Addr::LOCALHOST, port, Proto::Tcp, Duration::from_millis(500)) {
                 Ok(n) => break n,
                 Err(e) if Instant::now() > deadline => panic!("{e}"),
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         };
         assert_eq!(name, "pod-a");
-        assert_eq!(
-            probe(
-                Ipv4Addr::LOCALHOST,
-                port,
-                Proto::Udp,
-                Duration::from_secs(2)
-            )
-            .unwrap(),
-            "pod-a"
-        );
+        assert_eq!(probe(Ipv4Addr::LOCALHOST, port, Proto::Udp, Duration::from_secs(2)).unwrap(), "pod-a");
     }
 
     #[test]
@@ -183,13 +147,7 @@ mod tests {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        assert!(probe(
-            Ipv4Addr::LOCALHOST,
-            port,
-            Proto::Tcp,
-            Duration::from_millis(300)
-        )
-        .is_err());
+        assert!(probe(Ipv4Addr::LOCALHOST, port, Proto::Tcp, Duration::from_millis(300)).is_err());
         assert!("sctp".parse::<Proto>().is_err());
     }
 }

@@ -16,11 +16,7 @@ pub enum LabError {
         source: std::io::Error,
     },
     #[error("`{cmd}` failed ({status}): {stderr}")]
-    Command {
-        cmd: String,
-        status: String,
-        stderr: String,
-    },
+    Command { cmd: String, status: String, stderr: String },
     #[error("network namespace {name}: {reason}")]
     Netns { name: String, reason: String },
     #[error("netlink in {netns}: {source}")]
@@ -34,11 +30,7 @@ pub enum LabError {
     #[error("manifest {file}: {reason}")]
     Manifest { file: String, reason: String },
     #[error("CNI plugin {plugin} {command} failed: {reason}")]
-    Cni {
-        plugin: String,
-        command: String,
-        reason: String,
-    },
+    Cni { plugin: String, command: String, reason: String },
     #[error("process {what}: {reason}")]
     Process { what: String, reason: String },
     #[error("probe: {0}")]
@@ -55,10 +47,6 @@ pub type Result<T> = std::result::Result<T, LabError>;
 
 impl LabError {
     pub fn io(context: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        LabError::Io {
-            context,
-            path: path.into(),
-            source,
-        }
+        LabError::Io { context, path: path.into(), source }
     }
 }

@@ -44,19 +44,13 @@ pub struct UpOptions {
 
 /// The directory holding the binaries: `--bin-dir`, else the one `trellis-lab` runs from.
 pub fn default_bin_dir() -> Result<PathBuf> {
-    let exe = std::env::current_exe()
-        .map_err(|e| LabError::io("locating trellis-lab", "/proc/self/exe", e))?;
-    Ok(exe
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(".")))
+    let exe = std::env::current_exe().map_err(|e| LabError::io("locating trellis-lab", "/proc/self/exe", e))?;
+    Ok(exe.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")))
 }
 
 fn check_binaries(bin_dir: &Path) -> Result<()> {
-    let missing: Vec<&str> = [PLUGIN_BIN, IPAM_BIN, AGENT_BIN]
-        .into_iter()
-        .filter(|b| !bin_dir.join(b).is_file())
-        .collect();
+    let missing: Vec<&str> =
+        [PLUGIN_BIN, IPAM_BIN, AGENT_BIN].into_iter().filter(|b| !bin_dir.join(b).is_file()).collect();
     if missing.is_empty() {
         Ok(())
     } else {
@@ -72,10 +66,7 @@ fn check_binaries(bin_dir: &Path) -> Result<()> {
 pub fn lab_exists(lab: &str) -> Result<bool> {
     let prefix = names::netns_prefix(lab);
     Ok(LabDirs::new(lab).root.exists()
-        || NetlinkNet::default()
-            .list_netns()?
-            .iter()
-            .any(|n| n.starts_with(&prefix))
+        || NetlinkNet::default().list_netns()?.iter().any(|n| n.starts_with(&prefix))
         || !nsexec::pids_tagged(lab).is_empty())
 }
 
@@ -105,39 +96,22 @@ pub fn up(opts: &UpOptions, out: &mut dyn std::io::Write) -> Result<LabState> {
     }
     check_binaries(&opts.bin_dir)?;
     let dirs = LabDirs::new(&lab);
-    for d in [
-        dirs.root.clone(),
-        dirs.manifests(),
-        dirs.staging(),
-        dirs.logs(),
-        dirs.pids(),
-    ] {
+    for d in [dirs.root.clone(), dirs.manifests(), dirs.staging(), dirs.logs(), dirs.pids()] {
         state::ensure_dir(&d)?;
     }
     for n in &plan.nodes {
         state::ensure_dir(&dirs.cni_conf_dir(&n.name))?;
         state::ensure_dir(&dirs.ipam_dir(&n.name))?;
     }
-    let mut st = LabState::new(
-        plan.clone(),
-        opts.bin_dir.clone(),
-        opts.repair_interval_secs,
-    );
+    let mut st = LabState::new(plan.clone(), opts.bin_dir.clone(), opts.repair_interval_secs);
     st.save()?;
 
     underlay::setup_skeleton(&mut NetlinkNet::default(), &plan)?;
-    let _ = writeln!(
-        out,
-        "lab {lab}: {} nodes on {} ({})",
-        plan.nodes.len(),
-        plan.underlay_cidr,
-        plan.mode.as_str()
-    );
+    let _ = writeln!(out, "lab {lab}: {} nodes on {} ({})", plan.nodes.len(), plan.underlay_cidr, plan.mode.as_str());
 
     let store = ManifestStore::new(dirs.clone());
-    let namespaces: BTreeSet<&str> = std::iter::once("default")
-        .chain(plan.pods.iter().map(|p| p.namespace.as_str()))
-        .collect();
+    let namespaces: BTreeSet<&str> =
+        std::iter::once("default").chain(plan.pods.iter().map(|p| p.namespace.as_str())).collect();
     for ns in namespaces {
         store.write(&manifests::namespace_object(ns, &BTreeMap::new()))?;
     }
@@ -153,10 +127,7 @@ pub fn up(opts: &UpOptions, out: &mut dyn std::io::Write) -> Result<LabState> {
     }
     let mut conflists = BTreeMap::new();
     for n in &plan.nodes {
-        conflists.insert(
-            n.name.clone(),
-            wait_conflist(&st, &n.name, opts.agent_timeout)?,
-        );
+        conflists.insert(n.name.clone(), wait_conflist(&st, &n.name, opts.agent_timeout)?);
     }
     let _ = writeln!(out, "agents up, conflists written");
 
@@ -214,15 +185,10 @@ pub fn agent_command(st: &LabState, node: &str) -> Command {
 fn start_agent(st: &LabState, node: &str) -> Result<i32> {
     let dirs = st.dirs();
     let log = log_file(&dirs, &format!("agent-{node}.log"))?;
-    let log2 = log
-        .try_clone()
-        .map_err(|e| LabError::io("log", dirs.logs(), e))?;
+    let log2 = log.try_clone().map_err(|e| LabError::io("log", dirs.logs(), e))?;
     let mut cmd = agent_command(st, node);
     cmd.env("NODE_NAME", node)
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
@@ -246,11 +212,7 @@ fn wait_conflist(st: &LabState, node: &str, timeout: Duration) -> Result<Value> 
         if !nsexec::alive(pid) {
             return Err(LabError::Process {
                 what: format!("trellis-agent on {node}"),
-                reason: format!(
-                    "exited before writing {}; log:\n{}",
-                    path.display(),
-                    tail(&log, 20)
-                ),
+                reason: format!("exited before writing {}; log:\n{}", path.display(), tail(&log, 20)),
             });
         }
         if Instant::now() > deadline {
@@ -279,46 +241,25 @@ fn invocation(st: &LabState, pod: &PodPlan, command: &'static str) -> cni::Invoc
 fn add_pod(st: &LabState, pod: &PodPlan, conflist: &Value) -> Result<Ipv4Addr> {
     let node = st.plan.node(&pod.node).expect("validated");
     let inv = invocation(st, pod, "ADD");
-    let result = cni::add(
-        conflist,
-        &inv,
-        &names::netns_path(&node.netns),
-        &st.plan.name,
-    )?;
+    let result = cni::add(conflist, &inv, &names::netns_path(&node.netns), &st.plan.name)?;
     cni::result_ipv4(&result).ok_or_else(|| LabError::Cni {
         plugin: "conflist".into(),
         command: "ADD".into(),
-        reason: format!(
-            "result for {}/{} has no IPv4 address: {result}",
-            pod.namespace, pod.name
-        ),
+        reason: format!("result for {}/{} has no IPv4 address: {result}", pod.namespace, pod.name),
     })
 }
 
 fn start_server(st: &LabState, pod: &PodPlan, lab_exe: &Path) -> Result<i32> {
     let dirs = st.dirs();
     let log = log_file(&dirs, &format!("serve-{}_{}.log", pod.namespace, pod.name))?;
-    let log2 = log
-        .try_clone()
-        .map_err(|e| LabError::io("log", dirs.logs(), e))?;
+    let log2 = log.try_clone().map_err(|e| LabError::io("log", dirs.logs(), e))?;
     let ports: Vec<String> = pod.ports.iter().map(|p| p.port().to_string()).collect();
     let mut cmd = Command::new(lab_exe);
-    cmd.args([
-        "serve",
-        "--pod-name",
-        &pod.name,
-        "--ports",
-        &ports.join(","),
-    ])
-    .stdin(Stdio::null())
-    .stdout(log)
-    .stderr(log2);
-    let child = nsexec::spawn_in(
-        &mut cmd,
-        &names::netns_path(&pod.netns),
-        &st.plan.name,
-        true,
-    )?;
+    cmd.args(["serve", "--pod-name", &pod.name, "--ports", &ports.join(",")])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    let child = nsexec::spawn_in(&mut cmd, &names::netns_path(&pod.netns), &st.plan.name, true)?;
     Ok(child.id() as i32)
 }
 
@@ -327,21 +268,12 @@ fn wait_server(pod: &PodPlan) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let path = names::netns_path(&pod.netns);
     loop {
-        let r = nsexec::run_in(&path, || {
-            echo::probe(
-                Ipv4Addr::LOCALHOST,
-                port,
-                Proto::Tcp,
-                Duration::from_millis(300),
-            )
-        })?;
+        let r =
+            nsexec::run_in(&path, || echo::probe(Ipv4Addr::LOCALHOST, port, Proto::Tcp, Duration::from_millis(300)))?;
         match r {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() > deadline => {
-                return Err(LabError::Timeout(format!(
-                    "server in pod {}: {e}",
-                    pod.name
-                )))
+                return Err(LabError::Timeout(format!("server in pod {}: {e}", pod.name)))
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
@@ -350,10 +282,7 @@ fn wait_server(pod: &PodPlan) -> Result<()> {
 
 /// Destinations of the IPv4 routes in a lab netns (main table).
 pub fn route_destinations(netns: &str) -> Result<Vec<ipnet::Ipv4Net>> {
-    let nl = |source| LabError::Netlink {
-        netns: netns.to_string(),
-        source,
-    };
+    let nl = |source| LabError::Netlink { netns: netns.to_string(), source };
     let mut h = trellis_netlink::Handle::in_netns(&names::netns_path(netns)).map_err(nl)?;
     let routes = h.routes(trellis_netlink::Family::V4).map_err(nl)?;
     Ok(routes
@@ -382,10 +311,7 @@ fn wait_peer_routes(st: &LabState, timeout: Duration) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(LabError::Timeout(format!(
-                "agents installed no route for: {}",
-                missing.join(", ")
-            )));
+            return Err(LabError::Timeout(format!("agents installed no route for: {}", missing.join(", "))));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -395,12 +321,8 @@ fn wait_peer_routes(st: &LabState, timeout: Duration) -> Result<()> {
 pub fn run_endpoints_controller(st: &LabState) -> Result<Vec<String>> {
     let store = ManifestStore::new(st.dirs());
     let all = store.read_all()?;
-    let pods: Vec<EndpointPod> = st
-        .plan
-        .pods
-        .iter()
-        .filter_map(|p| st.pod_ip(p).map(|ip| EndpointPod { plan: p, ip }))
-        .collect();
+    let pods: Vec<EndpointPod> =
+        st.plan.pods.iter().filter_map(|p| st.pod_ip(p).map(|ip| EndpointPod { plan: p, ip })).collect();
     let mut written = BTreeSet::new();
     for (_, obj) in all.iter().filter(|(_, o)| o["kind"] == "Service") {
         if let Some(slice) = manifests::endpoint_slice(obj, &pods) {
@@ -409,8 +331,7 @@ pub fn run_endpoints_controller(st: &LabState) -> Result<Vec<String>> {
     }
     for (file, obj) in &all {
         let ours = obj["kind"] == "EndpointSlice"
-            && obj.pointer("/metadata/labels/endpointslice.kubernetes.io~1managed-by")
-                == Some(&json!("trellis-lab"));
+            && obj.pointer("/metadata/labels/endpointslice.kubernetes.io~1managed-by") == Some(&json!("trellis-lab"));
         if ours && !written.contains(file) {
             store.remove(file)?;
         }
@@ -429,21 +350,12 @@ pub fn apply(st: &mut LabState, files: &[PathBuf], out: &mut dyn std::io::Write)
     let mut taken: BTreeSet<Ipv4Addr> = existing
         .iter()
         .filter(|(_, o)| o["kind"] == "Service")
-        .filter_map(|(_, o)| {
-            o.pointer("/spec/clusterIP")
-                .and_then(Value::as_str)?
-                .parse()
-                .ok()
-        })
+        .filter_map(|(_, o)| o.pointer("/spec/clusterIP").and_then(Value::as_str)?.parse().ok())
         .collect();
     // Validate all before writing any.
     for d in &docs {
         let (kind, ns, name) = manifests::object_key(d)?;
-        if kind == "Pod"
-            && st
-                .pod(&format!("{}/{name}", ns.clone().unwrap_or_default()))
-                .is_none()
-        {
+        if kind == "Pod" && st.pod(&format!("{}/{name}", ns.clone().unwrap_or_default())).is_none() {
             return Err(LabError::Manifest {
                 file: format!("Pod {}/{name}", ns.unwrap_or_default()),
                 reason: "the lab creates pods at `up`; apply can only change their labels".into(),
@@ -459,10 +371,7 @@ pub fn apply(st: &mut LabState, files: &[PathBuf], out: &mut dyn std::io::Write)
                     if !st.plan.service_cidr.contains(&ip) {
                         return Err(LabError::Manifest {
                             file: format!("Service {name}"),
-                            reason: format!(
-                                "clusterIP {ip} is outside serviceCIDR {}",
-                                st.plan.service_cidr
-                            ),
+                            reason: format!("clusterIP {ip} is outside serviceCIDR {}", st.plan.service_cidr),
                         });
                     }
                 }
@@ -481,12 +390,8 @@ pub fn apply(st: &mut LabState, files: &[PathBuf], out: &mut dyn std::io::Write)
                     .pointer("/metadata/labels")
                     .and_then(|l| serde_json::from_value(l.clone()).ok())
                     .unwrap_or_default();
-                let pod = st
-                    .plan
-                    .pods
-                    .iter_mut()
-                    .find(|p| p.namespace == ns && p.name == name)
-                    .expect("validated above");
+                let pod =
+                    st.plan.pods.iter_mut().find(|p| p.namespace == ns && p.name == name).expect("validated above");
                 pod.labels = labels;
                 let pod = pod.clone();
                 let ip = st.pod_ip(&pod);
@@ -501,19 +406,13 @@ pub fn apply(st: &mut LabState, files: &[PathBuf], out: &mut dyn std::io::Write)
                     .find(|(f, _)| *f == file)
                     .and_then(|(_, o)| o.pointer("/spec/clusterIP").and_then(Value::as_str))
                     .map(str::to_string);
-                let given = d
-                    .pointer("/spec/clusterIP")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
+                let given = d.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
                 if given.is_empty() {
                     let ip = match current.and_then(|c| c.parse::<Ipv4Addr>().ok()) {
                         Some(ip) => ip,
-                        None => manifests::allocate_cluster_ip(st.plan.service_cidr, &taken)
-                            .ok_or_else(|| LabError::Manifest {
-                                file: format!("Service {name}"),
-                                reason: "serviceCIDR is full".into(),
-                            })?,
+                        None => manifests::allocate_cluster_ip(st.plan.service_cidr, &taken).ok_or_else(|| {
+                            LabError::Manifest { file: format!("Service {name}"), reason: "serviceCIDR is full".into() }
+                        })?,
                     };
                     taken.insert(ip);
                     d["spec"]["clusterIP"] = json!(ip.to_string());
@@ -545,24 +444,13 @@ pub struct Endpoint {
 
 pub fn endpoint(st: &LabState, name: &str) -> Result<Endpoint> {
     if let Some(p) = st.pod(name) {
-        return Ok(Endpoint {
-            label: p.name.clone(),
-            netns: p.netns.clone(),
-            is_node: false,
-        });
+        return Ok(Endpoint { label: p.name.clone(), netns: p.netns.clone(), is_node: false });
     }
     let node_name = name.strip_prefix("node/").unwrap_or(name);
     if let Some(n) = st.plan.node(node_name) {
-        return Ok(Endpoint {
-            label: format!("node/{}", n.name),
-            netns: n.netns.clone(),
-            is_node: true,
-        });
+        return Ok(Endpoint { label: format!("node/{}", n.name), netns: n.netns.clone(), is_node: true });
     }
-    Err(LabError::Probe(format!(
-        "{name:?} is neither a pod nor a node of lab {}",
-        st.plan.name
-    )))
+    Err(LabError::Probe(format!("{name:?} is neither a pod nor a node of lab {}", st.plan.name)))
 }
 
 /// A probe target: an IPv4 literal, a pod (`name` or `ns/name`), or a Service (`svc/name`, `svc/ns/name`, or a
@@ -574,9 +462,9 @@ pub fn resolve_target(st: &LabState, target: &str, services: &[Value]) -> Result
     let svc_ref = target.strip_prefix("svc/");
     if svc_ref.is_none() {
         if let Some(p) = st.pod(target) {
-            return st.pod_ip(p).ok_or_else(|| {
-                LabError::Probe(format!("pod {target} has no IP (was `up` interrupted?)"))
-            });
+            return st
+                .pod_ip(p)
+                .ok_or_else(|| LabError::Probe(format!("pod {target} has no IP (was `up` interrupted?)")));
         }
     }
     let r = svc_ref.unwrap_or(target);
@@ -586,18 +474,11 @@ pub fn resolve_target(st: &LabState, target: &str, services: &[Value]) -> Result
         .find(|s| {
             s["kind"] == "Service"
                 && s.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
-                && s.pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
-                    .unwrap_or("default")
-                    == ns
+                && s.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default") == ns
         })
         .and_then(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str))
         .and_then(|ip| ip.parse().ok())
-        .ok_or_else(|| {
-            LabError::Probe(format!(
-                "{target:?} is no IP, pod or Service with a clusterIP"
-            ))
-        })
+        .ok_or_else(|| LabError::Probe(format!("{target:?} is no IP, pod or Service with a clusterIP")))
 }
 
 pub fn services(st: &LabState) -> Result<Vec<Value>> {
@@ -610,40 +491,22 @@ pub fn services(st: &LabState) -> Result<Vec<Value>> {
 }
 
 /// Probes from `from`'s netns.
-pub fn probe(
-    st: &LabState,
-    from: &str,
-    target: &str,
-    port: u16,
-    proto: Proto,
-    timeout: Duration,
-) -> Result<String> {
+pub fn probe(st: &LabState, from: &str, target: &str, port: u16, proto: Proto, timeout: Duration) -> Result<String> {
     let src = endpoint(st, from)?;
     let ip = resolve_target(st, target, &services(st)?)?;
-    nsexec::run_in(&names::netns_path(&src.netns), || {
-        echo::probe(ip, port, proto, timeout)
-    })?
+    nsexec::run_in(&names::netns_path(&src.netns), || echo::probe(ip, port, proto, timeout))?
 }
 
 /// Runs a command inside a pod's or node's netns with inherited stdio; returns its exit code.
 pub fn exec(st: &LabState, target: &str, argv: &[String]) -> Result<i32> {
     let ep = endpoint(st, target)?;
-    let (prog, args) = argv.split_first().ok_or_else(|| LabError::Process {
-        what: "exec".into(),
-        reason: "no command given".into(),
-    })?;
+    let (prog, args) = argv
+        .split_first()
+        .ok_or_else(|| LabError::Process { what: "exec".into(), reason: "no command given".into() })?;
     let mut cmd = Command::new(prog);
     cmd.args(args);
-    let mut child = nsexec::spawn_in(
-        &mut cmd,
-        &names::netns_path(&ep.netns),
-        &st.plan.name,
-        false,
-    )?;
-    let status = child.wait().map_err(|e| LabError::Process {
-        what: prog.clone(),
-        reason: e.to_string(),
-    })?;
+    let mut child = nsexec::spawn_in(&mut cmd, &names::netns_path(&ep.netns), &st.plan.name, false)?;
+    let status = child.wait().map_err(|e| LabError::Process { what: prog.clone(), reason: e.to_string() })?;
     Ok(status.code().unwrap_or(128 + 9))
 }
 
@@ -660,11 +523,7 @@ pub fn print_status(st: &LabState, out: &mut dyn std::io::Write) {
         p.underlay_cidr,
         p.underlay_netns
     );
-    let _ = writeln!(
-        out,
-        "{:<12} {:<15} {:<16} {:<10} netns",
-        "NODE", "INTERNAL-IP", "POD-CIDR", "AGENT"
-    );
+    let _ = writeln!(out, "{:<12} {:<15} {:<16} {:<10} netns", "NODE", "INTERNAL-IP", "POD-CIDR", "AGENT");
     for n in &p.nodes {
         let agent = match st.agents.get(&n.name) {
             Some(&pid) if nsexec::alive(pid) => format!("{pid}"),
@@ -681,18 +540,10 @@ pub fn print_status(st: &LabState, out: &mut dyn std::io::Write) {
             n.netns
         );
     }
-    let _ = writeln!(
-        out,
-        "{:<24} {:<12} {:<15} {:<10} {:<20} labels",
-        "POD", "NODE", "IP", "SERVER", "PORTS"
-    );
+    let _ = writeln!(out, "{:<24} {:<12} {:<15} {:<10} {:<20} labels", "POD", "NODE", "IP", "SERVER", "PORTS");
     for pod in &p.pods {
         let key = pod_key(&pod.namespace, &pod.name);
-        let ip = st
-            .pod_ips
-            .get(&key)
-            .map(|i| i.to_string())
-            .unwrap_or_else(|| "-".into());
+        let ip = st.pod_ips.get(&key).map(|i| i.to_string()).unwrap_or_else(|| "-".into());
         let server = match st.servers.get(&key) {
             Some(&pid) if nsexec::alive(pid) => format!("{pid}"),
             Some(&pid) => format!("{pid} dead"),
@@ -728,19 +579,12 @@ pub fn down(lab: &str) -> Result<DownReport> {
     crate::topology::validate_lab_name(lab)?;
     let prefix = names::netns_prefix(lab);
     let mut net = NetlinkNet::default();
-    let ours: Vec<PathBuf> = net
-        .list_netns()?
-        .into_iter()
-        .filter(|n| n.starts_with(&prefix))
-        .map(|n| names::netns_path(&n))
-        .collect();
+    let ours: Vec<PathBuf> =
+        net.list_netns()?.into_iter().filter(|n| n.starts_with(&prefix)).map(|n| names::netns_path(&n)).collect();
     let mut pids: BTreeSet<i32> = nsexec::pids_in_netns(&ours).into_iter().collect();
     pids.extend(nsexec::pids_tagged(lab));
     let pids: Vec<i32> = pids.into_iter().collect();
-    let mut report = DownReport {
-        processes: nsexec::terminate(&pids, Duration::from_secs(3)),
-        ..Default::default()
-    };
+    let mut report = DownReport { processes: nsexec::terminate(&pids, Duration::from_secs(3)), ..Default::default() };
     let mut errors = Vec::new();
     match underlay::teardown_netns(&mut net, lab) {
         Ok(v) => report.netns = v,
@@ -753,15 +597,8 @@ pub fn down(lab: &str) -> Result<DownReport> {
             Err(e) => errors.push(format!("{}: {e}", dirs.root.display())),
         }
     }
-    let left_netns: Vec<String> = net
-        .list_netns()?
-        .into_iter()
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
-    let left_pids: Vec<i32> = nsexec::pids_tagged(lab)
-        .into_iter()
-        .filter(|&p| nsexec::alive(p))
-        .collect();
+    let left_netns: Vec<String> = net.list_netns()?.into_iter().filter(|n| n.starts_with(&prefix)).collect();
+    let left_pids: Vec<i32> = nsexec::pids_tagged(lab).into_iter().filter(|&p| nsexec::alive(p)).collect();
     if !left_netns.is_empty() {
         errors.push(format!("netns {}", left_netns.join(", ")));
     }

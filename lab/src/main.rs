@@ -12,10 +12,7 @@ use trellis_lab::state::{resolve_lab_name, LabState};
 use trellis_lab::topology::{Mode, Topology};
 
 #[derive(Parser)]
-#[command(
-    name = "trellis-lab",
-    about = "Trellis network lab: nodes and pods as network namespaces"
-)]
+#[command(name = "trellis-lab", about = "Trellis network lab: nodes and pods as network namespaces")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -119,18 +116,10 @@ fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
     let mut out = std::io::stdout();
     match cli.cmd {
-        Cmd::Up {
-            topology,
-            mode,
-            name,
-            bin_dir,
-            repair_interval_secs,
-            agent_timeout_secs,
-        } => {
+        Cmd::Up { topology, mode, name, bin_dir, repair_interval_secs, agent_timeout_secs } => {
             let topology = match topology {
                 Some(p) => {
-                    let text = std::fs::read_to_string(&p)
-                        .with_context(|| format!("reading {}", p.display()))?;
+                    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
                     Topology::parse(&text).with_context(|| p.display().to_string())?
                 }
                 None => Topology::default_topology(),
@@ -153,7 +142,9 @@ fn run() -> Result<ExitCode> {
                 Ok(_) => Ok(ExitCode::SUCCESS),
                 Err(e) => {
                     let lab = opts.name.clone().unwrap_or(opts.topology.name.clone());
-                    bail!("{e}\n(the partial lab is left for inspection; remove it with `trellis-lab down --name {lab}`)")
+                    bail!(
+                        "{e}\n(the partial lab is left for inspection; remove it with `trellis-lab down --name {lab}`)"
+                    )
                 }
             }
         }
@@ -178,24 +169,10 @@ fn run() -> Result<ExitCode> {
             lab::apply(&mut st, &files, &mut out)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Probe {
-            name,
-            from,
-            target,
-            port,
-            proto,
-            timeout_ms,
-        } => {
+        Cmd::Probe { name, from, target, port, proto, timeout_ms } => {
             let st = load(name.as_deref())?;
             let proto: Proto = proto.parse()?;
-            match lab::probe(
-                &st,
-                &from,
-                &target,
-                port,
-                proto,
-                Duration::from_millis(timeout_ms),
-            ) {
+            match lab::probe(&st, &from, &target, port, proto, Duration::from_millis(timeout_ms)) {
                 Ok(who) => {
                     println!("{who}");
                     Ok(ExitCode::SUCCESS)
@@ -210,11 +187,7 @@ fn run() -> Result<ExitCode> {
             let st = load(name.as_deref())?;
             let m = trellis_lab::check::run(&st, Duration::from_millis(timeout_ms))?;
             print!("{}", m.render());
-            Ok(if m.ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(if m.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Cmd::Exec { name, target, cmd } => {
             let st = load(name.as_deref())?;

@@ -62,47 +62,24 @@ pub fn namespace_object(name: &str, labels: &BTreeMap<String, String>) -> Value 
 
 /// Kinds that live in a namespace (the rest are cluster-scoped).
 pub fn is_namespaced(kind: &str) -> bool {
-    !matches!(
-        kind,
-        "Node" | "Namespace" | "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition"
-    )
+    !matches!(kind, "Node" | "Namespace" | "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition")
 }
 
 /// Identity of an object: (kind, namespace, name).
 pub fn object_key(obj: &Value) -> Result<(String, Option<String>, String)> {
-    let bad = |reason: &str| LabError::Manifest {
-        file: "<object>".into(),
-        reason: reason.into(),
-    };
-    let kind = obj
-        .get("kind")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("no kind"))?;
-    let name = obj
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("no metadata.name"))?;
+    let bad = |reason: &str| LabError::Manifest { file: "<object>".into(), reason: reason.into() };
+    let kind = obj.get("kind").and_then(Value::as_str).ok_or_else(|| bad("no kind"))?;
+    let name = obj.pointer("/metadata/name").and_then(Value::as_str).ok_or_else(|| bad("no metadata.name"))?;
     crate::topology::validate_dns_label("object name", name).or_else(|_| {
         // Kubernetes allows dotted subdomain names for most kinds.
-        if name.len() <= 253
-            && name
-                .split('.')
-                .all(|l| crate::topology::validate_dns_label("", l).is_ok())
-        {
+        if name.len() <= 253 && name.split('.').all(|l| crate::topology::validate_dns_label("", l).is_ok()) {
             Ok(())
         } else {
-            Err(bad(&format!(
-                "metadata.name {name:?} is not a DNS subdomain"
-            )))
+            Err(bad(&format!("metadata.name {name:?} is not a DNS subdomain")))
         }
     })?;
     let ns = if is_namespaced(kind) {
-        Some(
-            obj.pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or("default")
-                .to_string(),
-        )
+        Some(obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_string())
     } else {
         None
     };
@@ -114,10 +91,7 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Value>> {
     use serde::Deserialize;
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
-        let v = Value::deserialize(doc).map_err(|e| LabError::Manifest {
-            file: file.into(),
-            reason: e.to_string(),
-        })?;
+        let v = Value::deserialize(doc).map_err(|e| LabError::Manifest { file: file.into(), reason: e.to_string() })?;
         match v {
             Value::Null => {}
             Value::Object(_) if v.get("kind").and_then(Value::as_str) == Some("List") => {
@@ -126,31 +100,17 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Value>> {
                 }
             }
             Value::Object(_) => out.push(v),
-            _ => {
-                return Err(LabError::Manifest {
-                    file: file.into(),
-                    reason: "a document is not an object".into(),
-                })
-            }
+            _ => return Err(LabError::Manifest { file: file.into(), reason: "a document is not an object".into() }),
         }
     }
     for o in &out {
-        object_key(o).map_err(|e| LabError::Manifest {
-            file: file.into(),
-            reason: e.to_string(),
-        })?;
+        object_key(o).map_err(|e| LabError::Manifest { file: file.into(), reason: e.to_string() })?;
     }
     Ok(out)
 }
 
-fn labels_match(
-    selector: &serde_json::Map<String, Value>,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    selector.iter().all(|(k, v)| {
-        v.as_str()
-            .is_some_and(|v| labels.get(k).map(String::as_str) == Some(v))
-    })
+fn labels_match(selector: &serde_json::Map<String, Value>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| v.as_str().is_some_and(|v| labels.get(k).map(String::as_str) == Some(v)))
 }
 
 /// A pod as the endpoints controller sees it.
@@ -169,15 +129,10 @@ pub fn endpoint_slice(service: &Value, pods: &[EndpointPod<'_>]) -> Option<Value
     if selector.is_empty() {
         return None;
     }
-    let svc_ports: Vec<&Value> = service
-        .pointer("/spec/ports")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().collect())
-        .unwrap_or_default();
-    let members: Vec<&EndpointPod> = pods
-        .iter()
-        .filter(|p| p.plan.namespace == ns && labels_match(selector, &p.plan.labels))
-        .collect();
+    let svc_ports: Vec<&Value> =
+        service.pointer("/spec/ports").and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default();
+    let members: Vec<&EndpointPod> =
+        pods.iter().filter(|p| p.plan.namespace == ns && labels_match(selector, &p.plan.labels)).collect();
     // Slice ports come from the first member that can resolve them (named ports may differ per pod; the lab
     // keeps it simple: one slice, resolved against each pod, pods that cannot resolve a named port are left out).
     let mut ports = Vec::new();
@@ -193,12 +148,7 @@ pub fn endpoint_slice(service: &Value, pods: &[EndpointPod<'_>]) -> Option<Value
                 Value::Number(n) => n.as_u64(),
                 Value::String(s) => match s.parse::<u64>() {
                     Ok(n) => Some(n),
-                    Err(_) => m
-                        .plan
-                        .ports
-                        .iter()
-                        .find(|p| p.name() == Some(s.as_str()))
-                        .map(|p| u64::from(p.port())),
+                    Err(_) => m.plan.ports.iter().find(|p| p.name() == Some(s.as_str())).map(|p| u64::from(p.port())),
                 },
                 _ => None,
             };
@@ -264,10 +214,8 @@ impl ManifestStore {
     pub fn write(&self, obj: &Value) -> Result<String> {
         let (kind, ns, name) = object_key(obj)?;
         let file = manifest_file_name(&kind, ns.as_deref(), &name);
-        let text = serde_yaml::to_string(obj).map_err(|e| LabError::Manifest {
-            file: file.clone(),
-            reason: e.to_string(),
-        })?;
+        let text =
+            serde_yaml::to_string(obj).map_err(|e| LabError::Manifest { file: file.clone(), reason: e.to_string() })?;
         let staging = self.dirs.staging();
         crate::state::ensure_dir(&staging)?;
         let tmp = staging.join(&file);
@@ -295,16 +243,11 @@ impl ManifestStore {
         files.sort();
         let mut out = Vec::new();
         for f in files {
-            let name = f
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
+            let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
             if !(name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json")) {
                 continue;
             }
-            let text =
-                std::fs::read_to_string(&f).map_err(|e| LabError::io("reading manifest", &f, e))?;
+            let text = std::fs::read_to_string(&f).map_err(|e| LabError::io("reading manifest", &f, e))?;
             for o in parse_documents(&text, &name)? {
                 out.push((name.clone(), o));
             }
@@ -351,14 +294,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(docs.len(), 2);
-        assert_eq!(
-            object_key(&docs[0]).unwrap(),
-            ("Service".into(), Some("default".into()), "web".into())
-        );
-        assert_eq!(
-            object_key(&docs[1]).unwrap(),
-            ("Namespace".into(), None, "x".into())
-        );
+        assert_eq!(object_key(&docs[0]).unwrap(), ("Service".into(), Some("default".into()), "web".into()));
+        assert_eq!(object_key(&docs[1]).unwrap(), ("Namespace".into(), None, "x".into()));
         assert!(parse_documents("kind: Service\n", "f").is_err());
         assert!(parse_documents("- 1\n", "f").is_err());
         assert!(parse_documents("kind: Service\nmetadata: {name: Bad_Name}\n", "f").is_err());
@@ -371,10 +308,7 @@ mod tests {
             .pods
             .iter()
             .enumerate()
-            .map(|(i, plan)| EndpointPod {
-                plan,
-                ip: Ipv4Addr::new(10, 244, 0, 10 + i as u8),
-            })
+            .map(|(i, plan)| EndpointPod { plan, ip: Ipv4Addr::new(10, 244, 0, 10 + i as u8) })
             .collect();
         let svc = parse_documents(
             "kind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{name: h, port: 80, targetPort: http}]\n",
@@ -387,20 +321,11 @@ mod tests {
         assert_eq!(eps.len(), 2);
         assert_eq!(s["ports"][0]["port"], 8080);
         assert_eq!(s["metadata"]["labels"]["kubernetes.io/service-name"], "web");
-        let names: Vec<&str> = eps
-            .iter()
-            .map(|e| e["targetRef"]["name"].as_str().unwrap())
-            .collect();
+        let names: Vec<&str> = eps.iter().map(|e| e["targetRef"]["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["web-1", "web-2"]);
         // Another namespace: nothing selected. No selector: no slice.
         let other = json!({"kind": "Service", "metadata": {"name": "web", "namespace": "x"}, "spec": {"selector": {"app": "web"}}});
-        assert_eq!(
-            endpoint_slice(&other, &pods).unwrap()["endpoints"]
-                .as_array()
-                .unwrap()
-                .len(),
-            0
-        );
+        assert_eq!(endpoint_slice(&other, &pods).unwrap()["endpoints"].as_array().unwrap().len(), 0);
         let none = json!({"kind": "Service", "metadata": {"name": "ext"}, "spec": {}});
         assert!(endpoint_slice(&none, &pods).is_none());
     }
@@ -412,10 +337,7 @@ mod tests {
         let a = allocate_cluster_ip(cidr, &taken).unwrap();
         assert_eq!(a, Ipv4Addr::new(10, 96, 0, 2));
         taken.insert(a);
-        assert_eq!(
-            allocate_cluster_ip(cidr, &taken).unwrap(),
-            Ipv4Addr::new(10, 96, 0, 3)
-        );
+        assert_eq!(allocate_cluster_ip(cidr, &taken).unwrap(), Ipv4Addr::new(10, 96, 0, 3));
         let tiny: Ipv4Net = "10.96.0.0/30".parse().unwrap();
         taken.insert(Ipv4Addr::new(10, 96, 0, 2));
         assert!(allocate_cluster_ip(tiny, &taken).is_none());

@@ -36,9 +36,7 @@ pub struct LabDirs {
 
 impl LabDirs {
     pub fn new(lab: &str) -> LabDirs {
-        LabDirs {
-            root: PathBuf::from(STATE_ROOT).join(lab),
-        }
+        LabDirs { root: PathBuf::from(STATE_ROOT).join(lab) }
     }
     pub fn state_file(&self) -> PathBuf {
         self.root.join("state.json")
@@ -83,11 +81,7 @@ mod tests {
     #[test]
     fn names_share_the_lab_prefix() {
         let p = netns_prefix("a1");
-        for n in [
-            underlay_netns("a1"),
-            node_netns("a1", "x"),
-            pod_netns("a1", "ns", "p"),
-        ] {
+        for n in [underlay_netns("a1"), node_netns("a1", "x"), pod_netns("a1", "ns", "p")] {
             assert!(n.starts_with(&p), "{n}");
         }
         // Lab names have no '-', so lab "a" never claims lab "a1"'s names.
@@ -97,9 +91,6 @@ mod tests {
     #[test]
     fn manifest_names() {
         assert_eq!(manifest_file_name("Node", None, "n1"), "node_n1.yaml");
-        assert_eq!(
-            manifest_file_name("Service", Some("default"), "web"),
-            "service_default_web.yaml"
-        );
+        assert_eq!(manifest_file_name("Service", Some("default"), "web"), "service_default_web.yaml");
     }
 }

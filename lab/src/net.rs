@@ -19,17 +19,12 @@ pub trait LabNet {
     fn list_netns(&mut self) -> Result<Vec<String>>;
     fn ensure_bridge(&mut self, netns: &str, name: &str, mtu: u32) -> Result<()>;
     /// A veth pair whose ends are born directly in their namespaces.
-    fn add_veth(
-        &mut self,
-        netns: &str,
-        name: &str,
-        peer_netns: &str,
-        peer: &str,
-        mtu: u32,
-    ) -> Result<()>;
+    fn add_veth(&mut self, netns: &str, name: &str, peer_netns: &str, peer: &str, mtu: u32) -> Result<()>;
     fn set_master(&mut self, netns: &str, link: &str, master: &str) -> Result<()>;
     fn add_addr(&mut self, netns: &str, link: &str, addr: Ipv4Net) -> Result<()>;
     fn set_up(&mut self, netns: &str, link: &str) -> Result<()>;
+    /// Writes `/proc/sys/<key>` inside the netns; a key the kernel does not have (module not loaded) is skipped.
+    fn sysctl(&mut self, netns: &str, key: &str, value: &str) -> Result<()>;
 }
 
 /// rtnetlink implementation: a handle per lab netns, opened inside it.
@@ -39,17 +34,13 @@ pub struct NetlinkNet {
 }
 
 fn nl(netns: &str) -> impl FnOnce(trellis_netlink::Error) -> LabError + '_ {
-    move |source| LabError::Netlink {
-        netns: netns.to_string(),
-        source,
-    }
+    move |source| LabError::Netlink { netns: netns.to_string(), source }
 }
 
 impl NetlinkNet {
     fn handle(&mut self, netns: &str) -> Result<&mut trellis_netlink::Handle> {
         if !self.handles.contains_key(netns) {
-            let h =
-                trellis_netlink::Handle::in_netns(&names::netns_path(netns)).map_err(nl(netns))?;
+            let h = trellis_netlink::Handle::in_netns(&names::netns_path(netns)).map_err(nl(netns))?;
             self.handles.insert(netns.to_string(), h);
         }
         Ok(self.handles.get_mut(netns).expect("just inserted"))
@@ -84,17 +75,9 @@ impl LabNet for NetlinkNet {
         let l = h.ensure_bridge(name, Some(mtu)).map_err(nl(netns))?;
         h.set_up(l.index).map_err(nl(netns))
     }
-    fn add_veth(
-        &mut self,
-        netns: &str,
-        name: &str,
-        peer_netns: &str,
-        peer: &str,
-        mtu: u32,
-    ) -> Result<()> {
+    fn add_veth(&mut self, netns: &str, name: &str, peer_netns: &str, peer: &str, mtu: u32) -> Result<()> {
         use std::os::fd::AsFd;
-        let fd =
-            trellis_netlink::netns::open(&names::netns_path(peer_netns)).map_err(nl(peer_netns))?;
+        let fd = trellis_netlink::netns::open(&names::netns_path(peer_netns)).map_err(nl(peer_netns))?;
         let spec = trellis_netlink::VethSpec {
             name,
             peer,
@@ -111,13 +94,22 @@ impl LabNet for NetlinkNet {
     }
     fn add_addr(&mut self, netns: &str, link: &str, addr: Ipv4Net) -> Result<()> {
         let l = self.index(netns, link)?;
-        self.handle(netns)?
-            .ensure_addr(l, ipnet::IpNet::V4(addr))
-            .map_err(nl(netns))
+        self.handle(netns)?.ensure_addr(l, ipnet::IpNet::V4(addr)).map_err(nl(netns))
     }
     fn set_up(&mut self, netns: &str, link: &str) -> Result<()> {
         let l = self.index(netns, link)?;
         self.handle(netns)?.set_up(l).map_err(nl(netns))
+    }
+    fn sysctl(&mut self, netns: &str, key: &str, value: &str) -> Result<()> {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        crate::nsexec::run_in(&names::netns_path(netns), || {
+            if std::path::Path::new(&path).exists() {
+                trellis_netlink::sysctl_set(key, value)
+            } else {
+                Ok(())
+            }
+        })?
+        .map_err(nl(netns))
     }
 }
 
@@ -169,44 +161,21 @@ impl LabNet for IpCmd {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(LabError::io("listing netns", dir, e)),
         };
-        let mut out: Vec<String> = rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
+        let mut out: Vec<String> = rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect();
         out.sort();
         Ok(out)
     }
     fn ensure_bridge(&mut self, netns: &str, name: &str, mtu: u32) -> Result<()> {
-        let exists = ip_n(netns)
-            .args(["link", "show", name])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
+        let exists = ip_n(netns).args(["link", "show", name]).output().map(|o| o.status.success()).unwrap_or(false);
         if !exists {
-            run(ip_n(netns).args([
-                "link",
-                "add",
-                name,
-                "mtu",
-                &mtu.to_string(),
-                "type",
-                "bridge",
-            ]))?;
+            run(ip_n(netns).args(["link", "add", name, "mtu", &mtu.to_string(), "type", "bridge"]))?;
         }
         self.set_up(netns, name)
     }
-    fn add_veth(
-        &mut self,
-        netns: &str,
-        name: &str,
-        peer_netns: &str,
-        peer: &str,
-        mtu: u32,
-    ) -> Result<()> {
+    fn add_veth(&mut self, netns: &str, name: &str, peer_netns: &str, peer: &str, mtu: u32) -> Result<()> {
         let mtu = mtu.to_string();
         run(ip_n(netns).args([
-            "link", "add", name, "mtu", &mtu, "type", "veth", "peer", "name", peer, "mtu", &mtu,
-            "netns", peer_netns,
+            "link", "add", name, "mtu", &mtu, "type", "veth", "peer", "name", peer, "mtu", &mtu, "netns", peer_netns,
         ]))?;
         Ok(())
     }
@@ -221,6 +190,9 @@ impl LabNet for IpCmd {
     fn set_up(&mut self, netns: &str, link: &str) -> Result<()> {
         run(ip_n(netns).args(["link", "set", link, "up"]))?;
         Ok(())
+    }
+    fn sysctl(&mut self, netns: &str, key: &str, value: &str) -> Result<()> {
+        NetlinkNet::default().sysctl(netns, key, value)
     }
 }
 
@@ -239,21 +211,17 @@ pub struct FakeLink {
 #[derive(Debug, Default)]
 pub struct FakeNet {
     pub netns: BTreeMap<String, BTreeMap<String, FakeLink>>,
+    /// (netns, key) -> value
+    pub sysctls: BTreeMap<(String, String), String>,
 }
 
 impl FakeNet {
     fn link(&mut self, netns: &str, link: &str) -> Result<&mut FakeLink> {
         self.netns
             .get_mut(netns)
-            .ok_or_else(|| LabError::Netns {
-                name: netns.into(),
-                reason: "no such netns".into(),
-            })?
+            .ok_or_else(|| LabError::Netns { name: netns.into(), reason: "no such netns".into() })?
             .get_mut(link)
-            .ok_or_else(|| LabError::Netns {
-                name: netns.into(),
-                reason: format!("no link {link}"),
-            })
+            .ok_or_else(|| LabError::Netns { name: netns.into(), reason: format!("no link {link}") })
     }
 }
 
@@ -279,35 +247,21 @@ impl LabNet for FakeNet {
         Ok(self.netns.keys().cloned().collect())
     }
     fn ensure_bridge(&mut self, netns: &str, name: &str, mtu: u32) -> Result<()> {
-        let ns = self.netns.get_mut(netns).ok_or_else(|| LabError::Netns {
-            name: netns.into(),
-            reason: "no such netns".into(),
-        })?;
-        ns.entry(name.into()).or_insert_with(|| FakeLink {
-            kind: "bridge".into(),
-            mtu,
-            ..Default::default()
-        });
+        let ns = self
+            .netns
+            .get_mut(netns)
+            .ok_or_else(|| LabError::Netns { name: netns.into(), reason: "no such netns".into() })?;
+        ns.entry(name.into()).or_insert_with(|| FakeLink { kind: "bridge".into(), mtu, ..Default::default() });
         self.set_up(netns, name)
     }
-    fn add_veth(
-        &mut self,
-        netns: &str,
-        name: &str,
-        peer_netns: &str,
-        peer: &str,
-        mtu: u32,
-    ) -> Result<()> {
+    fn add_veth(&mut self, netns: &str, name: &str, peer_netns: &str, peer: &str, mtu: u32) -> Result<()> {
         for (ns, l) in [(netns, name), (peer_netns, peer)] {
-            let m = self.netns.get(ns).ok_or_else(|| LabError::Netns {
-                name: ns.into(),
-                reason: "no such netns".into(),
-            })?;
+            let m = self
+                .netns
+                .get(ns)
+                .ok_or_else(|| LabError::Netns { name: ns.into(), reason: "no such netns".into() })?;
             if m.contains_key(l) {
-                return Err(LabError::Netns {
-                    name: ns.into(),
-                    reason: format!("link {l} exists"),
-                });
+                return Err(LabError::Netns { name: ns.into(), reason: format!("link {l} exists") });
             }
         }
         let mk = |pns: &str, pl: &str| FakeLink {
@@ -318,14 +272,8 @@ impl LabNet for FakeNet {
         };
         let a = mk(peer_netns, peer);
         let b = mk(netns, name);
-        self.netns
-            .get_mut(netns)
-            .expect("checked")
-            .insert(name.into(), a);
-        self.netns
-            .get_mut(peer_netns)
-            .expect("checked")
-            .insert(peer.into(), b);
+        self.netns.get_mut(netns).expect("checked").insert(name.into(), a);
+        self.netns.get_mut(peer_netns).expect("checked").insert(peer.into(), b);
         Ok(())
     }
     fn set_master(&mut self, netns: &str, link: &str, master: &str) -> Result<()> {
@@ -344,6 +292,13 @@ impl LabNet for FakeNet {
         self.link(netns, link)?.up = true;
         Ok(())
     }
+    fn sysctl(&mut self, netns: &str, key: &str, value: &str) -> Result<()> {
+        if !self.netns.contains_key(netns) {
+            return Err(LabError::Netns { name: netns.into(), reason: "no such netns".into() });
+        }
+        self.sysctls.insert((netns.into(), key.into()), value.into());
+        Ok(())
+    }
 }
 
 /// Wraps another implementation and fails every mutating call from the `fail_at`-th on (0-based).
@@ -356,11 +311,7 @@ pub struct FaultyNet<N> {
 
 impl<N: LabNet> FaultyNet<N> {
     pub fn new(inner: N, fail_at: usize) -> Self {
-        FaultyNet {
-            inner,
-            fail_at,
-            calls: 0,
-        }
+        FaultyNet { inner, fail_at, calls: 0 }
     }
     fn tick(&mut self, what: &str) -> Result<()> {
         let n = self.calls;
@@ -389,14 +340,7 @@ impl<N: LabNet> LabNet for FaultyNet<N> {
         self.tick("ensure_bridge")?;
         self.inner.ensure_bridge(netns, name, mtu)
     }
-    fn add_veth(
-        &mut self,
-        netns: &str,
-        name: &str,
-        peer_netns: &str,
-        peer: &str,
-        mtu: u32,
-    ) -> Result<()> {
+    fn add_veth(&mut self, netns: &str, name: &str, peer_netns: &str, peer: &str, mtu: u32) -> Result<()> {
         self.tick("add_veth")?;
         self.inner.add_veth(netns, name, peer_netns, peer, mtu)
     }
@@ -411,5 +355,9 @@ impl<N: LabNet> LabNet for FaultyNet<N> {
     fn set_up(&mut self, netns: &str, link: &str) -> Result<()> {
         self.tick("set_up")?;
         self.inner.set_up(netns, link)
+    }
+    fn sysctl(&mut self, netns: &str, key: &str, value: &str) -> Result<()> {
+        self.tick("sysctl")?;
+        self.inner.sysctl(netns, key, value)
     }
 }

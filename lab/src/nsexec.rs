@@ -19,10 +19,7 @@ pub fn run_in<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
             Ok(f())
         })
         .join()
-        .map_err(|_| LabError::Netns {
-            name: path.display().to_string(),
-            reason: "worker thread panicked".into(),
-        })?
+        .map_err(|_| LabError::Netns { name: path.display().to_string(), reason: "worker thread panicked".into() })?
     })
 }
 
@@ -64,10 +61,7 @@ pub fn in_netns(cmd: &mut Command, path: &Path, detach: bool) -> Result<File> {
 pub fn spawn_in(cmd: &mut Command, netns: &Path, lab: &str, detach: bool) -> Result<Child> {
     cmd.env(names::LAB_ENV, lab);
     let _keep = in_netns(cmd, netns, detach)?;
-    cmd.spawn().map_err(|e| LabError::Process {
-        what: format!("{:?}", cmd.get_program()),
-        reason: e.to_string(),
-    })
+    cmd.spawn().map_err(|e| LabError::Process { what: format!("{:?}", cmd.get_program()), reason: e.to_string() })
 }
 
 fn inode(path: &Path) -> Option<u64> {
@@ -79,9 +73,7 @@ fn all_pids() -> Vec<i32> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    rd.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
-        .collect()
+    rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok())).collect()
 }
 
 /// Processes whose network namespace is one of `netns_paths`.
@@ -94,10 +86,7 @@ pub fn pids_in_netns(netns_paths: &[PathBuf]) -> Vec<i32> {
     all_pids()
         .into_iter()
         .filter(|&pid| pid != me)
-        .filter(|pid| {
-            inode(&PathBuf::from(format!("/proc/{pid}/ns/net")))
-                .is_some_and(|i| inodes.contains(&i))
-        })
+        .filter(|pid| inode(&PathBuf::from(format!("/proc/{pid}/ns/net"))).is_some_and(|i| inodes.contains(&i)))
         .collect()
 }
 
@@ -119,10 +108,7 @@ pub fn pids_tagged(lab: &str) -> Vec<i32> {
 pub fn alive(pid: i32) -> bool {
     // Zombies count as gone: they hold nothing but a pid.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            .unwrap_or(false),
+        Ok(s) => !s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')).unwrap_or(false),
         Err(_) => false,
     }
 }

@@ -114,11 +114,7 @@ pub fn allocate_pod_cidrs(t: &Topology) -> Result<Vec<Ipv4Net>> {
         .cluster_cidr
         .subnets(t.node_cidr_mask_size)
         .map_err(|e| LabError::Plan(e.to_string()))?
-        .filter(|c| {
-            !pinned
-                .iter()
-                .any(|p| p.contains(&c.network()) || c.contains(&p.network()))
-        });
+        .filter(|c| !pinned.iter().any(|p| p.contains(&c.network()) || c.contains(&p.network())));
     let mut out = Vec::with_capacity(t.nodes.len());
     for n in &t.nodes {
         match n.pod_cidr {
@@ -138,9 +134,7 @@ pub fn allocate_pod_cidrs(t: &Topology) -> Result<Vec<Ipv4Net>> {
 pub fn underlay_ips(underlay: Ipv4Net, count: usize) -> Result<Vec<Ipv4Addr>> {
     let hosts: Vec<Ipv4Addr> = underlay.hosts().skip(1).take(count).collect();
     if hosts.len() < count {
-        return Err(LabError::Plan(format!(
-            "underlay {underlay} has no room for {count} nodes"
-        )));
+        return Err(LabError::Plan(format!("underlay {underlay} has no room for {count} nodes")));
     }
     Ok(hosts)
 }
@@ -174,9 +168,7 @@ mod tests {
 
     #[test]
     fn pinned_cidrs_are_kept_and_skipped_by_allocation() {
-        let t = topo(
-            "name: t\nnodes:\n  - {name: a}\n  - {name: b, podCIDR: 10.244.0.0/24}\n  - {name: c}\n",
-        );
+        let t = topo("name: t\nnodes:\n  - {name: a}\n  - {name: b, podCIDR: 10.244.0.0/24}\n  - {name: c}\n");
         let c = allocate_pod_cidrs(&t).unwrap();
         let s: Vec<String> = c.iter().map(|c| c.to_string()).collect();
         assert_eq!(s, ["10.244.1.0/24", "10.244.0.0/24", "10.244.2.0/24"]);
@@ -192,16 +184,9 @@ mod tests {
     #[test]
     fn overlapping_pins_and_exhaustion_are_errors() {
         let t = topo("name: t\nnodes:\n  - {name: a, podCIDR: 10.244.0.0/23}\n  - {name: b, podCIDR: 10.244.1.0/24}\n");
-        assert!(allocate_pod_cidrs(&t)
-            .unwrap_err()
-            .to_string()
-            .contains("overlap"));
-        let t =
-            topo("name: t\nclusterCIDR: 10.244.0.0/23\nnodes: [{name: a}, {name: b}, {name: c}]\n");
-        assert!(allocate_pod_cidrs(&t)
-            .unwrap_err()
-            .to_string()
-            .contains("no free"));
+        assert!(allocate_pod_cidrs(&t).unwrap_err().to_string().contains("overlap"));
+        let t = topo("name: t\nclusterCIDR: 10.244.0.0/23\nnodes: [{name: a}, {name: b}, {name: c}]\n");
+        assert!(allocate_pod_cidrs(&t).unwrap_err().to_string().contains("no free"));
     }
 
     #[test]
@@ -216,13 +201,14 @@ mod tests {
 
     #[test]
     fn container_ids_are_unique_and_valid() {
-        let p = plan(&topo("name: t\nnodes: [{name: a}]\npods: [{name: x, node: a}, {name: y, namespace: ns, node: a}]\n"), None).unwrap();
+        let p = plan(
+            &topo("name: t\nnodes: [{name: a}]\npods: [{name: x, node: a}, {name: y, namespace: ns, node: a}]\n"),
+            None,
+        )
+        .unwrap();
         assert_ne!(p.pods[0].container_id, p.pods[1].container_id);
         for pod in &p.pods {
-            assert!(pod
-                .container_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+            assert!(pod.container_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
         }
     }
 }

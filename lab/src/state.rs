@@ -51,35 +51,27 @@ impl LabState {
         let dirs = self.dirs();
         let path = dirs.state_file();
         let tmp = dirs.root.join(".state.json.tmp");
-        let text =
-            serde_json::to_string_pretty(self).map_err(|e| LabError::State(e.to_string()))?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| LabError::State(e.to_string()))?;
         std::fs::write(&tmp, text).map_err(|e| LabError::io("writing state", &tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| LabError::io("writing state", &path, e))
     }
 
     pub fn load(lab: &str) -> Result<LabState> {
         let path = LabDirs::new(lab).state_file();
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| LabError::io("reading lab state", &path, e))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| LabError::io("reading lab state", &path, e))?;
         serde_json::from_str(&text).map_err(|e| LabError::State(format!("{}: {e}", path.display())))
     }
 
     /// Finds a pod by `name` or `namespace/name`.
     pub fn pod(&self, name: &str) -> Option<&PodPlan> {
         match name.split_once('/') {
-            Some((ns, n)) => self
-                .plan
-                .pods
-                .iter()
-                .find(|p| p.namespace == ns && p.name == n),
+            Some((ns, n)) => self.plan.pods.iter().find(|p| p.namespace == ns && p.name == n),
             None => self.plan.pods.iter().find(|p| p.name == name),
         }
     }
 
     pub fn pod_ip(&self, pod: &PodPlan) -> Option<Ipv4Addr> {
-        self.pod_ips
-            .get(&pod_key(&pod.namespace, &pod.name))
-            .copied()
+        self.pod_ips.get(&pod_key(&pod.namespace, &pod.name)).copied()
     }
 }
 
@@ -106,14 +98,8 @@ pub fn resolve_lab_name(given: Option<&str>) -> Result<String> {
     let labs = labs_present();
     match labs.as_slice() {
         [one] => Ok(one.clone()),
-        [] => Err(LabError::State(format!(
-            "no lab is up (nothing in {}); pass --name",
-            names::STATE_ROOT
-        ))),
-        many => Err(LabError::State(format!(
-            "several labs are up ({}); pass --name",
-            many.join(", ")
-        ))),
+        [] => Err(LabError::State(format!("no lab is up (nothing in {}); pass --name", names::STATE_ROOT))),
+        many => Err(LabError::State(format!("several labs are up ({}); pass --name", many.join(", ")))),
     }
 }
 

@@ -37,9 +37,7 @@ impl std::str::FromStr for Mode {
         match s {
             "vxlan" => Ok(Mode::Vxlan),
             "host-gw" | "hostgw" => Ok(Mode::HostGw),
-            other => Err(LabError::Topology(format!(
-                "mode {other:?}: expected vxlan or host-gw"
-            ))),
+            other => Err(LabError::Topology(format!("mode {other:?}: expected vxlan or host-gw"))),
         }
     }
 }
@@ -140,8 +138,7 @@ fn default_namespace() -> String {
 impl Topology {
     /// Parses and validates a topology document.
     pub fn parse(text: &str) -> Result<Topology> {
-        let mut t: Topology =
-            serde_yaml::from_str(text).map_err(|e| LabError::Topology(e.to_string()))?;
+        let mut t: Topology = serde_yaml::from_str(text).map_err(|e| LabError::Topology(e.to_string()))?;
         t.cluster_cidr = t.cluster_cidr.trunc();
         t.service_cidr = t.service_cidr.trunc();
         t.underlay_cidr = t.underlay_cidr.trunc();
@@ -167,9 +164,7 @@ impl Topology {
         if self.nodes.is_empty() {
             return bad("at least one node is required".into());
         }
-        if self.node_cidr_mask_size < self.cluster_cidr.prefix_len()
-            || self.node_cidr_mask_size > 30
-        {
+        if self.node_cidr_mask_size < self.cluster_cidr.prefix_len() || self.node_cidr_mask_size > 30 {
             return bad(format!(
                 "nodeCidrMaskSize {} must be between clusterCIDR's prefix {} and 30",
                 self.node_cidr_mask_size,
@@ -198,10 +193,7 @@ impl Topology {
             ));
         }
         if !(576..=9000).contains(&self.underlay_mtu) {
-            return bad(format!(
-                "underlayMtu {} must be within 576..=9000",
-                self.underlay_mtu
-            ));
+            return bad(format!("underlayMtu {} must be within 576..=9000", self.underlay_mtu));
         }
         let mut node_names = BTreeSet::new();
         for n in &self.nodes {
@@ -217,10 +209,7 @@ impl Topology {
                     ));
                 }
                 if c.prefix_len() > 30 {
-                    return bad(format!(
-                        "node {}: podCIDR {c} is too small for pods",
-                        n.name
-                    ));
+                    return bad(format!("node {}: podCIDR {c} is too small for pods", n.name));
                 }
             }
         }
@@ -232,26 +221,15 @@ impl Topology {
                 return bad(format!("pod {}/{} is listed twice", p.namespace, p.name));
             }
             if !node_names.contains(p.node.as_str()) {
-                return bad(format!(
-                    "pod {}/{}: node {:?} is not in nodes",
-                    p.namespace, p.name, p.node
-                ));
+                return bad(format!("pod {}/{}: node {:?} is not in nodes", p.namespace, p.name, p.node));
             }
             let mut ports = BTreeSet::new();
             for port in &p.ports {
                 if port.port() == 0 {
-                    return bad(format!(
-                        "pod {}/{}: port 0 is not a port",
-                        p.namespace, p.name
-                    ));
+                    return bad(format!("pod {}/{}: port 0 is not a port", p.namespace, p.name));
                 }
                 if !ports.insert(port.port()) {
-                    return bad(format!(
-                        "pod {}/{}: port {} is listed twice",
-                        p.namespace,
-                        p.name,
-                        port.port()
-                    ));
+                    return bad(format!("pod {}/{}: port {} is listed twice", p.namespace, p.name, port.port()));
                 }
                 if let Some(n) = port.name() {
                     validate_dns_label("port name", n)?;
@@ -259,10 +237,7 @@ impl Topology {
             }
             for (k, v) in &p.labels {
                 if k.is_empty() || k.len() > 253 || v.len() > 63 {
-                    return bad(format!(
-                        "pod {}/{}: bad label {k:?}={v:?}",
-                        p.namespace, p.name
-                    ));
+                    return bad(format!("pod {}/{}: bad label {k:?}={v:?}", p.namespace, p.name));
                 }
             }
         }
@@ -270,10 +245,7 @@ impl Topology {
         let mut bare = BTreeSet::new();
         for p in &self.pods {
             if !bare.insert(p.name.as_str()) {
-                return bad(format!(
-                    "pod name {:?} is used in two namespaces; the lab addresses pods by name",
-                    p.name
-                ));
+                return bad(format!("pod name {:?} is used in two namespaces; the lab addresses pods by name", p.name));
             }
             if node_names.contains(p.name.as_str()) {
                 return bad(format!("pod name {:?} is also a node name", p.name));
@@ -290,15 +262,8 @@ fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
 /// Lab names end up in netns names (`tl-<name>-...`) and paths; no dashes so that a prefix never matches
 /// another lab (`tl-a-` would otherwise cover lab `a-b`).
 pub fn validate_lab_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > 16
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    {
-        return Err(LabError::Topology(format!(
-            "lab name {name:?} must be 1-16 characters of a-z and 0-9"
-        )));
+    if name.is_empty() || name.len() > 16 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        return Err(LabError::Topology(format!("lab name {name:?} must be 1-16 characters of a-z and 0-9")));
     }
     Ok(())
 }
@@ -307,17 +272,13 @@ pub fn validate_lab_name(name: &str) -> Result<()> {
 pub fn validate_dns_label(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if ok {
         Ok(())
     } else {
-        Err(LabError::Topology(format!(
-            "{what} {name:?} must be a DNS label (a-z, 0-9, '-', at most 63)"
-        )))
+        Err(LabError::Topology(format!("{what} {name:?} must be a DNS label (a-z, 0-9, '-', at most 63)")))
     }
 }
 
@@ -385,33 +346,17 @@ mod tests {
         assert!(err("name: T-1\nnodes: [{name: a}]\n").contains("lab name"));
         assert!(err("name: t1\nnodes: [{name: a}, {name: a}]\n").contains("twice"));
         assert!(err("name: t1\nnodes: [{name: a, podCIDR: 10.1.0.0/24}]\n").contains("not inside"));
-        assert!(
-            err("name: t1\nnodes: [{name: a}]\npods: [{name: p, node: b}]\n")
-                .contains("not in nodes")
-        );
-        assert!(
-            err("name: t1\nserviceCIDR: 10.244.0.0/20\nnodes: [{name: a}]\n").contains("overlaps")
-        );
+        assert!(err("name: t1\nnodes: [{name: a}]\npods: [{name: p, node: b}]\n").contains("not in nodes"));
+        assert!(err("name: t1\nserviceCIDR: 10.244.0.0/20\nnodes: [{name: a}]\n").contains("overlaps"));
         assert!(err("name: t1\nnodes: [{name: A_b}]\n").contains("DNS label"));
-        assert!(
-            err("name: t1\nnodes: [{name: a}]\npods: [{name: p, node: a, ports: [0]}]\n")
-                .contains("port 0")
-        );
-        assert!(
-            err("name: t1\nnodes: [{name: a}]\npods: [{name: p, node: a, ports: [80, 80]}]\n")
-                .contains("twice")
-        );
+        assert!(err("name: t1\nnodes: [{name: a}]\npods: [{name: p, node: a, ports: [0]}]\n").contains("port 0"));
+        assert!(err("name: t1\nnodes: [{name: a}]\npods: [{name: p, node: a, ports: [80, 80]}]\n").contains("twice"));
         assert!(err("name: t1\nnodes: [{name: a}]\nbogus: 1\n").contains("bogus"));
-        assert!(
-            err("name: t1\nnodeCidrMaskSize: 8\nnodes: [{name: a}]\n").contains("nodeCidrMaskSize")
-        );
+        assert!(err("name: t1\nnodeCidrMaskSize: 8\nnodes: [{name: a}]\n").contains("nodeCidrMaskSize"));
         assert!(err("name: t1\nnodes: [{name: a}]\npods: [{name: p, node: a}, {name: p, namespace: x, node: a}]\n")
             .contains("two namespaces"));
         assert!(err(": : :").contains("invalid topology"));
-        assert!(
-            err("name: t1\nunderlayCIDR: 10.0.0.0/30\nnodes: [{name: a}, {name: b}]\n")
-                .contains("room")
-        );
+        assert!(err("name: t1\nunderlayCIDR: 10.0.0.0/30\nnodes: [{name: a}, {name: b}]\n").contains("room"));
     }
 
     #[test]

@@ -8,6 +8,12 @@ use crate::names;
 use crate::net::LabNet;
 use crate::plan::{LabPlan, NODE_UPLINK, UNDERLAY_BRIDGE};
 
+pub const UNDERLAY_SYSCTLS: [&str; 3] = [
+    "net.bridge.bridge-nf-call-iptables",
+    "net.bridge.bridge-nf-call-ip6tables",
+    "net.bridge.bridge-nf-call-arptables",
+];
+
 pub fn setup_skeleton(net: &mut dyn LabNet, plan: &LabPlan) -> Result<()> {
     let result = try_setup(net, plan);
     if result.is_err() {
@@ -21,19 +27,17 @@ fn try_setup(net: &mut dyn LabNet, plan: &LabPlan) -> Result<()> {
     let ul = &plan.underlay_netns;
     net.ensure_netns(ul)?;
     net.ensure_bridge(ul, UNDERLAY_BRIDGE, plan.underlay_mtu)?;
+    // The underlay bridge stands for a physical switch: with br_netfilter loaded, the kernel would otherwise run
+    // every frame crossing it through netfilter, a cost no real network has.
+    for key in UNDERLAY_SYSCTLS {
+        net.sysctl(ul, key, "0")?;
+    }
     for node in &plan.nodes {
         net.ensure_netns(&node.netns)?;
-        net.add_veth(
-            ul,
-            &node.bridge_port,
-            &node.netns,
-            NODE_UPLINK,
-            plan.underlay_mtu,
-        )?;
+        net.add_veth(ul, &node.bridge_port, &node.netns, NODE_UPLINK, plan.underlay_mtu)?;
         net.set_master(ul, &node.bridge_port, UNDERLAY_BRIDGE)?;
         net.set_up(ul, &node.bridge_port)?;
-        let addr = Ipv4Net::new(node.internal_ip, plan.underlay_cidr.prefix_len())
-            .expect("prefix of a parsed net");
+        let addr = Ipv4Net::new(node.internal_ip, plan.underlay_cidr.prefix_len()).expect("prefix of a parsed net");
         net.add_addr(&node.netns, NODE_UPLINK, addr)?;
         net.set_up(&node.netns, NODE_UPLINK)?;
     }
@@ -47,11 +51,7 @@ fn try_setup(net: &mut dyn LabNet, plan: &LabPlan) -> Result<()> {
 /// Keeps going on errors and returns the first.
 pub fn teardown_netns(net: &mut dyn LabNet, lab: &str) -> Result<Vec<String>> {
     let prefix = names::netns_prefix(lab);
-    let mut ours: Vec<String> = net
-        .list_netns()?
-        .into_iter()
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
+    let mut ours: Vec<String> = net.list_netns()?.into_iter().filter(|n| n.starts_with(&prefix)).collect();
     let rank = |n: &str| {
         let rest = &n[prefix.len()..];
         if rest.starts_with("pod-") {
@@ -93,16 +93,16 @@ mod tests {
         setup_skeleton(&mut net, &p).unwrap();
         let ul = &net.netns[&p.underlay_netns];
         assert!(ul["br0"].up);
+        for key in UNDERLAY_SYSCTLS {
+            assert_eq!(net.sysctls[&(p.underlay_netns.clone(), key.to_string())], "0");
+        }
         for n in &p.nodes {
             let port = &ul[&n.bridge_port];
             assert_eq!(port.master.as_deref(), Some("br0"));
             assert!(port.up);
             let eth0 = &net.netns[&n.netns]["eth0"];
             assert_eq!(eth0.addrs, vec![Ipv4Net::new(n.internal_ip, 24).unwrap()]);
-            assert_eq!(
-                eth0.peer,
-                Some((p.underlay_netns.clone(), n.bridge_port.clone()))
-            );
+            assert_eq!(eth0.peer, Some((p.underlay_netns.clone(), n.bridge_port.clone())));
             assert!(eth0.up);
         }
         for pod in &p.pods {
@@ -120,15 +120,10 @@ mod tests {
         for fail_at in 0..counting.calls {
             let mut net = FaultyNet::new(FakeNet::default(), fail_at);
             // A netns of another lab must survive our rollback.
-            net.inner
-                .netns
-                .insert("tl-other-ul".into(), Default::default());
+            net.inner.netns.insert("tl-other-ul".into(), Default::default());
             let r = setup_skeleton(&mut net, &p);
             assert!(r.is_err(), "fail_at {fail_at} should fail");
-            assert_eq!(
-                net.inner.list_netns().unwrap(),
-                vec!["tl-other-ul".to_string()]
-            );
+            assert_eq!(net.inner.list_netns().unwrap(), vec!["tl-other-ul".to_string()]);
         }
     }
 
@@ -143,9 +138,6 @@ mod tests {
         assert_eq!(removed.len(), 1 + p.nodes.len() + p.pods.len());
         assert!(removed[0].contains("-pod-"));
         assert_eq!(removed.last().unwrap(), &p.underlay_netns);
-        assert_eq!(
-            net.list_netns().unwrap(),
-            vec!["tl-default1-ul".to_string(), "unrelated".to_string()]
-        );
+        assert_eq!(net.list_netns().unwrap(), vec!["tl-default1-ul".to_string(), "unrelated".to_string()]);
     }
 }

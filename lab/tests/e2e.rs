@@ -10,10 +10,7 @@ use common::{leftovers, serial, wait_until, Lab};
 use trellis_lab::state::LabState;
 
 fn probe(lab: &Lab, from: &str, target: &str, port: &str, proto: &str) -> Result<String, String> {
-    let o = lab.run(
-        "probe",
-        &[from, target, port, "--proto", proto, "--timeout-ms", "3000"],
-    );
+    let o = lab.run("probe", &[from, target, port, "--proto", proto, "--timeout-ms", "3000"]);
     if o.status.success() {
         Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
     } else {
@@ -42,27 +39,12 @@ fn default_lab_connectivity(mode: &str) {
     assert_check_passes(&lab);
 
     // Same node, across nodes, node -> pod; the answer names the pod that was reached.
-    assert_eq!(
-        probe(&lab, "web-1", "client-1", "8080", "tcp").unwrap(),
-        "client-1"
-    );
-    assert_eq!(
-        probe(&lab, "web-1", "web-2", "8080", "tcp").unwrap(),
-        "web-2"
-    );
-    assert_eq!(
-        probe(&lab, "client-2", "web-1", "8080", "udp").unwrap(),
-        "web-1"
-    );
-    assert_eq!(
-        probe(&lab, "node1", "web-2", "8080", "tcp").unwrap(),
-        "web-2"
-    );
+    assert_eq!(probe(&lab, "web-1", "client-1", "8080", "tcp").unwrap(), "client-1");
+    assert_eq!(probe(&lab, "web-1", "web-2", "8080", "tcp").unwrap(), "web-2");
+    assert_eq!(probe(&lab, "client-2", "web-1", "8080", "udp").unwrap(), "web-1");
+    assert_eq!(probe(&lab, "node1", "web-2", "8080", "tcp").unwrap(), "web-2");
     let web2_ip = st.pod_ips["default/web-2"].to_string();
-    assert_eq!(
-        probe(&lab, "client-1", &web2_ip, "8080", "tcp").unwrap(),
-        "web-2"
-    );
+    assert_eq!(probe(&lab, "client-1", &web2_ip, "8080", "tcp").unwrap(), "web-2");
     // Nothing listens on 9; the probe must fail with exit 1.
     let o = lab.run("probe", &["web-1", "web-2", "9", "--timeout-ms", "500"]);
     assert_eq!(o.status.code(), Some(1), "{}", common::text(&o));
@@ -71,24 +53,11 @@ fn default_lab_connectivity(mode: &str) {
     for (key, ip) in &st.pod_ips {
         let pod = st.pod(key).unwrap();
         let node = st.plan.node(&pod.node).unwrap();
-        assert!(
-            node.pod_cidr.contains(ip),
-            "{key} {ip} not in {}",
-            node.pod_cidr
-        );
+        assert!(node.pod_cidr.contains(ip), "{key} {ip} not in {}", node.pod_cidr);
     }
-    let o = lab.run(
-        "exec",
-        &[
-            "web-2", "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0",
-        ],
-    );
+    let o = lab.run("exec", &["web-2", "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
     assert!(o.status.success(), "{}", common::text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains(&format!("{web2_ip}/")),
-        "{}",
-        common::text(&o)
-    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("{web2_ip}/")), "{}", common::text(&o));
     let o = lab.run("exec", &["web-2", "--", "false"]);
     assert_eq!(o.status.code(), Some(1));
 
@@ -116,11 +85,7 @@ fn node_removed_from_control_plane_loses_its_routes() {
     let lab = Lab::up("rm", &["--mode", "vxlan"]);
     let st = LabState::load(&lab.name).unwrap();
     let cidr2 = st.plan.node("node2").unwrap().pod_cidr.to_string();
-    assert!(
-        lab.has_route("node1", &cidr2),
-        "node1 has no route to {cidr2}: {:?}",
-        lab.routes("node1")
-    );
+    assert!(lab.has_route("node1", &cidr2), "node1 has no route to {cidr2}: {:?}", lab.routes("node1"));
     std::fs::remove_file(lab.state_dir().join("manifests/node_node2.yaml")).unwrap();
     assert!(
         wait_until(Duration::from_secs(15), || !lab.has_route("node1", &cidr2)),
@@ -138,15 +103,11 @@ fn route_deleted_by_hand_is_repaired() {
     let st = LabState::load(&lab.name).unwrap();
     let cidr2 = st.plan.node("node2").unwrap().pod_cidr.to_string();
     assert!(lab.has_route("node1", &cidr2));
-    let o = Command::new("ip")
-        .args(["-n", &lab.node_netns("node1"), "route", "del", &cidr2])
-        .output()
-        .unwrap();
+    let o = Command::new("ip").args(["-n", &lab.node_netns("node1"), "route", "del", &cidr2]).output().unwrap();
     assert!(o.status.success(), "{o:?}");
     assert!(!lab.has_route("node1", &cidr2));
     assert!(
-        wait_until(Duration::from_secs(2 * 2 + 3), || lab
-            .has_route("node1", &cidr2)),
+        wait_until(Duration::from_secs(2 * 2 + 3), || lab.has_route("node1", &cidr2)),
         "route {cidr2} not repaired on node1 within the repair interval: {:?}\n{}",
         lab.routes("node1"),
         lab.logs()
@@ -155,10 +116,7 @@ fn route_deleted_by_hand_is_repaired() {
 }
 
 fn root_links() -> Vec<String> {
-    let o = Command::new("ip")
-        .args(["-o", "link", "show"])
-        .output()
-        .unwrap();
+    let o = Command::new("ip").args(["-o", "link", "show"]).output().unwrap();
     String::from_utf8_lossy(&o.stdout)
         .lines()
         .filter_map(|l| l.split(':').nth(1))
@@ -180,15 +138,9 @@ fn down_leaves_nothing_even_without_state_json() {
     assert_eq!(leftovers(&lab.name), Vec::<String>::new());
     // No lab link ever appears in the root namespace.
     let ours = |n: &str| {
-        n == "br0"
-            || n == "eth0"
-            || n.starts_with("trellis")
-            || (n.starts_with('n') && n[1..].parse::<u32>().is_ok())
+        n == "br0" || n == "eth0" || n.starts_with("trellis") || (n.starts_with('n') && n[1..].parse::<u32>().is_ok())
     };
-    let new: Vec<String> = root_links()
-        .into_iter()
-        .filter(|l| !before.contains(l) && ours(l))
-        .collect();
+    let new: Vec<String> = root_links().into_iter().filter(|l| !before.contains(l) && ours(l)).collect();
     assert!(new.is_empty(), "links in the root netns: {new:?}");
     // A second down is a no-op success.
     let o = lab.run("down", &[]);
@@ -228,17 +180,11 @@ fn apply_service_writes_endpoint_slice_and_relabels_pods() {
     assert!(o.status.success(), "{}", common::text(&o));
     let m = lab.state_dir().join("manifests");
     let svc: serde_json::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(m.join("service_default_web.yaml")).unwrap())
-            .unwrap();
+        serde_yaml::from_str(&std::fs::read_to_string(m.join("service_default_web.yaml")).unwrap()).unwrap();
     let vip: std::net::Ipv4Addr = svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
-    assert!("10.96.0.0/16"
-        .parse::<ipnet::Ipv4Net>()
-        .unwrap()
-        .contains(&vip));
-    let slice: serde_json::Value = serde_yaml::from_str(
-        &std::fs::read_to_string(m.join("endpointslice_default_web-lab.yaml")).unwrap(),
-    )
-    .unwrap();
+    assert!("10.96.0.0/16".parse::<ipnet::Ipv4Net>().unwrap().contains(&vip));
+    let slice: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(m.join("endpointslice_default_web-lab.yaml")).unwrap()).unwrap();
     let st = LabState::load(&lab.name).unwrap();
     let mut ips: Vec<String> = slice["endpoints"]
         .as_array()
@@ -247,23 +193,16 @@ fn apply_service_writes_endpoint_slice_and_relabels_pods() {
         .map(|e| e["addresses"][0].as_str().unwrap().to_string())
         .collect();
     ips.sort();
-    let mut want: Vec<String> = ["default/web-1", "default/web-2", "default/client-1"]
-        .iter()
-        .map(|k| st.pod_ips[*k].to_string())
-        .collect();
+    let mut want: Vec<String> =
+        ["default/web-1", "default/web-2", "default/client-1"].iter().map(|k| st.pod_ips[*k].to_string()).collect();
     want.sort();
     assert_eq!(ips, want);
     assert_eq!(slice["ports"][0]["port"], 8080);
     assert!(m.join("networkpolicy_default_deny.yaml").exists());
-    let pod: serde_json::Value = serde_yaml::from_str(
-        &std::fs::read_to_string(m.join("pod_default_client-1.yaml")).unwrap(),
-    )
-    .unwrap();
+    let pod: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(m.join("pod_default_client-1.yaml")).unwrap()).unwrap();
     assert_eq!(pod["metadata"]["labels"]["role"], "extra");
-    assert_eq!(
-        pod["status"]["podIP"],
-        st.pod_ips["default/client-1"].to_string()
-    );
+    assert_eq!(pod["status"]["podIP"], st.pod_ips["default/client-1"].to_string());
     // The VIP resolves for probes by service name (reachability depends on the agent's service support).
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "kind: Pod\nmetadata: {name: nosuchpod}\n").unwrap();
@@ -301,11 +240,9 @@ fn skeleton_and_down_without_agents() {
     let n1 = names::netns_path(&p.nodes[0].netns);
     let ip = p.nodes[1].internal_ip;
     let ok = wait_until(Duration::from_secs(5), || {
-        nsexec::run_in(&n1, || {
-            echo::probe(ip, 7000, echo::Proto::Tcp, Duration::from_millis(300))
-        })
-        .unwrap()
-        .is_ok_and(|n| n == "node2")
+        nsexec::run_in(&n1, || echo::probe(ip, 7000, echo::Proto::Tcp, Duration::from_millis(300)))
+            .unwrap()
+            .is_ok_and(|n| n == "node2")
     });
     assert!(ok, "node1 cannot reach node2 over the underlay");
     let r = lab::down(&name).unwrap();

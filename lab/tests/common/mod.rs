@@ -42,23 +42,12 @@ pub fn bin_dir() -> PathBuf {
     BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "-p",
-            "trellis-cni",
-            "-p",
-            "trellis-ipam",
-            "-p",
-            "trellis-agent",
-        ]);
+        cmd.args(["build", "-p", "trellis-cni", "-p", "trellis-ipam", "-p", "trellis-agent"]);
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
         }
         let st = cmd.status();
-        assert!(
-            matches!(st, Ok(s) if s.success()),
-            "building trellis, trellis-ipam, trellis-agent failed: {st:?}"
-        );
+        assert!(matches!(st, Ok(s) if s.success()), "building trellis, trellis-ipam, trellis-agent failed: {st:?}");
     });
     for b in ["trellis", "trellis-ipam", "trellis-agent"] {
         assert!(dir.join(b).is_file(), "{} missing", dir.join(b).display());
@@ -75,10 +64,7 @@ pub fn unique_name(tag: &str) -> String {
 }
 
 pub fn lab_cmd(args: &[&str]) -> Output {
-    Command::new(LAB)
-        .args(args)
-        .output()
-        .expect("run trellis-lab")
+    Command::new(LAB).args(args).output().expect("run trellis-lab")
 }
 
 pub fn text(o: &Output) -> String {
@@ -100,21 +86,10 @@ impl Lab {
         let name = unique_name(tag);
         let bins = bin_dir();
         let lab = Lab { name: name.clone() };
-        let mut args = vec![
-            "up",
-            "--name",
-            &name,
-            "--bin-dir",
-            bins.to_str().expect("utf8 path"),
-        ];
+        let mut args = vec!["up", "--name", &name, "--bin-dir", bins.to_str().expect("utf8 path")];
         args.extend_from_slice(extra);
         let o = lab_cmd(&args);
-        assert!(
-            o.status.success(),
-            "up failed:\n{}\n{}",
-            text(&o),
-            lab.logs()
-        );
+        assert!(o.status.success(), "up failed:\n{}\n{}", text(&o), lab.logs());
         lab
     }
 
@@ -148,14 +123,9 @@ impl Lab {
     }
 
     pub fn routes(&self, node: &str) -> Vec<String> {
-        let o = Command::new("ip")
-            .args(["-n", &self.node_netns(node), "-4", "route", "show"])
-            .output()
-            .expect("ip route");
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
+        let o =
+            Command::new("ip").args(["-n", &self.node_netns(node), "-4", "route", "show"]).output().expect("ip route");
+        String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect()
     }
 
     pub fn has_route(&self, node: &str, prefix: &str) -> bool {
@@ -208,10 +178,7 @@ pub fn leftovers(name: &str) -> Vec<String> {
                 continue;
             };
             let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| {
-                    s.rsplit_once(')')
-                        .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-                })
+                .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
                 .unwrap_or(true);
             if !zombie && env.split(|b| *b == 0).any(|kv| kv == tag.as_bytes()) {
                 left.push(format!("process {pid}"));
