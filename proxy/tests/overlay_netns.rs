@@ -323,7 +323,7 @@ fn host_gw_routes_same_segment_and_refuses_others() {
     // A bad manifest does not stop anything.
     std::fs::write(lab.manifests().join("broken.yaml"), "kind: Node\nmetadata: {name: [\n").unwrap();
     lab.start_agent("a", &["--overlay", "host-gw", "--metrics-addr", "127.0.0.1:9962"]);
-    lab.start_agent("b", &["--overlay", "host-gw", "--metrics-addr", ""]);
+    lab.start_agent("b", &["--overlay", "host-gw", "--metrics-addr", "", "--underlay-iface", "eth0"]);
     let t = Duration::from_secs(10);
 
     let route_b = || lab.ip("a", &["route", "show", "10.244.2.0/24"]);
@@ -377,6 +377,50 @@ fn vxlan_carries_ipv6_pod_cidrs_over_an_ipv4_underlay() {
     wait_until("b programmed", t, || has(&lab.ip("b", &["-6", "route", "show", "fd00:10:244:1::/64"]), "trellis.1"));
     wait_until("ping -6 a -> b over VXLAN", t, || lab.ping6("a", "fd00:10:244:2::"));
     wait_until("ping a -> b over VXLAN", t, || lab.ping("a", "10.244.2.0"));
+}
+
+#[test]
+fn node_changes_follow_podcidr_and_address_changes() {
+    require_root!();
+    let mut lab = Lab::new();
+    lab.two_nodes(("a", "192.168.81.1/24"), ("b", "192.168.81.2/24"));
+    // b also owns a second underlay address it can move to.
+    sh(&["ip", "-n", &lab.ns("b"), "addr", "add", "192.168.81.22/24", "dev", "eth0"]);
+    lab.write_node("a", "10.244.1.0/24", "192.168.81.1");
+    lab.write_node("b", "10.244.2.0/24", "192.168.81.2");
+    lab.start_agent("a", &["--metrics-addr", ""]);
+    lab.start_agent("b", &["--metrics-addr", ""]);
+    let t = Duration::from_secs(10);
+    wait_until("route to b", t, || has(&lab.ip("a", &["route", "show", "10.244.2.0/24"]), "trellis.1"));
+
+    // b's podCIDR changes: a re-routes, b re-addresses its device and rewrites its conflist.
+    lab.write_node("b", "10.244.12.0/24", "192.168.81.2");
+    wait_until("a routes b's new podCIDR", Duration::from_secs(3), || {
+        has(&lab.ip("a", &["route", "show", "10.244.12.0/24"]), "via 10.244.12.0 dev trellis.1")
+            && lab.ip("a", &["route", "show", "10.244.2.0/24"]).trim().is_empty()
+    });
+    wait_until("b re-addressed", Duration::from_secs(3), || {
+        let a = lab.ip("b", &["addr", "show", "dev", "trellis.1"]);
+        has(&a, "10.244.12.0/32") && !has(&a, "10.244.2.0/32")
+    });
+    let conf = lab.conf_dir("b").join("10-trellis.conflist");
+    wait_until("b's conflist rewritten", Duration::from_secs(3), || {
+        std::fs::read_to_string(&conf).map(|c| c.contains("10.244.12.0/24")).unwrap_or(false)
+    });
+    wait_until("ping over the new CIDR", t, || lab.ping("a", "10.244.12.0"));
+
+    // b's InternalIP changes: a's FDB follows, b recreates its device with the new local
+    // address and MAC.
+    lab.write_node("b", "10.244.12.0/24", "192.168.81.22");
+    wait_until("a's fdb follows", Duration::from_secs(3), || {
+        let f = lab.bridge("a", &["fdb", "show", "dev", "trellis.1"]);
+        has(&f, "0e:7e:c0:a8:51:16 dst 192.168.81.22") && !has(&f, "dst 192.168.81.2 ")
+    });
+    wait_until("b's device follows", Duration::from_secs(3), || {
+        let l = lab.ip("b", &["-d", "link", "show", "trellis.1"]);
+        has(&l, "local 192.168.81.22") && has(&l, "0e:7e:c0:a8:51:16")
+    });
+    wait_until("ping after the move", t, || lab.ping("a", "10.244.12.0"));
 }
 
 #[test]

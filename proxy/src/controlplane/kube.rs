@@ -1,6 +1,7 @@
-//! The `kube` source: kube-rs watchers over the Kubernetes API.
+//! The `kube` source: kube-rs reflectors over the Kubernetes API.
 //!
-//! Each kind gets a watcher (list, then watch, re-list on expiry, with backoff on errors). The
+//! Each kind gets a reflector (a watcher: list, then watch, re-list on expiry, with backoff on
+//! errors; feeding a kube-rs `Store` other parts of the agent can read). The
 //! watcher's Init/InitApply/InitDone bracket becomes one [`Event::Relisted`], so a re-list after
 //! a lost watch also removes objects deleted while we were not looking. [`Event::Synced`] is
 //! sent once every kind completed its first list.
@@ -14,6 +15,7 @@ use std::path::Path;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
+use kube::runtime::reflector::{self, reflector, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
@@ -47,11 +49,18 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
 pub struct KubeSource {
     client: Client,
     metrics: Metrics,
+    nodes: (Store<Node>, Option<reflector::store::Writer<Node>>),
 }
 
 impl KubeSource {
     pub fn new(client: Client, metrics: Metrics) -> Self {
-        KubeSource { client, metrics }
+        let (reader, writer) = reflector::store();
+        KubeSource { client, metrics, nodes: (reader, Some(writer)) }
+    }
+
+    /// The reflector's cache of Nodes (ready once the first list completed).
+    pub fn nodes(&self) -> Store<Node> {
+        self.nodes.0.clone()
     }
 }
 
@@ -63,16 +72,18 @@ enum Msg {
 
 fn spawn_watch<K>(
     api: Api<K>,
+    writer: reflector::store::Writer<K>,
     kind: Kind,
     wrap: fn(K) -> Resource,
     tx: mpsc::Sender<Msg>,
     metrics: Metrics,
 ) -> tokio::task::JoinHandle<()>
 where
-    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     tokio::spawn(async move {
-        let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+        let mut stream = reflector(writer, watcher(api, watcher::Config::default()).default_backoff()).boxed();
         let mut buffer: Vec<Resource> = Vec::new();
         while let Some(item) = stream.next().await {
             let msgs = match item {
@@ -127,12 +138,15 @@ impl ControlPlane for KubeSource {
         Box::pin(async move {
             let (itx, mut irx) = mpsc::channel::<Msg>(256);
             let kinds: BTreeSet<Kind> = [Kind::Node].into();
+            let mut this = self;
+            let node_writer = this.nodes.1.take().expect("run is called once");
             let tasks = vec![spawn_watch::<Node>(
-                Api::all(self.client.clone()),
+                Api::all(this.client.clone()),
+                node_writer,
                 Kind::Node,
                 |n| Resource::Node(Box::new(n)),
                 itx.clone(),
-                self.metrics.clone(),
+                this.metrics.clone(),
             )];
             drop(itx);
             let mut listed = BTreeSet::new();
@@ -188,7 +202,9 @@ mod tests {
         let (svc, mut server): (_, ApiServer) = tower_test::mock::pair();
         let client = Client::new(svc, "default");
         let (tx, mut rx) = mpsc::channel(16);
-        let task = tokio::spawn(Box::new(KubeSource::new(client, Metrics::new())).run(tx));
+        let source = KubeSource::new(client, Metrics::new());
+        let store = source.nodes();
+        let task = tokio::spawn(Box::new(source).run(tx));
 
         // 1. The initial list.
         let (req, send) = server.next_request().await.expect("list request");
@@ -204,6 +220,8 @@ mod tests {
         let names: Vec<_> = objs.iter().map(|o| o.key().unwrap().name).collect();
         assert_eq!(names, vec!["a", "b"]);
         assert_eq!(next(&mut rx).await, Event::Synced);
+        store.wait_until_ready().await.unwrap();
+        assert_eq!(store.state().len(), 2, "the reflector's store holds the listed nodes");
 
         // 2. The watch: one node added, one deleted.
         let (req, send) = server.next_request().await.expect("watch request");
