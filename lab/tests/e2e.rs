@@ -268,3 +268,58 @@ fn bench_measures_a_veth_pair() {
     drop(pair);
     assert_eq!(leftovers(&name), Vec::<String>::new());
 }
+
+#[test]
+fn down_cleans_up_after_up_was_killed() {
+    require_root!();
+    let _s = serial();
+    let name = common::unique_name("kl");
+    let bins = common::bin_dir();
+    struct Down(String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = common::lab_cmd(&["down", "--name", &self.0]);
+        }
+    }
+    let _guard = Down(name.clone());
+    let mut up = Command::new(common::LAB)
+        .args(["up", "--name", &name, "--bin-dir", bins.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = std::path::PathBuf::from("/run/trellis-lab").join(&name).join("state.json");
+    // Kill `up` as soon as it has started agents: netns, processes and files exist, the lab is incomplete.
+    let started = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v["agents"].as_object().is_some_and(|a| !a.is_empty()))
+    });
+    up.kill().unwrap();
+    let _ = up.wait();
+    assert!(started, "up never started an agent");
+    let st: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(st["ready"], false, "up finished before it was killed; the test proves nothing");
+    assert!(leftovers(&name).iter().any(|l| l.starts_with("process")));
+    let o = common::lab_cmd(&["down", "--name", &name]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    assert_eq!(leftovers(&name), Vec::<String>::new());
+}
+
+#[test]
+fn bench_routed_reference_path_carries_traffic() {
+    require_root!();
+    let name = common::unique_name("br");
+    let r = trellis_lab::bench::RoutedPath::create(&name).unwrap();
+    let n = trellis_lab::bench::measure(
+        &trellis_lab::names::netns_path(&r.client),
+        &trellis_lab::names::netns_path(&r.server),
+        r.server_ip,
+        Duration::from_millis(300),
+    )
+    .unwrap();
+    assert!(n.throughput > 0.0 && n.rr > 0.0 && n.crr > 0.0, "{n:?}");
+    drop(r);
+    assert_eq!(leftovers(&name), Vec::<String>::new());
+}
