@@ -13,8 +13,15 @@ pub struct Bins {
 }
 
 impl Bins {
-    /// The debug binaries (what `cargo test --workspace` builds), or `$TRELLIS_BIN_DIR`.
+    /// `$TRELLIS_BIN_DIR`, else the debug binaries of this workspace. Under `cargo test` (CARGO set) they are
+    /// built first, once per test process: `cargo test --workspace` does not build another package's binaries
+    /// unless that package has integration tests, and a stale binary would test old code.
     pub fn locate() -> Result<Bins> {
+        if std::env::var_os("TRELLIS_BIN_DIR").is_none() {
+            if let Some(cargo) = std::env::var_os("CARGO") {
+                build_once(&cargo)?;
+            }
+        }
         Self::locate_profile("debug")
     }
 
@@ -49,6 +56,24 @@ impl Bins {
     pub fn cni_path(&self) -> String {
         format!("{}:{}", self.dir.display(), REFERENCE_DIR)
     }
+}
+
+/// `cargo build -p trellis-cni -p trellis-ipam` once per process; the outcome is shared by every test.
+fn build_once(cargo: &std::ffi::OsStr) -> Result<()> {
+    static BUILT: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    let outcome = BUILT.get_or_init(|| {
+        let out = std::process::Command::new(cargo)
+            .args(["build", "-p", "trellis-cni", "-p", "trellis-ipam"])
+            .current_dir(workspace_root())
+            .output()
+            .map_err(|e| format!("run cargo build: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("cargo build -p trellis-cni -p trellis-ipam failed:\n{}", String::from_utf8_lossy(&out.stderr)))
+        }
+    });
+    outcome.clone().map_err(|e| anyhow::anyhow!(e))
 }
 
 /// `$CARGO_TARGET_DIR` or `<workspace>/target`; the workspace root is this crate's parent directory.
