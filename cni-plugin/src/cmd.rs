@@ -1,8 +1,6 @@
 //! ADD, DEL, CHECK, STATUS, GC over any [`Dataplane`]: validate first, then apply, and roll back what this call
 //! created when a later step fails.
 use std::collections::HashSet;
-use std::net::IpAddr;
-
 use trellis_cni_types::{codes, CniError, CniResult, Env, NetConf};
 
 use crate::config::PluginConfig;
@@ -24,7 +22,7 @@ pub fn add<D: Dataplane>(dp: &mut D, c: &Call) -> Result<CniResult, CniError> {
     let host = host_veth_name(c.env.container_id(), c.env.ifname());
     // A repeated ADD of a live attachment must not tear it down if this call fails.
     let existed = dp.host_veth(&host)?.is_some();
-    let outcome = c.ipam.add(c.env, c.stdin)?;
+    let outcome = c.ipam.add(c.env, c.conf, c.stdin)?;
     match add_links(dp, c, &outcome) {
         Ok(r) => Ok(r),
         Err(e) if existed => Err(e),
@@ -107,13 +105,12 @@ pub fn check<D: Dataplane>(dp: &mut D, c: &Call) -> Result<(), CniError> {
     if dp.host_veth(&host)?.is_none() {
         return Err(drift(format!("host veth {host} is missing")));
     }
-    let ips: Vec<IpAddr> = expected.iter().map(|i| i.address.addr()).collect();
-    c.ipam.check(c.env, c.stdin, &ips)
+    c.ipam.check(c.env, c.conf, c.stdin)
 }
 
 /// STATUS: can ADD succeed now? (IPAM store writable, ranges not exhausted.)
 pub fn status(c: &Call) -> Result<(), CniError> {
-    c.ipam.status(c.env, c.stdin, c.conf.cni_version.is_1_1())
+    c.ipam.status(c.env, c.conf, c.stdin)
 }
 
 /// GC: release every allocation and host veth not named in `cni.dev/valid-attachments`.
@@ -130,7 +127,7 @@ pub fn gc<D: Dataplane>(dp: &mut D, c: &Call) -> Result<(), CniError> {
             }
         }
     }
-    if let Err(e) = c.ipam.gc(c.env, c.stdin, valid, c.conf.cni_version.is_1_1()) {
+    if let Err(e) = c.ipam.gc(c.env, c.conf, c.stdin) {
         first_err.get_or_insert(e);
     }
     first_err.map_or(Ok(()), Err)
@@ -199,7 +196,7 @@ mod tests {
     ) -> Result<T, CniError> {
         let conf = fx.conf(extra);
         let cfg = PluginConfig::from_conf(&conf).unwrap();
-        let ipam = IpamBackend::new(&cfg, &conf.name).unwrap();
+        let ipam = IpamBackend::new(&cfg, &conf).unwrap();
         let env = fx.env(cmd, id, ifname);
         let call = Call { env: &env, conf: &conf, cfg: &cfg, ipam: &ipam, stdin: b"{}" };
         f(&call)

@@ -25,8 +25,8 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     }
     let conf = NetConf::parse(stdin)?;
     let cfg = config::PluginConfig::from_conf(&conf)?;
-    let name = conf.require_name()?.to_string();
-    let ipam = ipam::IpamBackend::new(&cfg, &name)?;
+    conf.require_name()?;
+    let ipam = ipam::IpamBackend::new(&cfg, &conf)?;
     let call = cmd::Call { env, conf: &conf, cfg: &cfg, ipam: &ipam, stdin };
     let netns = env.netns.as_deref();
     match env.command {

@@ -23,6 +23,7 @@
 //! Errors carry their CNI code: [`IpamError::cni_code`].
 
 pub mod alloc;
+pub mod cni;
 pub mod config;
 pub mod error;
 pub mod ip;
