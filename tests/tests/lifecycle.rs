@@ -61,3 +61,29 @@ fn gc_releases_attachments_not_listed() {
     let ip = result::ipv4(&fx.node.add(&c, &again).unwrap()).unwrap();
     assert_ne!(ip, ips[0]);
 }
+
+#[test]
+fn gc_of_one_network_leaves_other_networks_alone() {
+    require_root!();
+    let fx = Fixture::new().unwrap();
+    let a = fx.trellis("1.1.0", "10.244.27.0/24");
+    // A second trellis network on the same node: its own name, bridge, range and store.
+    let b_data = trellis_e2e::TempDir::new("data-b").unwrap();
+    let b_name = trellis_e2e::names::unique("netb");
+    let mut b = conf::trellis("1.1.0", &b_name, b_data.path(), "10.244.28.0/24");
+    b["bridge"] = serde_json::json!("trellisb");
+    let b_store = trellis_e2e::store::Store::new(b_data.path(), &b_name);
+
+    let pa = Pod::new("gca").unwrap();
+    let pb = Pod::new("gcb").unwrap();
+    fx.node.add(&a, &pa).unwrap();
+    let ip_b = result::ipv4(&fx.node.add(&b, &pb).unwrap()).unwrap();
+
+    // GC of network A with nothing valid: A's pod goes, B's pod must not be touched.
+    fx.node.command(CniCmd::Gc, &conf::with_valid_attachments(&a, &[])).unwrap().ok().unwrap();
+    assert!(fx.store().ips().unwrap().is_empty(), "GC of A kept A's allocation");
+    assert!(!fx.node.ns.has_link(&pa.host_veth()).unwrap(), "GC of A kept A's veth");
+    assert_eq!(b_store.ips().unwrap(), vec![ip_b], "GC of network A released network B's IP");
+    assert!(fx.node.ns.has_link(&pb.host_veth()).unwrap(), "GC of network A deleted network B's veth");
+    assert!(pb.ns.ping("10.244.28.1"), "network B's pod lost connectivity after GC of A");
+}
