@@ -10,6 +10,9 @@ use serde_json::Value;
 
 use crate::error::{LabError, Result};
 
+/// Longest a single plugin invocation may take.
+pub const PLUGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 pub struct Invocation {
     pub command: &'static str,
@@ -123,7 +126,21 @@ pub fn exec_plugin(inv: &Invocation, kind: &str, stdin: &Value, run_netns: &Path
     if let Some(mut si) = child.stdin.take() {
         si.write_all(input.as_bytes()).map_err(|e| err(format!("writing stdin: {e}")))?;
     }
-    let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
+    // A hung plugin must not hang `up` or `down`.
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(PLUGIN_TIMEOUT) {
+        Ok(r) => r.map_err(|e| err(e.to_string()))?,
+        Err(_) => {
+            // SAFETY: kill(2) on the plugin child we spawned and have not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = rx.recv();
+            return Err(err(format!("no answer within {PLUGIN_TIMEOUT:?}")));
+        }
+    };
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(err(format!("{}: {} {}", out.status, stdout.trim(), String::from_utf8_lossy(&out.stderr).trim())));

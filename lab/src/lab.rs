@@ -568,9 +568,38 @@ pub fn print_status(st: &LabState, out: &mut dyn std::io::Write) {
 /// What `down` removed.
 #[derive(Debug, Default)]
 pub struct DownReport {
+    /// Pods released with CNI DEL (when state.json and the conflist were there).
+    pub cni_deleted: Vec<String>,
+    /// CNI DEL failures: reported, never blocking the teardown.
+    pub warnings: Vec<String>,
     pub processes: Vec<i32>,
     pub netns: Vec<String>,
     pub state_dir: bool,
+}
+
+/// CNI DEL for every pod that got an IP, as a runtime does when it removes a pod sandbox. Best effort.
+fn release_pods(st: &LabState, report: &mut DownReport) {
+    let dirs = st.dirs();
+    for pod in &st.plan.pods {
+        let key = pod_key(&pod.namespace, &pod.name);
+        if !st.pod_ips.contains_key(&key) {
+            continue;
+        }
+        let Some(node) = st.plan.node(&pod.node) else { continue };
+        let node_ns = names::netns_path(&node.netns);
+        let conf = dirs.cni_conf_dir(&node.name).join(CONFLIST_NAME);
+        let Some(conflist) = std::fs::read_to_string(&conf).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        else {
+            continue;
+        };
+        if !node_ns.exists() {
+            continue;
+        }
+        match cni::del(&conflist, &invocation(st, pod, "DEL"), &node_ns, &st.plan.name) {
+            Ok(()) => report.cni_deleted.push(key),
+            Err(e) => report.warnings.push(format!("CNI DEL {key}: {e}")),
+        }
+    }
 }
 
 /// Removes every process, netns (and with them every link) and file of the lab. Works from names alone, so a
@@ -581,10 +610,14 @@ pub fn down(lab: &str) -> Result<DownReport> {
     let mut net = NetlinkNet::default();
     let ours: Vec<PathBuf> =
         net.list_netns()?.into_iter().filter(|n| n.starts_with(&prefix)).map(|n| names::netns_path(&n)).collect();
+    let mut report = DownReport::default();
+    if let Ok(st) = LabState::load(lab) {
+        release_pods(&st, &mut report);
+    }
     let mut pids: BTreeSet<i32> = nsexec::pids_in_netns(&ours).into_iter().collect();
     pids.extend(nsexec::pids_tagged(lab));
     let pids: Vec<i32> = pids.into_iter().collect();
-    let mut report = DownReport { processes: nsexec::terminate(&pids, Duration::from_secs(3)), ..Default::default() };
+    report.processes = nsexec::terminate(&pids, Duration::from_secs(3));
     let mut errors = Vec::new();
     match underlay::teardown_netns(&mut net, lab) {
         Ok(v) => report.netns = v,

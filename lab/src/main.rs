@@ -151,8 +151,12 @@ fn run() -> Result<ExitCode> {
         Cmd::Down { name } => {
             let lab = resolve_lab_name(name.as_deref())?;
             let r = lab::down(&lab)?;
+            for w in &r.warnings {
+                eprintln!("warning: {w}");
+            }
             println!(
-                "lab {lab} down: {} processes stopped, {} netns deleted{}",
+                "lab {lab} down: {} pods released (CNI DEL), {} processes stopped, {} netns deleted{}",
+                r.cni_deleted.len(),
                 r.processes.len(),
                 r.netns.len(),
                 if r.state_dir { ", state removed" } else { "" }
