@@ -28,6 +28,15 @@ fn podman_container_gets_ip_pings_gateway_and_rm_releases_it() {
 
     podman.run(&["exec", &id, "/bin/ping", "-c1", "-W1", "10.244.13.1"]).unwrap();
 
+    // restart = DEL (with prevResult) then ADD for the same container ID: still exactly one allocation.
+    podman.run(&["restart", "-t", "0", &id]).unwrap();
+    let ip_after = podman.ip(&id, &fx.network).unwrap();
+    assert!(ip_after.starts_with("10.244.13."), "no IP after restart: {ip_after:?}");
+    let allocs = fx.store().allocations().unwrap();
+    assert_eq!(allocs.len(), 1, "allocations after restart: {allocs:?}");
+    assert_eq!(allocs[0].ip.to_string(), ip_after);
+    podman.run(&["exec", &id, "/bin/ping", "-c1", "-W1", "10.244.13.1"]).unwrap();
+
     podman.rm(&id).unwrap();
     assert!(fx.store().ips().unwrap().is_empty(), "podman rm -f leaked the IP (DEL failed? podman only logs it)");
     assert!(!fx.node.ns.has_link(&veth).unwrap(), "host veth {veth} survived podman rm -f");
