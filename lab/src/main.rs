@@ -55,6 +55,15 @@ enum Cmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Remove an object from the control plane: node/NAME, service/NAME, networkpolicy/NAME, ...
+    Delete {
+        #[arg(long)]
+        name: Option<String>,
+        /// KIND/NAME
+        object: String,
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+    },
     /// Connect from a pod (or node/NAME) to a pod, IP or Service; prints who answered.
     Probe {
         #[arg(long)]
@@ -171,6 +180,11 @@ fn run() -> Result<ExitCode> {
         Cmd::Apply { name, files } => {
             let mut st = load(name.as_deref())?;
             lab::apply(&mut st, &files, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Delete { name, object, namespace } => {
+            let st = load(name.as_deref())?;
+            lab::delete(&st, &object, &namespace, &mut out)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Probe { name, from, target, port, proto, timeout_ms } => {

@@ -64,6 +64,12 @@ fn default_lab_connectivity(mode: &str) {
     let o = lab.run("status", &[]);
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains(&web2_ip));
+
+    // down releases every pod through the plugin (CNI DEL) before removing the namespaces.
+    let r = trellis_lab::lab::down(&lab.name).unwrap();
+    assert_eq!(r.cni_deleted.len(), 4, "{r:?}");
+    assert!(r.warnings.is_empty(), "{r:?}");
+    assert_eq!(leftovers(&lab.name), Vec::<String>::new());
 }
 
 #[test]
@@ -86,7 +92,9 @@ fn node_removed_from_control_plane_loses_its_routes() {
     let st = LabState::load(&lab.name).unwrap();
     let cidr2 = st.plan.node("node2").unwrap().pod_cidr.to_string();
     assert!(lab.has_route("node1", &cidr2), "node1 has no route to {cidr2}: {:?}", lab.routes("node1"));
-    std::fs::remove_file(lab.state_dir().join("manifests/node_node2.yaml")).unwrap();
+    let o = lab.run("delete", &["node/node2"]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    assert!(!lab.state_dir().join("manifests/node_node2.yaml").exists());
     assert!(
         wait_until(Duration::from_secs(15), || !lab.has_route("node1", &cidr2)),
         "route to removed node2's {cidr2} still on node1: {:?}\n{}",
