@@ -164,6 +164,7 @@ mod tests {
         let r = Report {
             pods: 50,
             command: "cargo run".into(),
+            notes: vec!["load 0.1".into()],
             trellis_add: s,
             trellis_del: s,
             reference_add: s,

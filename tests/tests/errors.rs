@@ -56,11 +56,14 @@ fn unknown_cni_version_is_incompatible() {
     rejected(&fx, &pod, &add(&c, &pod), Some(1));
 }
 
+/// Removes one variable from an invocation.
+type Unset = fn(&mut Invocation);
+
 #[test]
 fn missing_environment_is_invalid_env() {
     require_root!();
     let (fx, pod, c) = setup();
-    let cases: [(&str, fn(&mut Invocation)); 4] = [
+    let cases: [(&str, Unset); 4] = [
         ("CNI_COMMAND", |i| i.command = None),
         ("CNI_CONTAINERID", |i| i.container_id = None),
         ("CNI_IFNAME", |i| i.ifname = None),
