@@ -166,3 +166,18 @@ fn check_fails_when_the_host_veth_is_gone() {
     let err = out.error().unwrap();
     assert_eq!(err.cni_version, "0.4.0", "error echoes the config's version:\n{}", out.describe());
 }
+
+#[test]
+fn del_without_cni_netns_frees_everything() {
+    require_root!();
+    // CNI_NETNS is optional for DEL (the runtime may have lost the sandbox path).
+    let fx = Fixture::new().unwrap();
+    let c = fx.trellis("1.0.0", SUBNET);
+    let pod = Pod::new("pod").unwrap();
+    let ip = result::ipv4(&fx.node.add(&c, &pod).unwrap()).unwrap();
+    let mut inv = trellis_e2e::Invocation::attachment(CniCmd::Del, &c, &pod.id, &pod.netns(), &pod.ifname);
+    inv.netns = None;
+    fx.node.invoke(&fx.node.bins.trellis(), &inv).unwrap().ok().unwrap();
+    assert!(!fx.store().has(ip), "DEL without CNI_NETNS leaked {ip}");
+    assert!(!fx.node.ns.has_link(&pod.host_veth()).unwrap(), "DEL without CNI_NETNS left the host veth");
+}
