@@ -37,6 +37,19 @@ fn default_mtu_follows_the_default_route_uplink() {
 }
 
 #[test]
+fn default_mtu_follows_an_existing_bridge() {
+    require_root!();
+    let fx = Fixture::new().unwrap();
+    let bridge = trellis_e2e::conf::BRIDGE;
+    fx.node.ns.run(&["ip", "link", "add", bridge, "mtu", "1300", "type", "bridge"]).unwrap();
+    let pod = Pod::new("mtu").unwrap();
+    fx.node.add(&fx.trellis("1.0.0", "10.244.29.0/24"), &pod).unwrap();
+    assert_eq!(mtu(&pod.ns, "eth0"), 1300, "pod MTU should follow the existing bridge");
+    assert_eq!(mtu(&fx.node.ns, &pod.host_veth()), 1300);
+    assert_eq!(mtu(&fx.node.ns, bridge), 1300, "the plugin must not change an existing bridge's MTU");
+}
+
+#[test]
 fn dual_stack_pods_ping_over_v4_and_v6() {
     require_root!();
     let fx = Fixture::new().unwrap();

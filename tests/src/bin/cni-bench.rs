@@ -104,6 +104,14 @@ fn main() -> Result<()> {
         }
     }
 
+    // A benchmark of a leaking plugin is meaningless: the store and the node must be empty again.
+    let leftovers: Vec<String> =
+        node.ns.link_names()?.into_iter().filter(|n| n != "lo" && n != conf::BRIDGE && n != "refbr0").collect();
+    let ips = trellis_e2e::store::Store::new(&data.join("trellis"), "bench-trellis").ips()?;
+    if !leftovers.is_empty() || !ips.is_empty() {
+        bail!("after {} ADD+DEL: links left {leftovers:?}, trellis IPs left {ips:?}", args.pods);
+    }
+
     let report = Report {
         pods: args.pods,
         command: COMMAND.split_whitespace().collect::<Vec<_>>().join(" "),
