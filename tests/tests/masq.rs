@@ -32,6 +32,13 @@ fn ip_masq_rewrites_egress_to_the_node_address() {
         "masquerade rule does not mention the pod subnet or clusterCIDR:\n{rules}"
     );
 
+    // More pods must not stack more rules (the rule set is ensured, not appended).
+    let extra = Pod::new("mq2").unwrap();
+    fx.node.add(&c, &extra).unwrap();
+    fx.node.add(&c, &pod).unwrap();
+    let again = fx.node.ns.nft_ruleset().unwrap();
+    assert_eq!(again.matches("masquerade").count(), rules.matches("masquerade").count(), "rules grew:\n{again}");
+
     // An "outside" host joined to the node by a veth; it has no route back to the pods, so replies only come
     // back if the node rewrote the source to its own address.
     let outside = Netns::new("outside").unwrap();
