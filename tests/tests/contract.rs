@@ -107,3 +107,24 @@ fn two_interfaces_of_one_container_are_independent() {
     assert!(eth0.ns.has_link("eth1").unwrap() && !eth0.ns.has_link("eth0").unwrap());
     assert!(fx.node.ns.has_link(&veth1).unwrap());
 }
+
+#[test]
+fn hairpin_and_default_gateway_can_be_turned_off() {
+    require_root!();
+    let fx = Fixture::new().unwrap();
+    let mut c = fx.trellis("1.0.0", "10.244.31.0/24");
+    c["hairpinMode"] = json!(false);
+    c["isDefaultGateway"] = json!(false);
+    c["ipam"].as_object_mut().unwrap().remove("routes");
+    let pod = Pod::new("opts").unwrap();
+    let r = fx.node.add(&c, &pod).unwrap();
+    let details = fx.node.ns.link_details(&pod.host_veth()).unwrap();
+    assert_eq!(details["linkinfo"]["info_slave_data"]["hairpin"], false, "hairpinMode: false ignored");
+    assert!(!result::has_route(&r, "0.0.0.0/0"), "isDefaultGateway: false still reports a default route: {r}");
+    assert!(
+        !pod.ns.routes4().unwrap().iter().any(|r| r["dst"] == "default"),
+        "isDefaultGateway: false still installed a default route"
+    );
+    // The subnet itself stays reachable.
+    assert!(pod.ns.ping("10.244.31.1"));
+}
