@@ -128,3 +128,27 @@ fn hairpin_and_default_gateway_can_be_turned_off() {
     // The subnet itself stays reachable.
     assert!(pod.ns.ping("10.244.31.1"));
 }
+
+#[test]
+fn cni_args_ip_request_is_honoured_through_trellis() {
+    require_root!();
+    let fx = Fixture::new().unwrap();
+    let c = fx.trellis("1.0.0", "10.244.32.0/24");
+    let pod = Pod::new("req").unwrap();
+    let mut inv = trellis_e2e::Invocation::attachment(CniCmd::Add, &c, &pod.id, &pod.netns(), &pod.ifname);
+    // The CNI_ARGS shape podman and kubelet send, unknown keys included.
+    inv.args = Some("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;IP=10.244.32.50".into());
+    let r = fx.node.invoke(&fx.node.bins.trellis(), &inv).unwrap().result().unwrap();
+    assert_eq!(result::ipv4(&r).unwrap().to_string(), "10.244.32.50");
+    assert!(pod.ns.addrs("eth0").unwrap().contains(&"10.244.32.50/24".to_string()));
+
+    // The same address for another pod is refused with a CNI error, and that pod gets nothing.
+    let other = Pod::new("req2").unwrap();
+    let mut inv2 = trellis_e2e::Invocation::attachment(CniCmd::Add, &c, &other.id, &other.netns(), &other.ifname);
+    inv2.args = inv.args.clone();
+    let out = fx.node.invoke(&fx.node.bins.trellis(), &inv2).unwrap();
+    let err = out.error().unwrap();
+    assert!(err.text().contains("10.244.32.50"), "error should name the address:\n{}", out.describe());
+    assert_eq!(other.ns.link_names().unwrap(), vec!["lo"]);
+    assert_eq!(fx.store().ips().unwrap().len(), 1);
+}
