@@ -68,7 +68,7 @@ impl IpamBackend {
     pub fn status(&self, env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
         match self {
             IpamBackend::InProcess(c) => ipam_cni::status(c),
-            IpamBackend::Delegated(p) if conf.cni_version.is_1_1() => {
+            IpamBackend::Delegated(p) if conf.cni_version.is_1_1() && speaks_1_1(p, env) => {
                 delegate::exec_plugin(p, Command::Status, env, stdin).map(|_| ())
             }
             IpamBackend::Delegated(_) => Ok(()),
@@ -79,12 +79,22 @@ impl IpamBackend {
     pub fn gc(&self, env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
         match self {
             IpamBackend::InProcess(c) => ipam_cni::gc(conf, c).map(|_| ()),
-            IpamBackend::Delegated(p) if conf.cni_version.is_1_1() => {
+            IpamBackend::Delegated(p) if conf.cni_version.is_1_1() && speaks_1_1(p, env) => {
                 delegate::exec_plugin(p, Command::Gc, env, stdin).map(|_| ())
             }
             IpamBackend::Delegated(_) => Ok(()),
         }
     }
+}
+
+/// Whether a delegated plugin lists 1.1.0 in its VERSION answer: STATUS and GC exist only from 1.1.0, and
+/// plugins that predate it (Debian's host-local 1.1.1 tops out at 1.0.0) answer them with an error.
+fn speaks_1_1(plugin: &str, env: &Env) -> bool {
+    delegate::exec_plugin(plugin, Command::Version, env, br#"{"cniVersion":"1.1.0"}"#)
+        .ok()
+        .flatten()
+        .and_then(|v| v.get("supportedVersions").and_then(|s| s.as_array()).cloned())
+        .is_some_and(|vs| vs.iter().any(|v| v.as_str() == Some("1.1.0")))
 }
 
 /// The gateway an IPAM outcome names for one family (first address of that family with a gateway).

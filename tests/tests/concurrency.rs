@@ -159,3 +159,34 @@ fn del_retried_after_kill_9_cleans_up() {
     }
     assert!(tr_links(&fx).is_empty());
 }
+
+/// The spec forbids runtimes to overlap operations on one attachment, but a retry racing a slow call happens:
+/// the plugin's per-attachment lock must keep every overlapping ADD consistent with the store and the pod.
+#[test]
+fn overlapping_adds_of_one_attachment_agree_with_the_store() {
+    require_root!();
+    let fx = Fixture::new().unwrap();
+    let c = fx.trellis("1.0.0", "10.244.3.0/24");
+    let pod = fx.pods("same", 1).unwrap().remove(0);
+    let plugin = fx.node.bins.trellis();
+    let started = Instant::now();
+    let children: Vec<_> = (0..5)
+        .map(|_| {
+            let inv = Invocation::attachment(CniCmd::Add, &c, &pod.id, &pod.netns(), &pod.ifname);
+            let child = fx.node.spawn(&plugin, &inv).unwrap();
+            (inv, child)
+        })
+        .collect();
+    let outs: Vec<_> =
+        children.into_iter().map(|(inv, child)| cni::finish(&plugin, &inv, child, started).unwrap()).collect();
+    let failures: Vec<String> = outs.iter().filter(|o| !o.success()).map(|o| o.describe()).collect();
+    assert!(failures.is_empty(), "overlapping ADDs failed: {}", failures.join("\n"));
+    let ips: HashSet<IpAddr> = outs.iter().map(|o| result::ipv4(&o.result().unwrap()).unwrap()).collect();
+    assert_eq!(ips.len(), 1, "overlapping ADDs of one attachment returned different IPs: {ips:?}");
+    let ip = *ips.iter().next().unwrap();
+    assert_eq!(fx.store().ips().unwrap(), vec![ip], "the store must hold exactly the returned IP");
+    assert!(pod.ns.addrs("eth0").unwrap().contains(&format!("{ip}/24")), "{ip} not on the pod's eth0");
+    assert_eq!(tr_links(&fx).len(), 1);
+    fx.node.del(&c, &pod).unwrap();
+    assert!(fx.store().ips().unwrap().is_empty());
+}
