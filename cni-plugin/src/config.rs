@@ -158,3 +158,71 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// Arbitrary JSON values, biased toward the shapes the parser looks at.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|f| json!(f)),
+            "[a-z0-9./:, -]{0,24}".prop_map(Value::String),
+            prop_oneof![Just("10.0.0.0/8"), Just("1.0.0"), Just("trellis-ipam"), Just("fd00::/64"), Just("eth0")]
+                .prop_map(|s| Value::String(s.into())),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("type".to_string()),
+                        Just("subnet".to_string()),
+                        Just("ranges".to_string()),
+                        "[a-zA-Z]{1,8}"
+                    ],
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Whatever the fields hold, parsing returns a config or a CNI error with a spec code; it never panics.
+        #[test]
+        fn any_field_values_give_a_config_or_a_coded_error(
+            bridge in json_value(), mtu in json_value(), masq in json_value(), cidr in json_value(),
+            hairpin in json_value(), ipam in json_value(), version in json_value(),
+        ) {
+            let v = json!({"cniVersion": version, "name": "n", "type": "trellis", "bridge": bridge, "mtu": mtu,
+                           "ipMasq": masq, "clusterCIDR": cidr, "hairpinMode": hairpin, "ipam": ipam});
+            let parsed = NetConf::from_value(v).and_then(|c| {
+                let cfg = PluginConfig::from_conf(&c)?;
+                crate::ipam::IpamBackend::new(&cfg, &c).map(|_| cfg)
+            });
+            match parsed {
+                Ok(cfg) => {
+                    prop_assert!(cfg.bridge.len() <= 15 && !cfg.bridge.is_empty());
+                    prop_assert!(cfg.mtu.is_none_or(|m| (68..=65535).contains(&m)));
+                    prop_assert!(!cfg.ip_masq || !cfg.cluster_cidrs.is_empty());
+                }
+                Err(e) => prop_assert!([1, 2, 4, 6, 7].contains(&e.code), "unexpected code {}: {}", e.code, e),
+            }
+        }
+
+        /// Arbitrary bytes on stdin never panic the whole invocation path up to the kernel.
+        #[test]
+        fn arbitrary_stdin_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(c) = NetConf::parse(&bytes) {
+                let _ = PluginConfig::from_conf(&c);
+            }
+        }
+    }
+}
