@@ -65,21 +65,26 @@ pub fn is_namespaced(kind: &str) -> bool {
     !matches!(kind, "Node" | "Namespace" | "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition")
 }
 
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(|l| crate::topology::validate_dns_label("", l).is_ok())
+}
+
 /// Identity of an object: (kind, namespace, name).
 pub fn object_key(obj: &Value) -> Result<(String, Option<String>, String)> {
     let bad = |reason: &str| LabError::Manifest { file: "<object>".into(), reason: reason.into() };
     let kind = obj.get("kind").and_then(Value::as_str).ok_or_else(|| bad("no kind"))?;
     let name = obj.pointer("/metadata/name").and_then(Value::as_str).ok_or_else(|| bad("no metadata.name"))?;
-    crate::topology::validate_dns_label("object name", name).or_else(|_| {
-        // Kubernetes allows dotted subdomain names for most kinds.
-        if name.len() <= 253 && name.split('.').all(|l| crate::topology::validate_dns_label("", l).is_ok()) {
-            Ok(())
-        } else {
-            Err(bad(&format!("metadata.name {name:?} is not a DNS subdomain")))
-        }
-    })?;
+    if kind.is_empty() || !kind.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(bad(&format!("kind {kind:?} is not a Kubernetes kind")));
+    }
+    // Names end up in file names: Kubernetes' DNS subdomain rule also keeps them free of '/' and '_'.
+    if !is_dns_subdomain(name) {
+        return Err(bad(&format!("metadata.name {name:?} is not a DNS subdomain")));
+    }
     let ns = if is_namespaced(kind) {
-        Some(obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_string())
+        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
+        crate::topology::validate_dns_label("metadata.namespace", ns).map_err(|e| bad(&e.to_string()))?;
+        Some(ns.to_string())
     } else {
         None
     };
@@ -299,6 +304,9 @@ mod tests {
         assert!(parse_documents("kind: Service\n", "f").is_err());
         assert!(parse_documents("- 1\n", "f").is_err());
         assert!(parse_documents("kind: Service\nmetadata: {name: Bad_Name}\n", "f").is_err());
+        assert!(parse_documents("kind: Service\nmetadata: {name: a, namespace: ../etc}\n", "f").is_err());
+        assert!(parse_documents("kind: ../x\nmetadata: {name: a}\n", "f").is_err());
+        assert!(parse_documents("kind: Service\nmetadata: {name: a.b-c}\n", "f").is_ok());
     }
 
     #[test]

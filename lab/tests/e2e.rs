@@ -101,6 +101,12 @@ fn node_removed_from_control_plane_loses_its_routes() {
         lab.routes("node1"),
         lab.logs()
     );
+    // check notices: node1's pods no longer reach node2's, while pods on one node still reach each other.
+    let o = lab.run("check", &["--timeout-ms", "500"]);
+    let out = common::text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("web-1 -> web-2 tcp: expected reachable, got blocked"), "{out}");
+    assert!(!out.contains("web-1 -> client-1 "), "{out}");
 }
 
 #[test]

@@ -135,6 +135,9 @@ pub fn delete(st: &LabState, what: &str, namespace: &str, out: &mut dyn std::io:
         file: what.into(),
         reason: "expected KIND/NAME, e.g. node/node2 or service/web".into(),
     })?;
+    // Validate like apply does: these strings become a file name.
+    let probe = json!({"kind": kind, "metadata": {"name": name, "namespace": namespace}});
+    manifests::object_key(&probe)?;
     let kind = kind.to_ascii_lowercase();
     if kind == "pod" {
         return Err(LabError::Manifest {
