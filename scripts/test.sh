@@ -8,9 +8,8 @@ if [ "$(id -u)" != 0 ]; then
     echo "WARNING: not root: privileged tests will SKIP (loudly). CI runs as root and must not skip." >&2
 fi
 before=$(ip netns list | wc -l)
+# Every binary (the e2e and lab tests run trellis, trellis-ipam, trellis-agent and trellis-lab from target/debug).
 cargo build --workspace --all-targets
-# Release binaries too: the lab tests and benchmarks run them.
-cargo build --release --workspace --bins
 set +e
 cargo test --workspace --no-fail-fast 2>&1 | tee target/test.log
 status=${PIPESTATUS[0]}
