@@ -28,9 +28,12 @@ pub struct BenchArgs {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3)]
     pub secs: u64,
-    /// Rounds over all paths (interleaved); the table shows medians.
+    /// Rounds over all paths (interleaved); the table shows medians and best rounds.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    /// Let the scheduler place client and server (default: both pinned to one CPU, see `measure`).
+    #[arg(long)]
+    pub no_pin: bool,
     /// Replace the section between `<!-- lab-bench -->` markers in this file (created/appended if needed).
     #[arg(long)]
     pub write: bool,
@@ -67,12 +70,48 @@ const PORT_RR: u16 = 5202;
 const PORT_CRR: u16 = 5203;
 
 /// Runs the three measurements from the netns `client` to `server_ip` served from the netns `server`.
-pub fn measure(client: &Path, server: &Path, server_ip: Ipv4Addr, secs: Duration) -> Result<Numbers> {
+/// `cpu`: pin client and server threads to that CPU. On this kind of VM a cross-CPU wake-up costs ~50 µs, so
+/// unpinned RR swings 10x with where the scheduler happens to put the two threads; pinned, every path pays the
+/// same for the endpoints and the numbers compare the paths.
+pub fn measure(
+    client: &Path,
+    server: &Path,
+    server_ip: Ipv4Addr,
+    secs: Duration,
+    cpu: Option<usize>,
+) -> Result<Numbers> {
     Ok(Numbers {
-        throughput: run_pair(client, server, server_ip, PORT_STREAM, secs, Kind::Stream)?,
-        rr: run_pair(client, server, server_ip, PORT_RR, secs, Kind::Rr)?,
-        crr: run_pair(client, server, server_ip, PORT_CRR, secs, Kind::Crr)?,
+        throughput: run_pair(client, server, server_ip, PORT_STREAM, secs, Kind::Stream, cpu)?,
+        rr: run_pair(client, server, server_ip, PORT_RR, secs, Kind::Rr, cpu)?,
+        crr: run_pair(client, server, server_ip, PORT_CRR, secs, Kind::Crr, cpu)?,
     })
+}
+
+/// The first CPU this process may run on.
+pub fn first_allowed_cpu() -> Option<usize> {
+    // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, &set))
+    }
+}
+
+/// Pins the calling thread to `cpu` (thread-level: sched_setaffinity on tid 0).
+fn pin(cpu: Option<usize>) -> Result<()> {
+    let Some(cpu) = cpu else { return Ok(()) };
+    // SAFETY: as above; the set only names `cpu`.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        return Err(LabError::Probe(format!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error())));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -87,7 +126,15 @@ fn io_err(what: &str) -> impl Fn(std::io::Error) -> LabError + '_ {
 }
 
 /// Server thread in `server` netns, client thread in `client` netns. Returns Gbit/s (stream) or ops/s.
-fn run_pair(client: &Path, server: &Path, ip: Ipv4Addr, port: u16, secs: Duration, kind: Kind) -> Result<f64> {
+fn run_pair(
+    client: &Path,
+    server: &Path,
+    ip: Ipv4Addr,
+    port: u16,
+    secs: Duration,
+    kind: Kind,
+    cpu: Option<usize>,
+) -> Result<f64> {
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
     let server_path = server.to_path_buf();
@@ -95,6 +142,7 @@ fn run_pair(client: &Path, server: &Path, ip: Ipv4Addr, port: u16, secs: Duratio
     let srv = std::thread::spawn(move || -> Result<u64> {
         let f = std::fs::File::open(&server_path).map_err(|e| LabError::io("netns", &server_path, e))?;
         nsexec::enter(&f, &server_path)?;
+        pin(cpu)?;
         let l = match TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)) {
             Ok(l) => l,
             Err(e) => {
@@ -109,7 +157,10 @@ fn run_pair(client: &Path, server: &Path, ip: Ipv4Addr, port: u16, secs: Duratio
     ready_rx.recv().map_err(|_| LabError::Probe("bench server thread died".into()))??;
     let target = SocketAddrV4::new(ip, port);
     let client_path = client.to_path_buf();
-    let cli = nsexec::run_in(&client_path, move || client_kind(target, kind, secs))?;
+    let cli = nsexec::run_in(&client_path, move || {
+        pin(cpu)?;
+        client_kind(target, kind, secs)
+    })?;
     stop.store(true, Ordering::SeqCst);
     let server_bytes = srv.join().map_err(|_| LabError::Probe("bench server panicked".into()))??;
     let (ops, elapsed) = cli?;
@@ -372,7 +423,12 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
         None => lab::default_bin_dir()?,
     };
     let lab_exe = std::env::current_exe().map_err(|e| LabError::io("locating trellis-lab", "/proc/self/exe", e))?;
-    let machine = machine_line();
+    let cpu = if args.no_pin { None } else { first_allowed_cpu() };
+    let machine = format!(
+        "{}, client and server {}",
+        machine_line(),
+        cpu.map(|c| format!("pinned to CPU {c}")).unwrap_or_else(|| "not pinned".into())
+    );
 
     // Everything is built first and measured interleaved, so load from elsewhere on the machine spreads over
     // all paths instead of skewing one.
@@ -419,7 +475,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
     let mut samples: Vec<Vec<Numbers>> = vec![Vec::new(); paths.len()];
     for round in 0..args.rounds.max(1) {
         for (i, p) in paths.iter().enumerate() {
-            let n = measure(&p.client, &p.server, p.ip, secs)?;
+            let n = measure(&p.client, &p.server, p.ip, secs, cpu)?;
             let _ = writeln!(
                 out,
                 "round {}: {:<50} {:>7.2} Gbit/s {:>8.0} RR/s {:>7.0} CRR/s",
@@ -464,9 +520,10 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
 fn command_line(args: &BenchArgs) -> String {
     let profile = if cfg!(debug_assertions) { "" } else { " --release" };
     format!(
-        "cargo run -p trellis-lab{profile} -- bench --secs {} --rounds {}{}",
+        "cargo run -p trellis-lab{profile} -- bench --secs {} --rounds {}{}{}",
         args.secs,
         args.rounds,
+        if args.no_pin { " --no-pin" } else { "" },
         if args.write { " --write" } else { "" }
     )
 }
@@ -482,8 +539,9 @@ pub fn render(rows: &[Row], command: &str, machine: &str) -> String {
          - client and server are threads of trellis-lab inside the pods' netns, one connection each; throughput: \
          128 KiB writes; RR: 1-byte ping-pong; CRR: connect, 1 byte each way, close (server first)\n\
          - cells are median / best over interleaved rounds (all paths are up at once, measured in turn); goals are \
-         checked on the best round, the median ratio follows in brackets: RR and CRR swing by 10x with other load \
-         on the machine\n\
+         checked on the best round, the median ratio follows in brackets\n\
+         - client and server share one CPU unless `--no-pin`: a cross-CPU wake-up costs ~50 us on this VM, so \
+         unpinned RR measures where the scheduler put the threads (~10k/s on every path) rather than the path\n\
          - reference rows: a plain veth pair between two netns (the limit named in the goals) and a path routed by \
          hand over the same hops as host-gw (pod veth, node, underlay bridge, node, pod veth; no pod bridge, no \
          nftables, no agent)\n\n\

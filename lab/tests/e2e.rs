@@ -276,6 +276,7 @@ fn bench_measures_a_veth_pair() {
         &trellis_lab::names::netns_path(&pair.a),
         std::net::Ipv4Addr::new(10, 99, 0, 1),
         Duration::from_millis(500),
+        trellis_lab::bench::first_allowed_cpu(),
     )
     .unwrap();
     assert!(n.throughput > 0.0 && n.rr > 0.0 && n.crr > 0.0, "{n:?}");
@@ -331,6 +332,7 @@ fn bench_routed_reference_path_carries_traffic() {
         &trellis_lab::names::netns_path(&r.server),
         r.server_ip,
         Duration::from_millis(300),
+        None,
     )
     .unwrap();
     assert!(n.throughput > 0.0 && n.rr > 0.0 && n.crr > 0.0, "{n:?}");
