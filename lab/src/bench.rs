@@ -31,6 +31,12 @@ pub struct BenchArgs {
     /// Rounds over all paths (interleaved); the table shows medians and best rounds.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    /// Measure only from pod FROM to pod TO of the lab that is up (`--lab`), e.g. after changing something in it.
+    #[arg(long, num_args = 2, value_names = ["FROM", "TO"])]
+    pub pair: Option<Vec<String>>,
+    /// The lab for `--pair` (default: the one lab that is up).
+    #[arg(long)]
+    pub lab: Option<String>,
     /// Let the scheduler place client and server (default: both pinned to one CPU, see `measure`).
     #[arg(long)]
     pub no_pin: bool,
@@ -414,7 +420,49 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// `--pair FROM TO`: the three measurements between two pods of an existing lab.
+fn run_pair_of_lab(args: &BenchArgs, pair: &[String], out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
+    let st = LabState::load(&crate::state::resolve_lab_name(args.lab.as_deref())?)?;
+    let (from, to) = match pair {
+        [f, t] => (f, t),
+        _ => return Err(LabError::Probe("--pair takes FROM and TO".into())),
+    };
+    let src = crate::lab::endpoint(&st, from)?;
+    let dst = st.pod(to).ok_or_else(|| LabError::Probe(format!("{to:?} is no pod of lab {}", st.plan.name)))?;
+    let ip = st.pod_ip(dst).ok_or_else(|| LabError::Probe(format!("pod {to} has no IP")))?;
+    let cpu = if args.no_pin { None } else { first_allowed_cpu() };
+    let secs = Duration::from_secs(args.secs.max(1));
+    let mut samples = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        let n = measure(&names::netns_path(&src.netns), &names::netns_path(&dst.netns), ip, secs, cpu)?;
+        let _ = writeln!(out, "round {}: {:.2} Gbit/s {:.0} RR/s {:.0} CRR/s", round + 1, n.throughput, n.rr, n.crr);
+        samples.push(n);
+    }
+    let row = summarize(format!("{} {from} -> {to}", st.plan.name), &samples);
+    let _ = writeln!(out, "median: {:?}\nbest:   {:?}", row.n, row.best);
+    Ok(vec![row])
+}
+
+fn summarize(path: String, s: &[Numbers]) -> Row {
+    Row {
+        path,
+        n: Numbers {
+            throughput: median(s.iter().map(|n| n.throughput).collect()),
+            rr: median(s.iter().map(|n| n.rr).collect()),
+            crr: median(s.iter().map(|n| n.crr).collect()),
+        },
+        best: Numbers {
+            throughput: s.iter().map(|n| n.throughput).fold(0.0, f64::max),
+            rr: s.iter().map(|n| n.rr).fold(0.0, f64::max),
+            crr: s.iter().map(|n| n.crr).fold(0.0, f64::max),
+        },
+    }
+}
+
 pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
+    if let Some(pair) = &args.pair {
+        return run_pair_of_lab(args, pair, out);
+    }
     let base = args.name.clone().unwrap_or_else(|| format!("b{}", std::process::id()));
     crate::topology::validate_lab_name(&format!("{base}vx"))?;
     let secs = Duration::from_secs(args.secs.max(1));
@@ -488,23 +536,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
             samples[i].push(n);
         }
     }
-    let rows: Vec<Row> = paths
-        .iter()
-        .zip(samples)
-        .map(|(p, s)| Row {
-            path: p.label.into(),
-            n: Numbers {
-                throughput: median(s.iter().map(|n| n.throughput).collect()),
-                rr: median(s.iter().map(|n| n.rr).collect()),
-                crr: median(s.iter().map(|n| n.crr).collect()),
-            },
-            best: Numbers {
-                throughput: s.iter().map(|n| n.throughput).fold(0.0, f64::max),
-                rr: s.iter().map(|n| n.rr).fold(0.0, f64::max),
-                crr: s.iter().map(|n| n.crr).fold(0.0, f64::max),
-            },
-        })
-        .collect();
+    let rows: Vec<Row> = paths.iter().zip(samples).map(|(p, s)| summarize(p.label.into(), &s)).collect();
     drop(routed);
     drop(pair);
     drop(guards);
