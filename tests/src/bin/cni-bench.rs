@@ -124,6 +124,10 @@ fn main() -> Result<()> {
             "each call timed from spawn to exit, plugin run inside the node netns as a runtime would; one untimed \
              warm-up ADD+DEL per plugin"
                 .into(),
+            "trellis DEL returns once the IP is released and the pair is down, out of the bridge and renamed (about \
+             1 ms); the kernel's unregister of the pair, bound by an RCU grace period of about 20 ms on this VM for \
+             any plugin, finishes in a detached child. The bench fails if any link or IP is left after the run."
+                .into(),
         ],
         trellis_add: Summary::of(&ours.add),
         trellis_del: Summary::of(&ours.del),
