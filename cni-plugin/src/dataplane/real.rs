@@ -110,7 +110,9 @@ impl Dataplane for RealDataplane {
     fn ensure_pod_link(&mut self, plan: &PodPlan, bridge: &LinkInfo) -> Result<LinkInfo, CniError> {
         let existing = self.node.link_by_name(&plan.host_veth).map_err(nl("reading host veth"))?;
         let pod_has_iface = self.require_pod()?.link_by_name(&plan.ifname).map_err(nl("reading pod interface"))?;
-        if let (Some(h), Some(_)) = (&existing, &pod_has_iface) {
+        // IFLA_LINK of our host end names its peer's ifindex: only then is the pod's interface our pair's.
+        let same_pair = matches!((&existing, &pod_has_iface), (Some(h), Some(p)) if h.link == Some(p.index));
+        if let (Some(h), true) = (&existing, same_pair) {
             // A repeated ADD: keep the pair, re-assert what we own of it.
             if h.master != Some(bridge.index) {
                 self.node.set_master(h.index, bridge.index).map_err(nl("attaching host veth to the bridge"))?;
