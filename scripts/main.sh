@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job: set up, build, and show a whole Trellis network on this machine. Brings up the default lab (two
+# The main job: set up, build, and show Trellis on this machine. First two pods on one node bridge, wired by the
+# trellis CNI plugin and pinging each other (scripts/demo-cni.sh); then the default lab (two
 # nodes as network namespaces joined by an underlay bridge, a real trellis-agent per node, two pods per node wired
 # by the real trellis CNI plugin), checks every pod pair and node -> pod, prints the matrix, and tears it down.
 # Nothing touches the root network namespace.
@@ -7,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --workspace --bins
+scripts/demo-cni.sh
 LAB=target/release/trellis-lab
 NAME="main$$"
 MODE="${1:-vxlan}"
