@@ -30,20 +30,17 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     let ipam = ipam::IpamBackend::new(&cfg, &conf)?;
     let call = cmd::Call { env, conf: &conf, cfg: &cfg, ipam: &ipam, stdin };
     let netns = env.netns.as_deref();
-    let attachment = || lock::AttachmentLock::acquire(&naming::host_veth_name(env.container_id(), env.ifname()));
     match env.command {
         Command::Add => {
-            let _lock = attachment()?;
             let mut dp = dataplane::RealDataplane::open(netns, true)?;
+            dp.lock_pod()?;
             let r = cmd::add(&mut dp, &call)?;
             Ok(Some(r.to_json(conf.cni_version, &conf.cni_version_str)))
         }
         Command::Del => {
-            let lock = attachment()?;
             let mut dp = dataplane::RealDataplane::open(netns, false)?;
-            cmd::del(&mut dp, &call)?;
-            lock.remove_file();
-            Ok(None)
+            dp.lock_pod()?;
+            cmd::del(&mut dp, &call).map(|_| None)
         }
         Command::Check => {
             if !conf.cni_version.supports_check() {
@@ -53,8 +50,8 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
                     "",
                 ));
             }
-            let _lock = attachment()?;
             let mut dp = dataplane::RealDataplane::open(netns, true)?;
+            dp.lock_pod()?;
             cmd::check(&mut dp, &call).map(|_| None)
         }
         Command::Status => cmd::status(&call).map(|_| None),

@@ -1,56 +1,33 @@
-//! One lock per attachment (container ID + ifname), held for a whole ADD, DEL or CHECK. The spec forbids
-//! runtimes from overlapping operations on one attachment, but a retry racing a slow call happens; without the
-//! lock one call's rollback could release the address the other just returned.
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+//! ADD, DEL and CHECK of one pod are serialized by an flock on the pod's network namespace file. The spec
+//! forbids runtimes to overlap operations on one attachment, but a retry racing a slow call happens; without the
+//! lock one call's rollback could release the address the other just returned. Locking the nsfs inode needs no
+//! lock files (nothing to clean up) and holds whichever path names the namespace (/run/netns/X, /proc/PID/ns/net).
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use trellis_cni_types::{codes, CniError};
 
-pub const LOCK_DIR: &str = "/run/trellis/attachments";
 const WAIT: Duration = Duration::from_secs(30);
 
-pub struct AttachmentLock {
-    file: File,
-    path: PathBuf,
-}
-
-impl AttachmentLock {
-    pub fn acquire(key: &str) -> Result<AttachmentLock, CniError> {
-        let io = |what: &str, e: std::io::Error| CniError::io(format!("attachment lock: {what}"), e.to_string());
-        std::fs::create_dir_all(LOCK_DIR).map_err(|e| io(LOCK_DIR, e))?;
-        let path = PathBuf::from(LOCK_DIR).join(key);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io(&path.display().to_string(), e))?;
-        let start = Instant::now();
-        loop {
-            // SAFETY: flock on a file descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Ok(AttachmentLock { file, path });
-            }
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(io("flock", err));
-            }
-            if start.elapsed() > WAIT {
-                return Err(CniError::new(
-                    codes::TRY_AGAIN_LATER,
-                    format!("another operation on this attachment holds {} for over {WAIT:?}", path.display()),
-                    "",
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(2));
+/// Takes an exclusive flock on `fd`, waiting up to 30 s; held until every descriptor of it is closed.
+pub fn lock_netns(fd: &OwnedFd, path: &str) -> Result<(), CniError> {
+    let start = Instant::now();
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
         }
-    }
-
-    /// After DEL: drop the lock file too (released when `self` drops).
-    pub fn remove_file(&self) {
-        let _ = std::fs::remove_file(&self.path);
-        let _ = &self.file;
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(CniError::io(format!("locking {path}"), err.to_string()));
+        }
+        if start.elapsed() > WAIT {
+            return Err(CniError::new(
+                codes::TRY_AGAIN_LATER,
+                format!("another CNI operation on {path} has held it for over {WAIT:?}"),
+                "",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }

@@ -170,7 +170,7 @@ fn overlapping_adds_of_one_attachment_agree_with_the_store() {
     let pod = fx.pods("same", 1).unwrap().remove(0);
     let plugin = fx.node.bins.trellis();
     let started = Instant::now();
-    let children: Vec<_> = (0..5)
+    let children: Vec<_> = (0..10)
         .map(|_| {
             let inv = Invocation::attachment(CniCmd::Add, &c, &pod.id, &pod.netns(), &pod.ifname);
             let child = fx.node.spawn(&plugin, &inv).unwrap();

@@ -1,5 +1,5 @@
 //! The real dataplane: rtnetlink through `trellis-netlink` and nftables through `nft -f -`.
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -48,6 +48,14 @@ impl RealDataplane {
             },
         };
         Ok(RealDataplane { node, pod_ns, pod: None })
+    }
+
+    /// Serializes operations on this pod (see [`crate::lock`]); a DEL whose netns is gone has nothing to lock.
+    pub fn lock_pod(&self) -> Result<(), CniError> {
+        match &self.pod_ns {
+            Some((fd, path)) => crate::lock::lock_netns(fd, &path.display().to_string()),
+            None => Ok(()),
+        }
     }
 
     fn pod(&mut self) -> Result<Option<&mut Handle>, CniError> {
@@ -181,7 +189,8 @@ impl Dataplane for RealDataplane {
             // `tz*` link such a child did not get to.
             self.node.detach(h.index).map_err(nl(&format!("detaching {host_veth}")))?;
             self.node.rename(h.index, &dying_name(host_veth)).map_err(nl(&format!("renaming {host_veth}")))?;
-            if !delete_in_background(&mut self.node, h.index) {
+            let keep_locked = self.pod_ns.as_ref().map(|(fd, _)| fd.as_raw_fd());
+            if !delete_in_background(&mut self.node, h.index, keep_locked) {
                 self.node.delete_link(h.index).map_err(nl(&format!("deleting {host_veth}")))?;
             }
             return Ok(());
@@ -235,13 +244,17 @@ impl Dataplane for RealDataplane {
 /// Forks a child that deletes link `index` and exits; the parent returns at once. The child's stdio goes to
 /// /dev/null so a runtime reading our stdout sees EOF when we exit, not when the child does. Returns false if
 /// fork failed (the caller then deletes synchronously).
-fn delete_in_background(node: &mut Handle, index: u32) -> bool {
+fn delete_in_background(node: &mut Handle, index: u32, locked_fd: Option<i32>) -> bool {
     // SAFETY: the plugin is single-threaded here (namespace helper threads have been joined), so the child may
     // run arbitrary code; it only uses its copy of the netlink socket and exits with _exit.
     match unsafe { libc::fork() } {
         0 => {
             unsafe {
                 libc::setsid();
+                // Our copy of the pod netns descriptor would keep the pod's lock held until the child exits.
+                if let Some(fd) = locked_fd {
+                    libc::close(fd);
+                }
                 let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
                 if devnull >= 0 {
                     for fd in 0..3 {
