@@ -290,14 +290,14 @@ mod tests {
         }
         let e = run_if(&fx, Command::Add, "c9", "eth9", json!({}), |c| add(&mut dp, c)).unwrap_err();
         assert_eq!(e.code, 110, "{e}");
-        let st = run(&fx, Command::Status, "x", json!({}), |c| status(c)).unwrap_err();
+        let st = run(&fx, Command::Status, "x", json!({}), status).unwrap_err();
         assert_eq!(st.code, codes::NOT_AVAILABLE, "{st}");
         let valid = json!({"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth1"}]});
         run(&fx, Command::Gc, "x", valid, |c| gc(&mut dp, c)).unwrap();
         assert_eq!(fx.ip_files(), 1);
         let hosts = dp.host_veths_on("trellis0").unwrap();
         assert_eq!(hosts, vec![host_veth_name("c1", "eth1")]);
-        run(&fx, Command::Status, "x", json!({}), |c| status(c)).unwrap();
+        run(&fx, Command::Status, "x", json!({}), status).unwrap();
         let e = run(&fx, Command::Gc, "x", json!({}), |c| gc(&mut dp, c)).unwrap_err();
         assert_eq!(e.code, 7);
     }
