@@ -8,6 +8,8 @@ if [ "$(id -u)" != 0 ]; then
     echo "WARNING: not root: privileged tests will SKIP (loudly). CI runs as root and must not skip." >&2
 fi
 before=$(ip netns list | wc -l)
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -q -- -D warnings
 # Every binary (the e2e and lab tests run trellis, trellis-ipam, trellis-agent and trellis-lab from target/debug).
 cargo build --workspace --all-targets
 set +e
