@@ -620,19 +620,7 @@ impl Handle {
                     if n.header.ifindex != index || n.header.state != NeighbourState::Permanent {
                         continue;
                     }
-                    let mut ip = None;
-                    let mut mac = None;
-                    for a in &n.attributes {
-                        match a {
-                            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(IpAddr::V4(*v)),
-                            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => ip = Some(IpAddr::V6(*v)),
-                            NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
-                                mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
-                            }
-                            _ => {}
-                        }
-                    }
-                    if let (Some(ip), Some(mac)) = (ip, mac) {
+                    if let (Some(ip), Some(mac)) = dst_and_mac(&n) {
                         out.push(Neigh { ifindex: index, ip, mac });
                     }
                 }
@@ -689,21 +677,7 @@ impl Handle {
                 if n.header.ifindex != index {
                     continue;
                 }
-                let mut dst = None;
-                let mut mac = None;
-                for a in &n.attributes {
-                    match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => dst = Some(IpAddr::V4(*v)),
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => dst = Some(IpAddr::V6(*v)),
-                        // AF_BRIDGE messages carry NDA_DST without a family to parse it by.
-                        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => dst = ip_from_bytes(b),
-                        NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
-                            mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
-                        }
-                        _ => {}
-                    }
-                }
-                if let (Some(dst), Some(mac)) = (dst, mac) {
+                if let (Some(dst), Some(mac)) = dst_and_mac(&n) {
                     out.push(Fdb { ifindex: index, mac, dst });
                 }
             }
@@ -769,6 +743,23 @@ pub fn random_local_mac() -> [u8; 6] {
     }
     b[0] = (b[0] & 0xfe) | 0x02;
     b
+}
+
+/// NDA_DST and NDA_LLADDR of a neighbour or FDB message.
+fn dst_and_mac(n: &NeighbourMessage) -> (Option<IpAddr>, Option<[u8; 6]>) {
+    let mut dst = None;
+    let mut mac = None;
+    for a in &n.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => dst = Some(IpAddr::V4(*v)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => dst = Some(IpAddr::V6(*v)),
+            // AF_BRIDGE messages carry NDA_DST without a family to parse it by.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => dst = ip_from_bytes(b),
+            NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok(),
+            _ => {}
+        }
+    }
+    (dst, mac)
 }
 
 fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
