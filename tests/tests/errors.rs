@@ -93,9 +93,21 @@ fn netns_that_is_not_a_netns_is_rejected_clearly() {
     std::fs::write(&file, "plain file").unwrap();
     let mut inv = add(&c, &pod);
     inv.netns = Some(file.display().to_string());
-    let err = rejected(&fx, &pod, &inv, None);
+    let err = rejected(&fx, &pod, &inv, Some(4));
     let text = err.text().to_lowercase();
     assert!(text.contains("netns") || text.contains("namespace"), "msg should say the netns is bad: {err:?}");
+}
+
+/// A netns path that does not exist means the container is gone: code 3, which tells the runtime that no
+/// cleanup is needed.
+#[test]
+fn netns_that_does_not_exist_is_unknown_container() {
+    require_root!();
+    let (fx, pod, c) = setup();
+    let mut inv = add(&c, &pod);
+    inv.netns = Some(fx.data.join("no-such-netns").display().to_string());
+    let err = rejected(&fx, &pod, &inv, Some(3));
+    assert!(err.text().contains("does not exist"), "{err:?}");
 }
 
 #[test]

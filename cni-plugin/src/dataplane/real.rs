@@ -37,6 +37,14 @@ impl RealDataplane {
             None => None,
             Some(p) => match netns::open(p) {
                 Ok(fd) => Some((fd, p.to_path_buf())),
+                // No such path: the container is gone (spec code 3 tells the runtime no cleanup is needed).
+                Err(_) if require_netns && !p.exists() => {
+                    return Err(CniError::new(
+                        codes::UNKNOWN_CONTAINER,
+                        format!("CNI_NETNS {} does not exist: the container is gone", p.display()),
+                        "",
+                    ))
+                }
                 Err(e) if require_netns => {
                     return Err(CniError::new(
                         codes::INVALID_ENV,
