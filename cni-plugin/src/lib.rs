@@ -13,16 +13,12 @@ pub mod naming;
 pub mod plan;
 
 use serde_json::Value;
-use trellis_cni_types::{CniError, Command, Env, NetConf, Version};
+use trellis_cni_types::{requested_version, CniError, Command, Env, NetConf, Version};
 
 /// Runs one plugin invocation; returns what to print on success.
 pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     if env.command == Command::Version {
-        let requested = serde_json::from_slice::<Value>(stdin)
-            .ok()
-            .and_then(|v| v.get("cniVersion").and_then(|x| x.as_str()).map(str::to_string))
-            .unwrap_or_default();
-        return Ok(Some(Version::version_answer(&requested)));
+        return Ok(Some(Version::version_answer(&requested_version(stdin))));
     }
     let conf = NetConf::parse(stdin)?;
     let cfg = config::PluginConfig::from_conf(&conf)?;
@@ -65,9 +61,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
 
 /// The version to echo in an error: the config's if it parses, else the latest.
 pub fn error_version(stdin: &[u8]) -> String {
-    serde_json::from_slice::<Value>(stdin)
-        .ok()
-        .and_then(|v| v.get("cniVersion").and_then(|x| x.as_str()).map(str::to_string))
+    Some(requested_version(stdin))
         .filter(|v| v.parse::<Version>().is_ok())
         .unwrap_or_else(|| Version::LATEST.as_str().to_string())
 }

@@ -5,6 +5,15 @@ use crate::error::{codes, CniError};
 use crate::result::CniResult;
 use crate::version::Version;
 
+/// The `cniVersion` a runtime sent on stdin, as sent ("" if absent or unreadable): what VERSION and error JSON
+/// echo even when the rest of the config does not parse.
+pub fn requested_version(stdin: &[u8]) -> String {
+    serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion").and_then(|x| x.as_str()).map(str::to_string))
+        .unwrap_or_default()
+}
+
 /// One attachment named in GC's `cni.dev/valid-attachments`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Attachment {
@@ -101,6 +110,13 @@ impl NetConf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requested_version_is_read_even_from_a_bad_config() {
+        assert_eq!(requested_version(br#"{"cniVersion":"0.4.0","type":3}"#), "0.4.0");
+        assert_eq!(requested_version(b"{not json"), "");
+        assert_eq!(requested_version(b""), "");
+    }
 
     #[test]
     fn parses_common_fields() {

@@ -9,7 +9,7 @@ pub mod error;
 pub mod result;
 pub mod version;
 
-pub use conf::{Attachment, NetConf};
+pub use conf::{requested_version, Attachment, NetConf};
 pub use env::{Command, Env};
 pub use error::{codes, CniError};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};

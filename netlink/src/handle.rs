@@ -635,10 +635,7 @@ impl Handle {
         msg.header.ifindex = n.ifindex;
         msg.header.state = NeighbourState::Permanent;
         msg.header.kind = RouteType::Unicast;
-        msg.attributes.push(NeighbourAttribute::Destination(match n.ip {
-            IpAddr::V4(v) => NeighbourAddress::Inet(v),
-            IpAddr::V6(v) => NeighbourAddress::Inet6(v),
-        }));
+        msg.attributes.push(NeighbourAttribute::Destination(neigh_addr(n.ip)));
         msg.attributes.push(NeighbourAttribute::LinkLayerAddress(n.mac.to_vec()));
         msg
     }
@@ -692,10 +689,7 @@ impl Handle {
         msg.header.state = NeighbourState::Permanent;
         msg.header.flags = NeighbourFlags::Own;
         msg.attributes.push(NeighbourAttribute::LinkLayerAddress(f.mac.to_vec()));
-        msg.attributes.push(NeighbourAttribute::Destination(match f.dst {
-            IpAddr::V4(v) => NeighbourAddress::Inet(v),
-            IpAddr::V6(v) => NeighbourAddress::Inet6(v),
-        }));
+        msg.attributes.push(NeighbourAttribute::Destination(neigh_addr(f.dst)));
         msg
     }
 
@@ -743,6 +737,13 @@ pub fn random_local_mac() -> [u8; 6] {
     }
     b[0] = (b[0] & 0xfe) | 0x02;
     b
+}
+
+fn neigh_addr(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(v) => NeighbourAddress::Inet(v),
+        IpAddr::V6(v) => NeighbourAddress::Inet6(v),
+    }
 }
 
 /// NDA_DST and NDA_LLADDR of a neighbour or FDB message.

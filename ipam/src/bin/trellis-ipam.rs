@@ -14,7 +14,7 @@ fn main() {
     let mut stdin = Vec::new();
     let read = std::io::stdin().read_to_end(&mut stdin);
     // Errors are reported in the version the runtime spoke, when we can tell.
-    let version = version_of(&stdin);
+    let version = trellis_cni_types::requested_version(&stdin);
     let outcome = match read {
         Err(e) => Err(CniError::io("cannot read the network config from stdin", e.to_string())),
         Ok(_) => Env::from_process().and_then(|env| run(&env, &stdin, &version)),
@@ -36,12 +36,4 @@ fn run(env: &Env, stdin: &[u8], version: &str) -> Result<Option<Value>, CniError
         Command::Gc => cni::gc(&conf, &cfg).map(|_| None),
         Command::Version => Ok(Some(trellis_cni_types::Version::version_answer(version))),
     }
-}
-
-/// The `cniVersion` on stdin ("" if absent or unreadable).
-fn version_of(stdin: &[u8]) -> String {
-    serde_json::from_slice::<Value>(stdin)
-        .ok()
-        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
-        .unwrap_or_default()
 }
