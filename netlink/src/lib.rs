@@ -5,14 +5,21 @@
 //! it was opened in ([`Handle::in_netns`]), so callers never need to switch the thread's namespace to talk to it.
 //! `ensure_*` verbs are idempotent; `del_*` verbs treat "not found" as success.
 
+mod addr;
 mod error;
 mod handle;
+mod link;
+mod neigh;
 pub mod netns;
+mod route;
 mod types;
 
 pub use error::{Error, Result};
-pub use handle::{random_local_mac, Handle};
-pub use types::{format_mac, parse_mac, Family, Fdb, Link, Neigh, Route, Scope, VethSpec, VxlanSpec, RTPROT_BOOT};
+pub use handle::Handle;
+pub use link::random_local_mac;
+pub use types::{
+    format_mac, parse_mac, Family, Fdb, Link, Neigh, Route, Scope, VethSpec, VxlanSpec, RTPROT_BOOT, RT_TABLE_MAIN,
+};
 
 /// Writes a sysctl (`net.ipv4.ip_forward` style key) for the network namespace of the calling thread.
 pub fn sysctl_set(key: &str, value: &str) -> Result<()> {

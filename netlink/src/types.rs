@@ -5,6 +5,9 @@ use ipnet::IpNet;
 /// RTPROT_BOOT: what `ip route add` uses. Owners of routes pick their own protocol number to find theirs again.
 pub const RTPROT_BOOT: u8 = 3;
 
+/// The main routing table: where `ip route` reads and writes unless told otherwise.
+pub const RT_TABLE_MAIN: u32 = libc::RT_TABLE_MAIN as u32;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
     pub index: u32,
@@ -42,6 +45,7 @@ pub struct Route {
     pub onlink: bool,
     pub scope: Scope,
     pub protocol: u8,
+    /// The routing table; [`RT_TABLE_MAIN`] unless the route belongs to another (policy routing).
     pub table: u32,
     pub src: Option<IpAddr>,
     pub metric: Option<u32>,
@@ -56,7 +60,7 @@ impl Route {
             onlink: false,
             scope: Scope::Universe,
             protocol: RTPROT_BOOT,
-            table: libc::RT_TABLE_MAIN as u32,
+            table: RT_TABLE_MAIN,
             src: None,
             metric: None,
         }
@@ -80,6 +84,13 @@ impl Route {
     pub fn protocol(mut self, p: u8) -> Route {
         self.protocol = p;
         self
+    }
+    pub fn table(mut self, t: u32) -> Route {
+        self.table = t;
+        self
+    }
+    pub fn in_main_table(&self) -> bool {
+        self.table == RT_TABLE_MAIN
     }
 }
 
