@@ -3,17 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// CNI spec error codes used by this crate.
-pub mod code {
-    pub const INVALID_ENV: u32 = 4;
-    pub const IO_FAILURE: u32 = 5;
-    pub const DECODE_FAILURE: u32 = 6;
-    pub const INVALID_NETWORK_CONFIG: u32 = 7;
-    pub const TRY_AGAIN_LATER: u32 = 11;
-    /// Plugin-specific (>= 100): no free address left in a range set.
-    pub const NO_ADDRESSES: u32 = 110;
-    pub const OTHER: u32 = 999;
-}
+// The codes are the CNI spec's, written once in cni-types.
+use trellis_cni_types::codes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
@@ -63,13 +54,13 @@ impl IpamError {
     /// The CNI error code this error is reported with.
     pub fn cni_code(&self) -> u32 {
         match self {
-            IpamError::Decode(_) => code::DECODE_FAILURE,
-            IpamError::InvalidConfig { .. } => code::INVALID_NETWORK_CONFIG,
-            IpamError::BadArgs { .. } => code::INVALID_ENV,
-            IpamError::StoreBusy { .. } => code::TRY_AGAIN_LATER,
-            IpamError::Exhausted { .. } => code::NO_ADDRESSES,
-            IpamError::Io { .. } => code::IO_FAILURE,
-            IpamError::Unavailable { .. } | IpamError::CheckFailed(_) | IpamError::Store(_) => code::OTHER,
+            IpamError::Decode(_) => codes::DECODE_FAILURE,
+            IpamError::InvalidConfig { .. } => codes::INVALID_NETWORK_CONFIG,
+            IpamError::BadArgs { .. } => codes::INVALID_ENV,
+            IpamError::StoreBusy { .. } => codes::TRY_AGAIN_LATER,
+            IpamError::Exhausted { .. } => codes::NO_ADDRESSES,
+            IpamError::Io { .. } => codes::IO_FAILURE,
+            IpamError::Unavailable { .. } | IpamError::CheckFailed(_) | IpamError::Store(_) => codes::INTERNAL,
         }
     }
 
