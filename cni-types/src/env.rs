@@ -110,17 +110,24 @@ impl Env {
     }
 }
 
-/// Linux interface names: 1-15 bytes, no '/', whitespace or ':'; not "." or "..".
-pub fn validate_ifname(name: &str) -> Result<(), CniError> {
-    let bad = name.is_empty()
+/// The rule [`is_valid_ifname`] checks, in words for error messages.
+pub const IFNAME_RULE: &str = "1-15 bytes, no '/', ':', whitespace or control characters, not \".\" or \"..\"";
+
+/// Whether `name` can be a Linux interface name: the kernel's rule (1-15 bytes, no '/', ':' or whitespace, not
+/// "." or "..") and no control characters, because the name is also written into IPAM's lease files. The one
+/// copy of this rule: `CNI_IFNAME` here, the IPAM store's arguments, and the plugin's bridge name use it.
+pub fn is_valid_ifname(name: &str) -> bool {
+    !(name.is_empty()
         || name.len() > 15
         || name == "."
         || name == ".."
-        || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0');
-    if bad {
-        return Err(CniError::env(format!(
-            "CNI_IFNAME {name:?} is not a valid interface name (1-15 bytes, no '/', ':' or whitespace)"
-        )));
+        || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control()))
+}
+
+/// [`is_valid_ifname`] as the CNI error for `CNI_IFNAME` (code 4, invalid environment).
+pub fn validate_ifname(name: &str) -> Result<(), CniError> {
+    if !is_valid_ifname(name) {
+        return Err(CniError::env(format!("CNI_IFNAME {name:?} is not a valid interface name ({IFNAME_RULE})")));
     }
     Ok(())
 }
@@ -174,9 +181,25 @@ mod tests {
     }
 
     #[test]
+    fn interface_name_rule() {
+        for good in ["eth0", "net1", "a", "0123456789abcde", "trellis0", "veth-x.y_z", "..."] {
+            assert!(is_valid_ifname(good), "{good:?}");
+        }
+        for bad in ["", ".", "..", "0123456789abcdef", "a/b", "a:b", "a b", "a\tb", "a\nb", "a\0b", "a\u{7f}b"] {
+            assert!(!is_valid_ifname(bad), "{bad:?}");
+            let e = validate_ifname(bad).unwrap_err();
+            assert_eq!(e.code, 4);
+            assert!(e.msg.contains(IFNAME_RULE), "{}", e.msg);
+        }
+        // The limit is in bytes, as the kernel counts: 8 two-byte characters are 16 bytes.
+        assert!(!is_valid_ifname("éééééééé"));
+        assert!(is_valid_ifname("ééééééé"));
+    }
+
+    #[test]
     fn bad_ifname_and_args() {
         let base = [("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c")];
-        for bad in ["a/b", "waytoolonginterfacename", "a b", ".."] {
+        for bad in ["a/b", "waytoolonginterfacename", "a b", "..", "a:b", "a\x01b", "a\rb"] {
             let mut v = base.to_vec();
             v.push(("CNI_IFNAME", bad));
             assert_eq!(env(&v).unwrap_err().code, 4, "{bad}");

@@ -8,6 +8,7 @@ use crate::store::{matching, with_lock, Store};
 use ipnet::IpNet;
 use std::collections::HashSet;
 use std::net::IpAddr;
+use trellis_cni_types::env::{is_valid_ifname, IFNAME_RULE};
 
 /// One address handed out: the IP with its subnet's prefix, the range's gateway, and the index
 /// of the range set it came from.
@@ -30,17 +31,10 @@ pub fn validate_args(container_id: &str, ifname: &str) -> Result<()> {
             reason: format!("{id:?} contains whitespace or control characters"),
         });
     }
-    if ifname.is_empty() {
-        return Err(IpamError::BadArgs { name: "CNI_IFNAME", reason: "is empty".into() });
-    }
-    if ifname.len() > 15
-        || ifname == "."
-        || ifname == ".."
-        || ifname.chars().any(|c| c.is_control() || c.is_whitespace() || c == '/' || c == ':')
-    {
+    if !is_valid_ifname(ifname) {
         return Err(IpamError::BadArgs {
             name: "CNI_IFNAME",
-            reason: format!("{ifname:?} is not a valid interface name (at most 15 bytes, no '/', ':' or whitespace)"),
+            reason: format!("{ifname:?} is not a valid interface name ({IFNAME_RULE})"),
         });
     }
     Ok(())
