@@ -5,7 +5,7 @@
 use super::{matching, Lease, Store};
 use crate::config::IpamConfig;
 use crate::error::{IpamError, Result};
-use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -110,22 +110,15 @@ impl Store for DiskStore {
             return Err(IpamError::Store("lock taken twice".into()));
         }
         let start = Instant::now();
-        let mut backoff = Duration::from_micros(50);
-        loop {
-            match self.lock_file.try_lock() {
-                Ok(()) => {
-                    self.locked = true;
-                    return Ok(());
-                }
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Error(e)) => return Err(IpamError::io("flock", self.dir.join(LOCK_FILE), e)),
+        match super::flock::lock_exclusive(&self.lock_file, self.lock_timeout) {
+            Ok(()) => {
+                self.locked = true;
+                Ok(())
             }
-            let waited = start.elapsed();
-            if waited >= self.lock_timeout {
-                return Err(IpamError::StoreBusy { dir: self.dir.clone(), waited });
+            Err(e) if e.kind() == ErrorKind::TimedOut => {
+                Err(IpamError::StoreBusy { dir: self.dir.clone(), waited: start.elapsed() })
             }
-            std::thread::sleep(backoff.min(self.lock_timeout - waited));
-            backoff = (backoff * 2).min(Duration::from_millis(5));
+            Err(e) => Err(IpamError::io("flock", self.dir.join(LOCK_FILE), e)),
         }
     }
 
