@@ -3,7 +3,7 @@
 //!
 //! Pure parts: [`config`] (parse + validate the `ipam` object), [`alloc`] (candidate order, free
 //! count), [`resolv::parse`]. Side effects live behind the [`Store`] trait: [`DiskStore`] (the
-//! host-local layout under `<dataDir>/<network>/`), [`MemStore`] and [`FaultyStore`] for tests.
+//! host-local layout under `<dataDir>/<network>/`); the unit tests add an in-memory fake and a faulty wrapper.
 //! [`ops`] runs each CNI verb under the store lock.
 //!
 //! In-process use (what the `trellis` plugin does instead of exec'ing this binary):
@@ -34,4 +34,4 @@ pub mod store;
 pub use config::{IpamConfig, Range, RangeSet, Route};
 pub use error::{IpamError, Result};
 pub use ops::{allocate, allocate_requested, check, gc, release, status, Allocation};
-pub use store::{matching, with_lock, DiskStore, FaultyStore, Lease, MemStore, Store};
+pub use store::{matching, with_lock, DiskStore, Lease, Store};

@@ -1,8 +1,9 @@
-//! In-memory dataplane for unit tests, and a wrapper that fails the Nth call.
+//! In-memory dataplane for unit tests, and a wrapper that fails on demand. Test-only: not part of the API.
 use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 use trellis_cni_types::{codes, CniError};
+use trellis_test_support::Faults;
 
 use super::{Dataplane, Observed};
 use crate::naming::is_host_veth_name;
@@ -42,7 +43,7 @@ impl FakeDataplane {
         LinkInfo {
             name: name.to_string(),
             index: l.index,
-            mac: Some(format!("0e:00:00:00:00:{:02x}", l.index)),
+            mac: Some(trellis_netlink::format_mac(&[0x0e, 0, 0, 0, 0, l.index as u8])),
             mtu: l.mtu,
         }
     }
@@ -150,23 +151,27 @@ impl Dataplane for FakeDataplane {
     }
 }
 
-/// Fails the `fail_at`-th call (1-based) with a kernel-like error; every other call goes to `inner`.
+/// Fails on demand (the shared [`Faults`] counter: the Nth call, or the next K calls of one method) with a
+/// kernel-like error; every other call goes to `inner`. Reads of the counter (`calls`, `failures`) go through.
 pub struct FaultyDataplane<D> {
     pub inner: D,
-    pub fail_at: usize,
-    pub calls: usize,
+    pub faults: Faults,
 }
 
 impl<D: Dataplane> FaultyDataplane<D> {
+    /// Fails the `fail_at`-th call (1-based); 0 never fails.
     pub fn new(inner: D, fail_at: usize) -> Self {
-        FaultyDataplane { inner, fail_at, calls: 0 }
+        FaultyDataplane { inner, faults: Faults::nth(fail_at) }
     }
     fn tick(&mut self, what: &str) -> Result<(), CniError> {
-        self.calls += 1;
-        if self.calls == self.fail_at {
-            return Err(CniError::new(codes::INTERNAL, format!("injected fault in {what}"), ""));
-        }
-        Ok(())
+        self.faults.hit(what).map_or(Ok(()), |e| Err(CniError::new(codes::INTERNAL, e, "")))
+    }
+}
+
+impl<D> std::ops::Deref for FaultyDataplane<D> {
+    type Target = Faults;
+    fn deref(&self) -> &Faults {
+        &self.faults
     }
 }
 

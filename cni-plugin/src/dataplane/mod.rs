@@ -1,5 +1,6 @@
-//! Kernel access of the plugin, behind one trait: the real one (netlink + nftables), an in-memory fake, and a
-//! faulty wrapper that fails the Nth call, so the ADD/DEL logic and its rollback are tested without privileges.
+//! Kernel access of the plugin, behind one trait: the real one (netlink + nftables), and for the unit tests an
+//! in-memory fake and a faulty wrapper that fails the Nth call, so the ADD/DEL logic and its rollback are tested
+//! without privileges. The fake and the wrapper are compiled for tests only: they are not the crate's API.
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -7,9 +8,11 @@ use trellis_cni_types::CniError;
 
 use crate::plan::{LinkInfo, PodPlan};
 
+#[cfg(test)]
 mod fake;
 mod real;
 
+#[cfg(test)]
 pub use fake::{FakeDataplane, FaultyDataplane};
 pub use real::RealDataplane;
 

@@ -1,37 +1,29 @@
-//! A store wrapper that fails its Nth operation, to test that callers roll back.
+//! A store wrapper that fails on demand (the shared [`Faults`] counter: the Nth operation, or the next K of one
+//! operation), to test that callers roll back.
 
 use super::{Lease, Store};
 use crate::error::{IpamError, Result};
 use std::net::IpAddr;
+use trellis_test_support::Faults;
 
 pub struct FaultyStore<S> {
     pub inner: S,
-    /// 1-based index of the operation that fails; 0 = never.
-    fail_at: usize,
-    ops: usize,
+    pub faults: Faults,
 }
 
 impl<S: Store> FaultyStore<S> {
+    /// Fails the `fail_at`-th operation (1-based, lock and unlock included); 0 never fails.
     pub fn new(inner: S, fail_at: usize) -> Self {
-        FaultyStore { inner, fail_at, ops: 0 }
+        FaultyStore { inner, faults: Faults::nth(fail_at) }
     }
 
-    /// Operations seen so far (lock and unlock included).
-    pub fn ops(&self) -> usize {
-        self.ops
-    }
-
-    /// Whether the injected fault has fired.
+    /// Whether an injected fault has fired.
     pub fn fired(&self) -> bool {
-        self.fail_at != 0 && self.ops >= self.fail_at
+        self.faults.fired()
     }
 
     fn tick(&mut self, op: &str) -> Result<()> {
-        self.ops += 1;
-        if self.ops == self.fail_at {
-            return Err(IpamError::Store(format!("injected fault in {op} (operation {})", self.ops)));
-        }
-        Ok(())
+        self.faults.hit(op).map_or(Ok(()), |e| Err(IpamError::Store(e)))
     }
 }
 

@@ -1,12 +1,17 @@
-//! Where allocations live. `DiskStore` is the real one (host-local layout), `MemStore` the fake,
-//! `FaultyStore` wraps either and fails on demand.
+//! Where allocations live. `DiskStore` is the real one (host-local layout). The unit tests add `MemStore`, the
+//! fake, and `FaultyStore`, which wraps either and fails on demand; neither is part of the public API.
 
 mod disk;
+#[cfg(test)]
 mod faulty;
+pub mod flock;
+#[cfg(test)]
 mod mem;
 
 pub use disk::DiskStore;
+#[cfg(test)]
 pub use faulty::FaultyStore;
+#[cfg(test)]
 pub use mem::MemStore;
 
 use crate::error::Result;
