@@ -330,11 +330,13 @@ fn to_link(l: &LinkMessage) -> Link {
 /// What an existing device has of the attributes that decide whether it can serve a [`VxlanSpec`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct VxlanAttrs {
-    pub kind: Option<String>,
-    pub vni: Option<u32>,
-    pub port: Option<u16>,
-    pub local: Option<IpAddr>,
-    pub underlay: Option<u32>,
+    /// IFLA_INFO_KIND; None for a device without rtnl link ops (lo, say).
+    kind: Option<String>,
+    vni: Option<u32>,
+    port: Option<u16>,
+    /// IFLA_VXLAN_LOCAL or LOCAL6.
+    local: Option<IpAddr>,
+    underlay: Option<u32>,
 }
 
 impl VxlanAttrs {
@@ -365,9 +367,9 @@ impl VxlanAttrs {
 /// One attribute that keeps an existing device from serving as asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Difference {
-    pub attribute: &'static str,
-    pub old: String,
-    pub new: String,
+    attribute: &'static str,
+    old: String,
+    new: String,
 }
 
 /// The attributes of an existing device that differ from `want` and cannot change in place; empty when the
@@ -397,16 +399,7 @@ mod tests {
     use super::*;
 
     fn spec() -> VxlanSpec {
-        VxlanSpec {
-            name: "trellis.1".into(),
-            vni: 1,
-            port: 8472,
-            local: "192.168.1.10".parse().unwrap(),
-            underlay: 2,
-            mac: None,
-            mtu: None,
-            learning: false,
-        }
+        VxlanSpec::new("trellis.1", 1, 8472, "192.168.1.10".parse().unwrap(), 2)
     }
 
     fn matching() -> VxlanAttrs {

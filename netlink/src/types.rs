@@ -136,6 +136,14 @@ pub struct VxlanSpec {
     pub learning: bool,
 }
 
+impl VxlanSpec {
+    /// A device without a set MAC or MTU (the kernel picks them) and without learning: what changes in place is
+    /// left to the caller's struct update.
+    pub fn new(name: &str, vni: u32, port: u16, local: IpAddr, underlay: u32) -> VxlanSpec {
+        VxlanSpec { name: name.to_string(), vni, port, local, underlay, mac: None, mtu: None, learning: false }
+    }
+}
+
 pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }

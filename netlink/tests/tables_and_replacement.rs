@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use trellis_netlink::{netns, Family, Handle, Route, VethSpec, VxlanSpec, RT_TABLE_MAIN};
+use trellis_netlink::{netns, Family, Handle, Link, Route, VethSpec, VxlanSpec, RT_TABLE_MAIN};
 use trellis_test_support::require_root;
 
 struct Ns(String);
@@ -13,20 +13,21 @@ impl Drop for Ns {
     }
 }
 
-fn ns(what: &str) -> (Ns, Handle) {
+/// A fresh netns with a veth pair up in it, `addr` on its first end: the link routes and VXLAN devices use.
+fn netns_with_link(what: &str, addr: &str) -> (Ns, Handle, Link) {
     let ns = Ns(format!("trnl-{what}-{}", std::process::id()));
-    let path = netns::create(&ns.0).unwrap();
-    let h = Handle::in_netns(&path).unwrap();
-    (ns, h)
+    let mut h = Handle::in_netns(&netns::create(&ns.0).unwrap()).unwrap();
+    let (name, peer) = (format!("tr{what}0"), format!("tr{what}1"));
+    h.create_veth(&VethSpec { name: &name, peer: &peer, up: true, ..Default::default() }).unwrap();
+    let link = h.require_link(&name).unwrap();
+    h.ensure_addr(link.index, addr.parse().unwrap()).unwrap();
+    (ns, h, link)
 }
 
 #[test]
 fn routes_of_other_tables_are_listed_with_their_table() {
     require_root!();
-    let (_ns, mut h) = ns("tables");
-    h.create_veth(&VethSpec { name: "trt0", peer: "trt1", up: true, ..Default::default() }).unwrap();
-    let dev = h.require_link("trt0").unwrap();
-    h.ensure_addr(dev.index, "10.97.0.1/24".parse().unwrap()).unwrap();
+    let (_ns, mut h, dev) = netns_with_link("tab", "10.97.0.1/24");
     let gw = "10.97.0.2".parse().unwrap();
     let main = Route::new("10.96.0.0/16".parse().unwrap()).via(gw).dev(dev.index).onlink();
     let small = main.clone().table(100);
@@ -74,20 +75,8 @@ impl Write for Captured {
 #[test]
 fn a_replaced_vxlan_device_logs_what_differed() {
     require_root!();
-    let (_ns, mut h) = ns("vxrepl");
-    h.create_veth(&VethSpec { name: "trvu0", peer: "trvu1", up: true, ..Default::default() }).unwrap();
-    let ul = h.require_link("trvu0").unwrap();
-    h.ensure_addr(ul.index, "192.168.78.1/24".parse().unwrap()).unwrap();
-    let spec = VxlanSpec {
-        name: "trvxr".into(),
-        vni: 7,
-        port: 8472,
-        local: "192.168.78.1".parse().unwrap(),
-        underlay: ul.index,
-        mac: None,
-        mtu: None,
-        learning: false,
-    };
+    let (_ns, mut h, ul) = netns_with_link("vxr", "192.168.78.1/24");
+    let spec = VxlanSpec::new("trvxr", 7, 8472, "192.168.78.1".parse().unwrap(), ul.index);
     let log = Captured::default();
     let sink = log.clone();
     let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || sink.clone()).finish();

@@ -36,12 +36,11 @@ mod tests {
 
     #[test]
     fn a_held_lock_times_out_and_a_free_one_is_taken() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("lock");
-        let holder = File::create(&path).unwrap();
+        let lock_file = tempfile::NamedTempFile::new().unwrap();
+        let holder = lock_file.reopen().unwrap();
         lock_exclusive(&holder, Duration::from_millis(10)).unwrap();
         // flock locks belong to the open file: a second open of the same path contends.
-        let other = File::open(&path).unwrap();
+        let other = File::open(lock_file.path()).unwrap();
         let start = Instant::now();
         let e = lock_exclusive(&other, Duration::from_millis(30)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
@@ -52,15 +51,14 @@ mod tests {
 
     #[test]
     fn the_waiter_gets_the_lock_when_it_is_released() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("lock");
-        let holder = File::create(&path).unwrap();
+        let lock_file = tempfile::NamedTempFile::new().unwrap();
+        let holder = lock_file.reopen().unwrap();
         lock_exclusive(&holder, Duration::ZERO).unwrap();
         let release = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(20));
             drop(holder);
         });
-        lock_exclusive(File::open(&path).unwrap(), Duration::from_secs(10)).unwrap();
+        lock_exclusive(File::open(lock_file.path()).unwrap(), Duration::from_secs(10)).unwrap();
         release.join().unwrap();
     }
 }
