@@ -1,4 +1,4 @@
-//! A private podman (CNI backend) that runs inside a node netns, per /work/shared/PODMAN.md: its own
+//! A private podman (CNI backend) that runs inside a node netns, as docs/PODMAN.md describes: its own
 //! containers.conf, storage, run root, cgroup parent and conflist dir, all removed on Drop.
 use crate::bins::Bins;
 use crate::cmd;
