@@ -1,6 +1,6 @@
 //! The rtnetlink socket and its request plumbing. The typed verbs live beside it, one module per kind of object,
-//! as rtnetlink splits them: [`crate::link`], [`crate::addr`], [`crate::route`], [`crate::neigh`] (neighbours and
-//! the bridge FDB). Each adds its own `impl Handle` block; a new object (tc, say) is a new module of the same shape.
+//! as rtnetlink splits them: `link`, `addr`, `route`, `neigh` (neighbours and the bridge FDB). Each adds its own
+//! `impl Handle` block; a new object (tc, say) is a new module of the same shape.
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::Path;

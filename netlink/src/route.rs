@@ -19,7 +19,7 @@ impl Handle {
         self.routes_in(family, Some(RT_TABLE_MAIN))
     }
 
-    /// Unicast routes of `table`, or of every table when `None` (each [`Route::table`] says which). Local and
+    /// Unicast routes of `table`, or of every table when `None` (each route's `table` says which). Local and
     /// broadcast routes (the kernel's own, one per address) and blackhole/unreachable ones are not unicast.
     pub fn routes_in(&mut self, family: Family, table: Option<u32>) -> Result<Vec<Route>> {
         let fams: &[AddressFamily] = match family {
