@@ -39,6 +39,8 @@ pub enum LabError {
     Timeout(String),
     #[error("teardown left things behind: {0}")]
     Leftovers(String),
+    #[error("benchmark report: {0}")]
+    Report(#[from] trellis_benchmarks_md::Error),
     #[error("injected fault: {0}")]
     Injected(String),
 }
