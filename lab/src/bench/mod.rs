@@ -145,7 +145,8 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
             repair_interval_secs: None,
             agent_timeout: Duration::from_secs(60),
         };
-        let st = lab::up(&opts, &mut std::io::sink())?;
+        // The guard removes a partial lab, so its error is reported without the note that it stays.
+        let st = lab::up(&opts, &mut std::io::sink()).map_err(LabError::into_cause)?;
         let (client, server, ip) = lab_pair(&st)?;
         paths.push(PathUnderTest { label, client, server, ip });
     }
