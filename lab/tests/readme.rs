@@ -98,6 +98,13 @@ fn up_with_a_topology_file_builds_what_it_describes() {
     let o = lab.run("status", &[]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("alpha") && out.contains("shop/back") && out.contains("10.244.9.0/24"), "{out}");
+    // `status` only reads: it runs without root too.
+    let o = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", common::LAB, "status", "--name", &lab.name])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), out, "status as nobody differs from status as root");
 }
 
 #[test]
