@@ -43,13 +43,19 @@ fn netns_list() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `up --topology FILE` of a file with `text` in a fresh temp dir (kept for more files), as lab `tag`.
+fn up_from_file(tag: &str, text: &str) -> (tempfile::TempDir, Lab) {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = write(dir.path(), "topo.yaml", text);
+    let lab = Lab::up(tag, &["--topology", topo.to_str().unwrap()]);
+    (dir, lab)
+}
+
 #[test]
 fn up_with_a_topology_file_builds_what_it_describes() {
     trellis_test_support::require_root!();
     let _s = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let topo = write(dir.path(), "topo.yaml", TWO_NODES);
-    let lab = Lab::up("tf", &["--topology", topo.to_str().unwrap()]);
+    let (_dir, lab) = up_from_file("tf", TWO_NODES);
     let st = LabState::load(&lab.name).unwrap();
     assert!(st.ready);
     assert_eq!(st.plan.mode.as_str(), "host-gw");
@@ -111,9 +117,7 @@ fn up_with_a_topology_file_builds_what_it_describes() {
 fn delete_service_removes_the_service_and_its_endpoint_slice() {
     trellis_test_support::require_root!();
     let _s = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let topo = write(dir.path(), "topo.yaml", TWO_NODES);
-    let lab = Lab::up("ds", &["--topology", topo.to_str().unwrap()]);
+    let (dir, lab) = up_from_file("ds", TWO_NODES);
     let svcs = write(
         dir.path(),
         "svc.yaml",
@@ -152,10 +156,8 @@ fn delete_service_removes_the_service_and_its_endpoint_slice() {
 fn commands_refuse_to_guess_when_several_labs_are_up() {
     trellis_test_support::require_root!();
     let _s = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let topo = write(dir.path(), "tiny.yaml", ONE_NODE);
-    let a = Lab::up("ga", &["--topology", topo.to_str().unwrap()]);
-    let b = Lab::up("gb", &["--topology", topo.to_str().unwrap()]);
+    let (_da, a) = up_from_file("ga", ONE_NODE);
+    let (_db, b) = up_from_file("gb", ONE_NODE);
     for args in [vec!["status"], vec!["check"], vec!["exec", "p1", "--", "true"], vec!["down"]] {
         let o = lab_cmd(&args);
         let err = String::from_utf8_lossy(&o.stderr);

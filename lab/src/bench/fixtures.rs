@@ -50,6 +50,11 @@ impl VethPair {
         net.set_up(&p.b, "eth0")?;
         Ok(p)
     }
+
+    /// Client netns, server netns, server address.
+    pub fn endpoints(&self) -> (PathBuf, PathBuf, Ipv4Addr) {
+        (names::netns_path(&self.b), names::netns_path(&self.a), Ipv4Addr::new(10, 99, 0, 1))
+    }
 }
 
 impl Drop for VethPair {
@@ -112,6 +117,11 @@ impl RoutedPath {
             add_route(&node.netns, &format!("10.250.{}.0/24", 1 - i), peer.internal_ip)?;
         }
         Ok(r)
+    }
+
+    /// Client netns, server netns, server address.
+    pub fn endpoints(&self) -> (PathBuf, PathBuf, Ipv4Addr) {
+        (names::netns_path(&self.client), names::netns_path(&self.server), self.server_ip)
     }
 }
 

@@ -116,21 +116,13 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
     let veth_lab = format!("{base}ve");
     guards.push(LabGuard(veth_lab.clone()));
     let pair = VethPair::create(&veth_lab)?;
-    paths.push(PathUnderTest {
-        label: "veth pair (limit)",
-        client: names::netns_path(&pair.b),
-        server: names::netns_path(&pair.a),
-        ip: Ipv4Addr::new(10, 99, 0, 1),
-    });
+    let (client, server, ip) = pair.endpoints();
+    paths.push(PathUnderTest { label: "veth pair (limit)", client, server, ip });
     let routed_lab = format!("{base}rt");
     guards.push(LabGuard(routed_lab.clone()));
     let routed = RoutedPath::create(&routed_lab)?;
-    paths.push(PathUnderTest {
-        label: "routed by hand, same hops as host-gw (reference)",
-        client: names::netns_path(&routed.client),
-        server: names::netns_path(&routed.server),
-        ip: routed.server_ip,
-    });
+    let (client, server, ip) = routed.endpoints();
+    paths.push(PathUnderTest { label: "routed by hand, same hops as host-gw (reference)", client, server, ip });
     for (suffix, mode, label) in
         [("hg", Mode::HostGw, "host-gw, across nodes"), ("vx", Mode::Vxlan, "vxlan, across nodes")]
     {
