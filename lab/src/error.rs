@@ -4,6 +4,21 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
+    #[error(
+        "trellis-lab {verb} needs root: the lab makes network namespaces, links and processes and keeps its state \
+         in /run/trellis-lab. Nothing was changed; run it as root, e.g. `sudo trellis-lab {verb}`"
+    )]
+    NeedsRoot { verb: &'static str },
+    #[error(
+        "no lab is up (nothing in /run/trellis-lab); start one with `sudo trellis-lab up` (the default two-node lab) \
+         or `sudo trellis-lab up --topology FILE`"
+    )]
+    NoLabUp,
+    #[error("several labs are up ({}); pass --name to say which", .0.join(", "))]
+    SeveralLabsUp(Vec<String>),
+    /// `up` failed after it had made something: what it made stays for inspection.
+    #[error("{error}\n(the partial lab is left for inspection; remove it with `trellis-lab down --name {lab}`)")]
+    Partial { lab: String, error: Box<LabError> },
     #[error("invalid topology: {0}")]
     Topology(String),
     #[error("planning failed: {0}")]
@@ -39,6 +54,8 @@ pub enum LabError {
     Timeout(String),
     #[error("teardown left things behind: {0}")]
     Leftovers(String),
+    #[error("benchmark report: {0}")]
+    Report(#[from] trellis_benchmarks_md::Error),
     #[error("injected fault: {0}")]
     Injected(String),
 }
@@ -46,6 +63,14 @@ pub enum LabError {
 pub type Result<T> = std::result::Result<T, LabError>;
 
 impl LabError {
+    /// The error behind a [`LabError::Partial`], for callers that remove the partial lab themselves.
+    pub fn into_cause(self) -> LabError {
+        match self {
+            LabError::Partial { error, .. } => *error,
+            e => e,
+        }
+    }
+
     pub fn io(context: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         LabError::Io { context, path: path.into(), source }
     }

@@ -121,8 +121,27 @@ fn load(name: Option<&str>) -> Result<LabState> {
     Ok(LabState::load(&lab)?)
 }
 
+/// The verbs that make, change or enter namespaces: they say so before touching anything when not run as root.
+/// `status` only reads the state.
+fn needs_root(cmd: &Cmd) -> Option<&'static str> {
+    Some(match cmd {
+        Cmd::Up { .. } => "up",
+        Cmd::Down { .. } => "down",
+        Cmd::Apply { .. } => "apply",
+        Cmd::Delete { .. } => "delete",
+        Cmd::Probe { .. } => "probe",
+        Cmd::Check { .. } => "check",
+        Cmd::Exec { .. } => "exec",
+        Cmd::Bench { .. } => "bench",
+        Cmd::Status { .. } | Cmd::Serve { .. } => return None,
+    })
+}
+
 fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
+    if let Some(verb) = needs_root(&cli.cmd) {
+        lab::ensure_root(verb)?;
+    }
     let mut out = std::io::stdout();
     match cli.cmd {
         Cmd::Up { topology, mode, name, bin_dir, repair_interval_secs, agent_timeout_secs } => {
@@ -146,16 +165,8 @@ fn run() -> Result<ExitCode> {
                 repair_interval_secs,
                 agent_timeout: Duration::from_secs(agent_timeout_secs),
             };
-            let st = lab::up(&opts, &mut out);
-            match st {
-                Ok(_) => Ok(ExitCode::SUCCESS),
-                Err(e) => {
-                    let lab = opts.name.clone().unwrap_or(opts.topology.name.clone());
-                    bail!(
-                        "{e}\n(the partial lab is left for inspection; remove it with `trellis-lab down --name {lab}`)"
-                    )
-                }
-            }
+            lab::up(&opts, &mut out)?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Down { name } => {
             let lab = resolve_lab_name(name.as_deref())?;

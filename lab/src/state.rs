@@ -91,18 +91,59 @@ pub fn labs_present() -> Vec<String> {
 
 /// `--name` if given, else the only lab that is up.
 pub fn resolve_lab_name(given: Option<&str>) -> Result<String> {
+    match given {
+        Some(n) => pick_lab(Some(n), &[]),
+        None => pick_lab(None, &labs_present()),
+    }
+}
+
+/// The lab a command means: `given` (validated), else the only one of `present`. Never guesses between several.
+pub fn pick_lab(given: Option<&str>, present: &[String]) -> Result<String> {
     if let Some(n) = given {
         crate::topology::validate_lab_name(n)?;
         return Ok(n.to_string());
     }
-    let labs = labs_present();
-    match labs.as_slice() {
+    match present {
         [one] => Ok(one.clone()),
-        [] => Err(LabError::State(format!("no lab is up (nothing in {}); pass --name", names::STATE_ROOT))),
-        many => Err(LabError::State(format!("several labs are up ({}); pass --name", many.join(", ")))),
+        [] => Err(LabError::NoLabUp),
+        many => Err(LabError::SeveralLabsUp(many.to_vec())),
     }
 }
 
 pub fn ensure_dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(|e| LabError::io("creating directory", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_one_lab_up_is_picked() {
+        assert_eq!(pick_lab(None, &labs(&["demo"])).unwrap(), "demo");
+        assert_eq!(pick_lab(Some("mine"), &labs(&["demo", "other"])).unwrap(), "mine");
+    }
+
+    #[test]
+    fn no_lab_up_says_how_to_start_one() {
+        let e = pick_lab(None, &[]).unwrap_err().to_string();
+        assert!(e.contains("no lab is up"), "{e}");
+        assert!(e.contains("trellis-lab up"), "{e}");
+        assert!(!e.contains("pass --name"), "{e}");
+    }
+
+    #[test]
+    fn several_labs_up_are_named_not_guessed() {
+        let e = pick_lab(None, &labs(&["a1", "b2"])).unwrap_err().to_string();
+        assert!(e.contains("several labs are up (a1, b2)") && e.contains("--name"), "{e}");
+    }
+
+    #[test]
+    fn a_given_name_is_validated() {
+        assert!(pick_lab(Some("BAD-name"), &[]).is_err());
+    }
 }

@@ -1,8 +1,10 @@
-//! Pure parts of the CNI benchmark: percentiles, the markdown report, the goals, and BENCHMARKS.md splicing.
+//! Pure parts of the CNI benchmark: percentiles, the markdown report and the goals. The report goes into
+//! BENCHMARKS.md through `trellis_benchmarks_md`, as section [`SECTION`].
 use std::fmt::Write;
 use std::time::Duration;
 
-pub const MARKER: &str = "<!-- cni-bench -->";
+/// The benchmark's section in BENCHMARKS.md, between `<!-- cni-bench -->` markers.
+pub const SECTION: &str = "cni-bench";
 
 /// Nearest-rank percentile (p in 0..=100) in milliseconds; NaN for no samples.
 pub fn percentile_ms(samples: &[Duration], p: f64) -> f64 {
@@ -93,28 +95,6 @@ impl Report {
     }
 }
 
-/// Put `section` between the two `<!-- cni-bench -->` markers of `doc` (appending both when absent).
-pub fn splice(doc: &str, section: &str) -> String {
-    let block = format!("{MARKER}\n{}\n{MARKER}", section.trim_end());
-    if let Some(start) = doc.find(MARKER) {
-        let after = start + MARKER.len();
-        if let Some(rel_end) = doc[after..].find(MARKER) {
-            let end = after + rel_end + MARKER.len();
-            return format!("{}{}{}", &doc[..start], block, &doc[end..]);
-        }
-        // A lone marker: replace from it to the end.
-        return format!("{}{}\n", &doc[..start], block);
-    }
-    let mut out = doc.to_owned();
-    if !out.is_empty() && !out.ends_with('\n') {
-        out.push('\n');
-    }
-    if !out.is_empty() {
-        out.push('\n');
-    }
-    format!("{out}{block}\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,20 +122,6 @@ mod tests {
         let g = goals("ADD", ours, fast_ref);
         assert!(!g[2].1, "4 ms is not half of 6 ms");
         assert!(!goals("DEL", Summary { p50: 11.0, p99: 26.0 }, slow_ref)[0].1);
-    }
-
-    #[test]
-    fn splice_replaces_between_markers_and_keeps_the_rest() {
-        let doc = format!("# Benchmarks\nintro\n{MARKER}\nold\n{MARKER}\nother section\n");
-        let out = splice(&doc, "new table");
-        assert_eq!(out, format!("# Benchmarks\nintro\n{MARKER}\nnew table\n{MARKER}\nother section\n"));
-        assert_eq!(splice(&out, "new table"), out, "idempotent");
-    }
-
-    #[test]
-    fn splice_appends_when_absent() {
-        assert_eq!(splice("", "t"), format!("{MARKER}\nt\n{MARKER}\n"));
-        assert_eq!(splice("# B", "t"), format!("# B\n\n{MARKER}\nt\n{MARKER}\n"));
     }
 
     #[test]

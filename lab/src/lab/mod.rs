@@ -39,6 +39,15 @@ pub fn default_bin_dir() -> Result<PathBuf> {
     Ok(exe.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")))
 }
 
+/// Refuses `verb` unless root, before anything is touched: a lab is namespaces, links and files in /run.
+pub fn ensure_root(verb: &'static str) -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(LabError::NeedsRoot { verb })
+    }
+}
+
 /// Anything of this lab on the machine: its state dir, a netns, a process.
 pub fn lab_exists(lab: &str) -> Result<bool> {
     let prefix = names::netns_prefix(lab);

@@ -49,8 +49,11 @@ fn check_binaries(bin_dir: &Path) -> Result<()> {
     }
 }
 
-/// Builds the whole lab. On error the partial lab stays for inspection; `down` removes it.
+/// Builds the whole lab. Checks everything it can first (root, topology, name free, binaries) and touches nothing
+/// when one fails. A later error is [`LabError::Partial`] when something was made: it stays for inspection, and
+/// `down` removes it.
 pub fn up(opts: &UpOptions, out: &mut dyn std::io::Write) -> Result<LabState> {
+    ensure_root("up")?;
     let mut topo = opts.topology.clone();
     if let Some(n) = &opts.name {
         topo.name = n.clone();
@@ -63,6 +66,14 @@ pub fn up(opts: &UpOptions, out: &mut dyn std::io::Write) -> Result<LabState> {
         )));
     }
     check_binaries(&opts.bin_dir)?;
+    build(opts, plan, out).map_err(|error| match lab_exists(&lab) {
+        Ok(false) => error,
+        _ => LabError::Partial { lab, error: Box::new(error) },
+    })
+}
+
+fn build(opts: &UpOptions, plan: plan::LabPlan, out: &mut dyn std::io::Write) -> Result<LabState> {
+    let lab = plan.name.clone();
     let dirs = LabDirs::new(&lab);
     for d in [dirs.root.clone(), dirs.manifests(), dirs.staging(), dirs.logs(), dirs.pids()] {
         state::ensure_dir(&d)?;

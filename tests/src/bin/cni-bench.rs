@@ -137,9 +137,8 @@ fn main() -> Result<()> {
     let md = report.markdown();
     println!("{md}");
     if args.write {
-        let path = workspace_root().join("BENCHMARKS.md");
-        let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-        std::fs::write(&path, bench::splice(&doc, &md)).with_context(|| format!("write {}", path.display()))?;
+        let path = workspace_root().join(trellis_benchmarks_md::FILE_NAME);
+        trellis_benchmarks_md::write_section(&path, bench::SECTION, &md)?;
         eprintln!("wrote {}", path.display());
     }
     let missed = report.all_goals().iter().filter(|(_, ok)| !ok).count();

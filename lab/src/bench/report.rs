@@ -1,0 +1,133 @@
+//! The report: the markdown section with the table, the goals and the command, spliced into BENCHMARKS.md.
+
+use std::path::Path;
+
+use super::stats::Row;
+use super::BenchArgs;
+use crate::error::Result;
+
+/// The bench's section in BENCHMARKS.md, between `<!-- lab-bench -->` markers.
+pub const SECTION: &str = "lab-bench";
+
+pub(super) fn command_line(args: &BenchArgs) -> String {
+    let profile = if cfg!(debug_assertions) { "" } else { " --release" };
+    format!(
+        "cargo run -p trellis-lab{profile} -- bench --secs {} --rounds {}{}{}",
+        args.secs,
+        args.rounds,
+        if args.no_pin { " --no-pin" } else { "" },
+        if args.write { " --write" } else { "" }
+    )
+}
+
+fn find<'a>(rows: &'a [Row], prefix: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| r.path.starts_with(prefix))
+}
+
+/// The markdown section: table, ratios against the goals, and the command.
+pub fn render(rows: &[Row], command: &str, machine: &str) -> String {
+    let mut s = format!(
+        "### Pod-to-pod TCP across nodes (trellis-lab bench)\n\nCommand: `{command}`\n\n- machine: {machine}\n\
+         - client and server are threads of trellis-lab inside the pods' netns, one connection each; throughput: \
+         128 KiB writes; RR: 1-byte ping-pong; CRR: connect, 1 byte each way, close (server first)\n\
+         - cells are median / best over interleaved rounds (all paths are up at once, measured in turn); goals are \
+         checked on the best round, the median ratio follows in brackets\n\
+         - client and server share one CPU unless `--no-pin`: a cross-CPU wake-up costs ~50 us on this VM, so \
+         unpinned RR measures where the scheduler put the threads (~10k/s on every path) rather than the path\n\
+         - reference rows: a plain veth pair between two netns (the limit named in the goals) and a path routed by \
+         hand over the same hops as host-gw (pod veth, node, underlay bridge, node, pod veth; no pod bridge, no \
+         nftables, no agent)\n\n\
+         | path | TCP throughput (Gbit/s) | TCP RR (trans/s) | TCP CRR (conn/s) |\n| --- | ---: | ---: | ---: |\n"
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {:.2} / {:.2} | {:.0} / {:.0} | {:.0} / {:.0} |\n",
+            r.path, r.n.throughput, r.best.throughput, r.n.rr, r.best.rr, r.n.crr, r.best.crr
+        ));
+    }
+    let med = |prefix: &str| find(rows, prefix).map(|r| r.n);
+    let best = |prefix: &str| find(rows, prefix).map(|r| r.best);
+    let r = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let fmt = |v: Option<f64>| v.map(|g| format!("{g:.2}")).unwrap_or_else(|| "n/a".into());
+    let goal = |best: Option<f64>, median: Option<f64>, want: f64, what: &str| {
+        let mark = if best.is_some_and(|g| g >= want) { "x" } else { " " };
+        format!("- [{mark}] {what} >= {want:.2} (got {}; median {})\n", fmt(best), fmt(median))
+    };
+    s.push_str("\nGoals:\n\n");
+    s.push_str(&goal(
+        r(best("host-gw").map(|n| n.rr), best("veth").map(|n| n.rr)),
+        r(med("host-gw").map(|n| n.rr), med("veth").map(|n| n.rr)),
+        0.9,
+        "host-gw RR / veth RR",
+    ));
+    s.push_str(&goal(
+        r(best("vxlan").map(|n| n.crr), best("host-gw").map(|n| n.crr)),
+        r(med("vxlan").map(|n| n.crr), med("host-gw").map(|n| n.crr)),
+        0.7,
+        "vxlan CRR / host-gw CRR",
+    ));
+    s.push_str(&format!(
+        "\nAlso (best rounds): host-gw RR / hand-routed RR on the same hops = {}; vxlan throughput / host-gw = {}; \
+         vxlan RR / host-gw RR = {}\n",
+        fmt(r(best("host-gw").map(|n| n.rr), best("routed").map(|n| n.rr))),
+        fmt(r(best("vxlan").map(|n| n.throughput), best("host-gw").map(|n| n.throughput))),
+        fmt(r(best("vxlan").map(|n| n.rr), best("host-gw").map(|n| n.rr))),
+    ));
+    s
+}
+
+/// CPU count and load average, for the report (the machine is shared; numbers are noisy under load).
+pub fn machine_line() -> String {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into());
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    format!("{cpus} CPUs, load average at start {load}, trellis-lab {profile} build")
+}
+
+/// Replaces the bench's section of `path` (creating the file or appending the section when needed).
+pub(super) fn write_section(path: &Path, section: &str) -> Result<()> {
+    Ok(trellis_benchmarks_md::write_section(path, SECTION, section)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::stats::Numbers;
+
+    fn rows() -> Vec<Row> {
+        let r = |p: &str, t, rr, crr| Row {
+            path: p.into(),
+            n: Numbers { throughput: t, rr, crr },
+            best: Numbers { throughput: t, rr, crr },
+        };
+        vec![
+            r("veth pair (limit)", 40.0, 50000.0, 10000.0),
+            r("host-gw, across nodes", 30.0, 45000.0, 8000.0),
+            r("vxlan, across nodes", 10.0, 30000.0, 6000.0),
+        ]
+    }
+
+    #[test]
+    fn render_has_ratios_and_command() {
+        let s = render(&rows(), "cmd", "2 CPUs");
+        assert!(s.contains("- [x] host-gw RR / veth RR >= 0.90 (got 0.90; median 0.90)"), "{s}");
+        assert!(s.contains("hand-routed RR on the same hops = n/a"), "{s}");
+        assert!(s.contains("- [x] vxlan CRR / host-gw CRR >= 0.70 (got 0.75; median 0.75)"), "{s}");
+        // Goals go by the best round; a slow median shows but does not fail them.
+        let mut slow = rows();
+        slow[1].n.rr = 10000.0;
+        let t = render(&slow, "c", "m");
+        assert!(t.contains("- [x] host-gw RR / veth RR >= 0.90 (got 0.90; median 0.20)"), "{t}");
+        slow[1].best.rr = 20000.0;
+        let t = render(&slow, "c", "m");
+        assert!(t.contains("- [ ] host-gw RR / veth RR >= 0.90 (got 0.40; median 0.20)"), "{t}");
+        assert!(s.contains("| vxlan, across nodes | 10.00 / 10.00 | 30000 / 30000 | 6000 / 6000 |"), "{s}");
+        assert!(s.contains("`cmd`"));
+        assert!(render(&rows()[..1], "c", "m").contains("(got n/a; median n/a)"));
+    }
+}
