@@ -1,0 +1,162 @@
+//! Loading, pinning and attaching. Maps are pinned by name under the node's directory, so traffic keeps flowing
+//! while the agent is down and a restarted agent finds its entries. tc attachments are TCX links pinned in the
+//! same directory (`links/<in|out>/<ifname>`): they outlive the agent too, and a new agent swaps its freshly
+//! loaded program into them atomically instead of detaching and re-attaching.
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::{programs, Error, Result, OBJECT};
+
+/// The bpffs directory of one node: `/sys/fs/bpf/trellis/<node>` in a cluster or lab.
+#[derive(Clone, Debug)]
+pub struct PinDir(PathBuf);
+
+impl PinDir {
+    pub const BPFFS: &'static str = "/sys/fs/bpf";
+
+    /// `<bpffs>/trellis/<node>`.
+    pub fn for_node(node: &str) -> PinDir {
+        PinDir(Path::new(Self::BPFFS).join("trellis").join(node))
+    }
+    pub fn at(path: impl Into<PathBuf>) -> PinDir {
+        PinDir(path.into())
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+    /// `links/<in|out>/<ifname>`. bpffs refuses names with a dot (reserved by the kernel), and interface names
+    /// may have one (`eth0.100`): a dot becomes `:`, which no interface name contains, so no two names collide.
+    fn link(&self, ifname: &str, dir: &str) -> PathBuf {
+        self.0.join("links").join(dir).join(ifname.replace('.', ":"))
+    }
+
+    /// Creates the directory (and `links/`). bpffs must be mounted: we never mount it ourselves, since a mount
+    /// made inside the agent's mount namespace would vanish with it and take the pins along.
+    pub fn ensure(&self) -> Result<()> {
+        let bpffs = Path::new(Self::BPFFS);
+        if self.0.starts_with(bpffs) && !is_bpffs(bpffs) {
+            return Err(Error::NoBpffs(bpffs.into()));
+        }
+        for dir in ["in", "out"] {
+            let links = self.0.join("links").join(dir);
+            std::fs::create_dir_all(&links).map_err(|source| Error::Io { what: "creating", path: links, source })?;
+        }
+        Ok(())
+    }
+
+    /// Removes every pin (maps and links) and the directory: the datapath of this node is gone for good.
+    pub fn remove(&self) -> Result<()> {
+        match std::fs::remove_dir_all(&self.0) {
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                Err(Error::Io { what: "removing", path: self.0.clone(), source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    nix_statfs(p).is_some_and(|t| t == BPF_FS_MAGIC)
+}
+
+fn nix_statfs(p: &Path) -> Option<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated path, s a valid out buffer.
+    (unsafe { libc::statfs(c.as_ptr(), &mut s) } == 0).then_some(s.f_type as i64)
+}
+
+/// The loaded datapath of one node.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pins: PinDir,
+}
+
+impl Datapath {
+    /// Loads the programs; maps are created and pinned in `pins`, or adopted when already pinned there.
+    pub fn load(pins: PinDir) -> Result<Datapath> {
+        pins.ensure()?;
+        let mut ebpf = EbpfLoader::new().default_map_pin_directory(pins.path()).load(OBJECT)?;
+        for name in [programs::FROM_POD, programs::TO_POD] {
+            classifier(&mut ebpf, name)?.load().map_err(|source| Error::Program { name, source })?;
+        }
+        Ok(Datapath { ebpf, pins })
+    }
+
+    pub fn pins(&self) -> &PinDir {
+        &self.pins
+    }
+
+    /// Attaches the pod programs to a pod's host veth (in the calling thread's network namespace): `from_pod` on
+    /// ingress, `to_pod` on egress. Idempotent: an existing pinned attachment gets the new program atomically.
+    pub fn ensure_pod_attached(&mut self, ifname: &str) -> Result<()> {
+        self.ensure_attached(programs::FROM_POD, ifname, TcAttachType::Ingress, "in")?;
+        self.ensure_attached(programs::TO_POD, ifname, TcAttachType::Egress, "out")
+    }
+
+    /// Detaches from a pod's host veth (gone or going). A link that is not there is success.
+    pub fn detach_pod(&mut self, ifname: &str) -> Result<()> {
+        for dir in ["in", "out"] {
+            let path = self.pins.link(ifname, dir);
+            match PinnedLink::from_pin(&path) {
+                // Unpinning drops our reference; the kernel detaches once no fd holds the link.
+                Ok(link) => {
+                    link.unpin().map_err(|source| Error::Io { what: "unpinning", path: path.clone(), source })?;
+                }
+                Err(aya::programs::links::LinkError::SyscallError(s)) if s.io_error.kind() == ErrorKind::NotFound => {}
+                Err(source) => return Err(Error::Link { path, source }),
+            }
+        }
+        Ok(())
+    }
+
+    fn ensure_attached(&mut self, name: &'static str, ifname: &str, at: TcAttachType, dir: &str) -> Result<()> {
+        let path = self.pins.link(ifname, dir);
+        let prog = classifier(&mut self.ebpf, name)?;
+        let perr = |source| Error::Program { name, source };
+        let id = match PinnedLink::from_pin(&path) {
+            Ok(old) => {
+                let link = FdLink::from(old)
+                    .try_into()
+                    .map_err(|e: aya::programs::links::LinkError| Error::Link { path: path.clone(), source: e })?;
+                match prog.attach_to_link(link) {
+                    Ok(id) => id,
+                    // The pinned link belongs to an interface that no longer exists (a pod's veth was
+                    // recreated with the same name): start over.
+                    Err(_) => {
+                        let _ = std::fs::remove_file(&path);
+                        prog.attach_with_options(ifname, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                            .map_err(perr)?
+                    }
+                }
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(&path);
+                prog.attach_with_options(ifname, at, TcAttachOptions::TcxOrder(LinkOrder::default())).map_err(perr)?
+            }
+        };
+        let link = prog.take_link(id).map_err(perr)?;
+        let fd: FdLink = link.try_into().map_err(|source| Error::Link { path: path.clone(), source })?;
+        if !path.exists() {
+            fd.pin(&path).map_err(|source| Error::LinkPin { path, source })?;
+        }
+        Ok(())
+    }
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or(Error::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })
+}

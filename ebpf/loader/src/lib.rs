@@ -1,0 +1,27 @@
+//! Trellis' eBPF datapath as the agent sees it:
+//! - [`OBJECT`]: the compiled programs (`ebpf/programs`, built by this crate's build.rs);
+//! - [`Datapath`]: loads them with their maps pinned per node (a restarted agent adopts the maps and the
+//!   attachments), and attaches them to a pod's host veth;
+//! - [`tables`]: the Service maps behind one trait ([`tables::MapTable`]), with the kernel implementation, an
+//!   in-memory fake and a fault-injecting wrapper (the latter two behind the `testing` feature).
+//!
+//! Map layouts are in `trellis-ebpf-common`; docs/CONTRACTS.md ("Map layout") describes them for readers.
+
+mod datapath;
+mod error;
+pub mod tables;
+
+pub use datapath::{Datapath, PinDir};
+pub use error::{Error, Result};
+pub use trellis_ebpf_common as common;
+
+/// The datapath object: ELF with BTF, every program and map of `ebpf/programs`.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trellis-datapath.o"));
+
+/// Program names in [`OBJECT`].
+pub mod programs {
+    /// tc ingress of a pod's host veth (the pod's packets): Service DNAT, reverse NAT of replies it sends.
+    pub const FROM_POD: &str = "from_pod";
+    /// tc egress of a pod's host veth (packets to the pod): reverse NAT of replies.
+    pub const TO_POD: &str = "to_pod";
+}

@@ -1,0 +1,213 @@
+//! The Service maps as tables: one trait ([`MapTable`]) with the kernel implementation ([`KernelTable`], over a
+//! pinned map), and with the `testing` feature an in-memory fake ([`MemTable`]) and a fault-injecting wrapper
+//! ([`FaultyTable`]). The agent's reconciler diffs its desired entries against `entries()` and applies only the
+//! difference through `put` and `delete`.
+use std::path::Path;
+
+use aya::maps::{HashMap as AyaHash, Map, MapData, MapError};
+use aya::Pod;
+use trellis_ebpf_common::*;
+
+use crate::{Error, PinDir, Result};
+
+/// One map: keys to values.
+pub trait MapTable<K, V> {
+    /// Every entry (order unspecified).
+    fn entries(&self) -> Result<Vec<(K, V)>>;
+    fn get(&self, k: &K) -> Result<Option<V>>;
+    /// Insert or replace.
+    fn put(&mut self, k: &K, v: &V) -> Result<()>;
+    /// Delete; a key that is not there is success.
+    fn delete(&mut self, k: &K) -> Result<()>;
+}
+
+/// A pinned hash (or LRU hash) map.
+pub struct KernelTable<K, V> {
+    name: &'static str,
+    map: AyaHash<MapData, K, V>,
+}
+
+impl<K: Pod, V: Pod> KernelTable<K, V> {
+    /// Opens `<dir>/<name>`; the key and value sizes are checked against the map's.
+    pub fn open(dir: &PinDir, name: &'static str) -> Result<Self> {
+        Self::open_path(&dir.map(name), name)
+    }
+
+    pub fn open_path(path: &Path, name: &'static str) -> Result<Self> {
+        let err = |source| Error::Map { name, source };
+        let data = MapData::from_pin(path).map_err(err)?;
+        let map = match Map::from_map_data(data).map_err(err)? {
+            m @ (Map::HashMap(_) | Map::LruHashMap(_)) => AyaHash::try_from(m).map_err(err)?,
+            _ => return Err(err(MapError::InvalidName { name: name.into() })),
+        };
+        Ok(KernelTable { name, map })
+    }
+}
+
+impl<K: Pod, V: Pod> MapTable<K, V> for KernelTable<K, V> {
+    fn entries(&self) -> Result<Vec<(K, V)>> {
+        // An entry deleted while we walk is skipped, not an error: the walk is a snapshot at best.
+        let mut out = Vec::new();
+        for kv in self.map.iter() {
+            match kv {
+                Ok(kv) => out.push(kv),
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => return Err(Error::Map { name: self.name, source }),
+            }
+        }
+        Ok(out)
+    }
+    fn get(&self, k: &K) -> Result<Option<V>> {
+        match self.map.get(k, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(Error::Map { name: self.name, source }),
+        }
+    }
+    fn put(&mut self, k: &K, v: &V) -> Result<()> {
+        self.map.insert(k, v, 0).map_err(|source| Error::Map { name: self.name, source })
+    }
+    fn delete(&mut self, k: &K) -> Result<()> {
+        match self.map.remove(k) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(source) => Err(Error::Map { name: self.name, source }),
+        }
+    }
+}
+
+/// Every Service map of one node, opened from its pin directory.
+pub struct LbTables<T4s, T6s, B4, B6, R4, R6, C4, C6> {
+    pub svc4: T4s,
+    pub svc6: T6s,
+    pub be4: B4,
+    pub be6: B6,
+    pub rnat4: R4,
+    pub rnat6: R6,
+    pub ct4: C4,
+    pub ct6: C6,
+}
+
+pub type KernelLbTables = LbTables<
+    KernelTable<Lb4Key, LbService>,
+    KernelTable<Lb6Key, LbService>,
+    KernelTable<u32, Lb4Backend>,
+    KernelTable<u32, Lb6Backend>,
+    KernelTable<u32, RevNat4>,
+    KernelTable<u32, RevNat6>,
+    KernelTable<Ct4Key, Ct4Entry>,
+    KernelTable<Ct6Key, Ct6Entry>,
+>;
+
+impl KernelLbTables {
+    pub fn open(dir: &PinDir) -> Result<Self> {
+        Ok(LbTables {
+            svc4: KernelTable::open(dir, names::LB4_SERVICES)?,
+            svc6: KernelTable::open(dir, names::LB6_SERVICES)?,
+            be4: KernelTable::open(dir, names::LB4_BACKENDS)?,
+            be6: KernelTable::open(dir, names::LB6_BACKENDS)?,
+            rnat4: KernelTable::open(dir, names::LB4_REV_NAT)?,
+            rnat6: KernelTable::open(dir, names::LB6_REV_NAT)?,
+            ct4: KernelTable::open(dir, names::CT4)?,
+            ct6: KernelTable::open(dir, names::CT6)?,
+        })
+    }
+}
+
+/// Sum of one per-CPU counter ([`counter`]) of a node.
+pub fn read_counters(dir: &PinDir) -> Result<Vec<u64>> {
+    let name = names::COUNTERS;
+    let err = |source| Error::Map { name, source };
+    let data = MapData::from_pin(dir.map(name)).map_err(err)?;
+    let arr: aya::maps::PerCpuArray<MapData, u64> = Map::from_map_data(data).map_err(err)?.try_into().map_err(err)?;
+    (0..counter::COUNT).map(|i| arr.get(&i, 0).map(|v| v.iter().sum()).map_err(err)).collect()
+}
+
+#[cfg(any(test, feature = "testing"))]
+pub use testing::{FaultyTable, MemTable};
+
+#[cfg(any(test, feature = "testing"))]
+mod testing {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+    use std::rc::Rc;
+    use trellis_test_support::Faults;
+
+    /// The in-memory fake: a sorted map.
+    #[derive(Debug, Default, Clone)]
+    pub struct MemTable<K: Ord, V>(pub BTreeMap<K, V>);
+
+    impl<K: Ord + Copy, V: Copy> MapTable<K, V> for MemTable<K, V> {
+        fn entries(&self) -> Result<Vec<(K, V)>> {
+            Ok(self.0.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn get(&self, k: &K) -> Result<Option<V>> {
+            Ok(self.0.get(k).copied())
+        }
+        fn put(&mut self, k: &K, v: &V) -> Result<()> {
+            self.0.insert(*k, *v);
+            Ok(())
+        }
+        fn delete(&mut self, k: &K) -> Result<()> {
+            self.0.remove(k);
+            Ok(())
+        }
+    }
+
+    /// Fails calls as its (possibly shared) [`Faults`] says; the rest go to `inner`. Share one `Faults` among
+    /// all tables of a node to fail "the Nth map operation" across them.
+    pub struct FaultyTable<T> {
+        pub inner: T,
+        pub faults: Rc<RefCell<Faults>>,
+        pub name: &'static str,
+    }
+
+    impl<T> FaultyTable<T> {
+        pub fn new(inner: T, name: &'static str, faults: Rc<RefCell<Faults>>) -> Self {
+            FaultyTable { inner, faults, name }
+        }
+        fn check(&self, op: &'static str) -> Result<()> {
+            match self.faults.borrow_mut().hit(op) {
+                Some(what) => Err(Error::Injected(format!("{}: {what}", self.name))),
+                None => Ok(()),
+            }
+        }
+    }
+
+    impl<K, V, T: MapTable<K, V>> MapTable<K, V> for FaultyTable<T> {
+        fn entries(&self) -> Result<Vec<(K, V)>> {
+            self.check("entries")?;
+            self.inner.entries()
+        }
+        fn get(&self, k: &K) -> Result<Option<V>> {
+            self.check("get")?;
+            self.inner.get(k)
+        }
+        fn put(&mut self, k: &K, v: &V) -> Result<()> {
+            self.check("put")?;
+            self.inner.put(k, v)
+        }
+        fn delete(&mut self, k: &K) -> Result<()> {
+            self.check("delete")?;
+            self.inner.delete(k)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn faulty_table_fails_the_nth_call_then_recovers() {
+            let faults = Rc::new(RefCell::new(Faults::nth(2)));
+            let mut t = FaultyTable::new(MemTable::<u32, u32>::default(), "T", faults.clone());
+            t.put(&1, &10).unwrap();
+            assert!(matches!(t.put(&2, &20), Err(Error::Injected(m)) if m.contains("T: injected fault in put")));
+            t.put(&2, &20).unwrap();
+            assert_eq!(t.entries().unwrap(), vec![(1, 10), (2, 20)]);
+            t.delete(&7).unwrap();
+            assert_eq!(faults.borrow().failures, 1);
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The datapath on a real kernel: a node netns routing between two pod netns, the tc programs on the pods' host
+//! veths, Service entries written through the tables, and real TCP/UDP connections from a client pod to a VIP
+//! that a server pod answers. Privileged (root); everything it makes has a unique name and goes on Drop.
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use trellis_ebpf::common::*;
+use trellis_ebpf::tables::{read_counters, KernelLbTables, MapTable};
+use trellis_ebpf::{Datapath, PinDir};
+use trellis_netlink::netns;
+use trellis_test_support::require_root;
+
+/// A node netns and two pod netns (client `a`, server `b`), routed, dual-stack; deleted on Drop with the pins.
+struct Topo {
+    node: String,
+    a: String,
+    b: String,
+    pins: PinDir,
+}
+
+fn sh(argv: &[&str]) {
+    let out = Command::new(argv[0]).args(&argv[1..]).output().expect("spawn");
+    assert!(out.status.success(), "{argv:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Topo {
+    fn new(tag: &str) -> Topo {
+        let id = format!("{}{}", tag, std::process::id());
+        let t = Topo {
+            node: format!("tbn{id}"),
+            a: format!("tba{id}"),
+            b: format!("tbb{id}"),
+            pins: PinDir::at(format!("/sys/fs/bpf/trellis-test-{id}")),
+        };
+        for ns in [&t.node, &t.a, &t.b] {
+            netns::create(ns).unwrap();
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        for (pod, host, n) in [(&t.a, "ha", 1), (&t.b, "hb", 2)] {
+            sh(&["ip", "-n", &t.node, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", pod]);
+            sh(&["ip", "-n", &t.node, "addr", "add", &format!("10.0.{n}.1/24"), "dev", host]);
+            sh(&["ip", "-n", &t.node, "addr", "add", &format!("fd00:{n}::1/64"), "dev", host, "nodad"]);
+            sh(&["ip", "-n", &t.node, "link", "set", host, "up"]);
+            sh(&["ip", "-n", pod, "addr", "add", &format!("10.0.{n}.2/24"), "dev", "eth0"]);
+            sh(&["ip", "-n", pod, "addr", "add", &format!("fd00:{n}::2/64"), "dev", "eth0", "nodad"]);
+            sh(&["ip", "-n", pod, "link", "set", "eth0", "up"]);
+            sh(&["ip", "-n", pod, "route", "add", "default", "via", &format!("10.0.{n}.1")]);
+            sh(&["ip", "-n", pod, "-6", "route", "add", "default", "via", &format!("fd00:{n}::1")]);
+        }
+        // Forwarding inside the node netns only (never the root namespace).
+        netns::run_in(&netns::path_of(&t.node), || {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+            std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").unwrap();
+        })
+        .unwrap();
+        t
+    }
+
+    fn path(ns: &str) -> PathBuf {
+        netns::path_of(ns)
+    }
+
+    fn attach(&self, dp: &mut Datapath) {
+        netns::run_in(&Self::path(&self.node), || {
+            dp.ensure_pod_attached("ha").unwrap();
+            dp.ensure_pod_attached("hb").unwrap();
+        })
+        .unwrap();
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b, &self.node] {
+            let _ = netns::delete(ns);
+        }
+        let _ = self.pins.remove();
+    }
+}
+
+/// A TCP and a UDP echo of the peer's address on `port` (dual-stack sockets), in the netns, answering until the
+/// test ends.
+fn serve(ns: &str, port: u16) {
+    let path = Topo::path(ns);
+    {
+        let p = path.clone();
+        std::thread::spawn(move || {
+            netns::run_in(&p, || {
+                let bind: SocketAddr = format!("[::]:{port}").parse().unwrap();
+                let tcp = TcpListener::bind(bind).unwrap();
+                let udp = UdpSocket::bind(bind).unwrap();
+                std::thread::scope(|s| {
+                    s.spawn(|| loop {
+                        let mut buf = [0u8; 64];
+                        if let Ok((_, from)) = udp.recv_from(&mut buf) {
+                            let _ = udp.send_to(format!("udp {}", from.ip().to_canonical()).as_bytes(), from);
+                        }
+                    });
+                    for c in tcp.incoming() {
+                        let Ok(mut c) = c else { continue };
+                        let peer = c.peer_addr().unwrap();
+                        let _ = c.write_all(format!("tcp {}", peer.ip().to_canonical()).as_bytes());
+                    }
+                });
+            })
+            .unwrap();
+        });
+    }
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+fn tcp_get(ns: &str, to: SocketAddr) -> std::io::Result<String> {
+    netns::run_in(&Topo::path(ns), || {
+        let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        c.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut s = String::new();
+        c.read_to_string(&mut s)?;
+        Ok(s)
+    })
+    .unwrap()
+}
+
+fn udp_get(ns: &str, to: SocketAddr) -> std::io::Result<String> {
+    netns::run_in(&Topo::path(ns), || {
+        let bind: SocketAddr = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().unwrap();
+        let s = UdpSocket::bind(bind)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.send_to(b"hi", to)?;
+        let mut buf = [0u8; 64];
+        let (n, from) = s.recv_from(&mut buf)?;
+        // The reply must come from the VIP, or the client's socket would not take it (reverse NAT).
+        assert_eq!(from, to, "reply source");
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .unwrap()
+}
+
+fn v4(s: &str) -> V4 {
+    s.parse::<std::net::Ipv4Addr>().unwrap().octets()
+}
+fn v6(s: &str) -> V6 {
+    s.parse::<std::net::Ipv6Addr>().unwrap().octets()
+}
+
+/// Writes one frontend with its backends (ids from `first_id`) for both protocols.
+fn add_service4(t: &mut KernelLbTables, vip: &str, port: u16, rev: u32, backends: &[(&str, u16, u32)]) {
+    for proto in [proto::TCP, proto::UDP] {
+        let key = |slot| LbKey {
+            address: v4(vip),
+            dport: port.to_be(),
+            backend_slot: slot,
+            proto,
+            scope: scope::EXTERNAL,
+            _pad: [0; 2],
+        };
+        for (i, (ip, bport, id)) in backends.iter().enumerate() {
+            t.be4.put(id, &LbBackend { address: v4(ip), port: bport.to_be(), proto, flags: 0 }).unwrap();
+            t.svc4
+                .put(&key(i as u16 + 1), &LbService { backend_id: *id, rev_nat_id: rev, ..Default::default() })
+                .unwrap();
+        }
+        t.svc4
+            .put(
+                &key(0),
+                &LbService {
+                    count: backends.len() as u16,
+                    rev_nat_id: rev,
+                    flags: svc_flags::CLUSTER_IP,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+    }
+    t.rnat4.put(&rev, &RevNat { address: v4(vip), port: port.to_be(), _pad: 0 }).unwrap();
+}
+
+#[test]
+fn clusterip_dnat_and_reverse_nat_over_tcp_and_udp_v4_and_v6() {
+    require_root!();
+    let topo = Topo::new("s");
+    let mut dp = Datapath::load(topo.pins.clone()).unwrap();
+    topo.attach(&mut dp);
+    serve(&topo.b, 8080);
+    let mut t = KernelLbTables::open(&topo.pins).unwrap();
+    add_service4(&mut t, "10.96.0.10", 80, 1, &[("10.0.2.2", 8080, 1)]);
+    for proto in [proto::TCP, proto::UDP] {
+        let key = |slot| LbKey {
+            address: v6("fd00:96::10"),
+            dport: 80u16.to_be(),
+            backend_slot: slot,
+            proto,
+            scope: scope::EXTERNAL,
+            _pad: [0; 2],
+        };
+        t.be6.put(&2, &LbBackend { address: v6("fd00:2::2"), port: 8080u16.to_be(), proto, flags: 0 }).unwrap();
+        t.svc6.put(&key(1), &LbService { backend_id: 2, rev_nat_id: 2, ..Default::default() }).unwrap();
+        t.svc6.put(&key(0), &LbService { count: 1, rev_nat_id: 2, ..Default::default() }).unwrap();
+    }
+    t.rnat6.put(&2, &RevNat { address: v6("fd00:96::10"), port: 80u16.to_be(), _pad: 0 }).unwrap();
+
+    // The backend sees the client's own address (no SNAT on the ClusterIP path).
+    assert_eq!(tcp_get(&topo.a, "10.96.0.10:80".parse().unwrap()).unwrap(), "tcp 10.0.1.2");
+    assert_eq!(udp_get(&topo.a, "10.96.0.10:80".parse().unwrap()).unwrap(), "udp 10.0.1.2");
+    let got = tcp_get(&topo.a, "[fd00:96::10]:80".parse().unwrap()).unwrap();
+    assert_eq!(got, "tcp fd00:1::2");
+    assert_eq!(udp_get(&topo.a, "[fd00:96::10]:80".parse().unwrap()).unwrap(), "udp fd00:1::2");
+
+    // Conntrack holds both directions of the flows; the counters saw them.
+    let ct = t.ct4.entries().unwrap();
+    assert!(
+        ct.iter().any(|(k, e)| k.dir == ct_dir::SERVICE && k.daddr == v4("10.96.0.10") && e.backend_id == 1),
+        "{ct:?}"
+    );
+    assert!(ct.iter().any(|(k, _)| k.dir == ct_dir::REPLY && k.saddr == v4("10.0.2.2") && k.daddr == v4("10.0.1.2")));
+    let c = read_counters(&topo.pins).unwrap();
+    assert!(c[counter::TRANSLATED as usize] >= 4, "{c:?}");
+    assert!(c[counter::REV_TRANSLATED as usize] >= 4, "{c:?}");
+    // Plain pod-to-pod traffic is untouched.
+    assert_eq!(tcp_get(&topo.a, "10.0.2.2:8080".parse().unwrap()).unwrap(), "tcp 10.0.1.2");
+}
+
+#[test]
+fn a_removed_backend_is_never_used_again_and_the_flow_moves() {
+    require_root!();
+    let topo = Topo::new("m");
+    let mut dp = Datapath::load(topo.pins.clone()).unwrap();
+    topo.attach(&mut dp);
+    serve(&topo.b, 8080);
+    serve(&topo.b, 8081);
+    let mut t = KernelLbTables::open(&topo.pins).unwrap();
+    add_service4(&mut t, "10.96.0.11", 53, 7, &[("10.0.2.2", 8080, 10)]);
+    // One long-lived UDP flow: a fixed client port.
+    let vip: SocketAddr = "10.96.0.11:53".parse().unwrap();
+    let flow = |t: &KernelLbTables| {
+        netns::run_in(&Topo::path(&topo.a), || {
+            let s = UdpSocket::bind("0.0.0.0:40000").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.send_to(b"x", vip).unwrap();
+            let mut buf = [0u8; 64];
+            s.recv_from(&mut buf).map(|(n, _)| n).unwrap()
+        })
+        .unwrap();
+        t.ct4
+            .entries()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| k.dir == ct_dir::SERVICE && k.sport == 40000u16.to_be())
+            .map(|(_, e)| e.backend_id)
+    };
+    assert_eq!(flow(&t), Some(10));
+    // Replace the backend: the old id goes, a new one (another port) takes the slot.
+    add_service4(&mut t, "10.96.0.11", 53, 7, &[("10.0.2.2", 8081, 11)]);
+    t.be4.delete(&10).unwrap();
+    assert_eq!(flow(&t), Some(11), "the UDP flow on a fixed source port moved to the live backend");
+}
+
+#[test]
+fn maps_and_attachments_outlive_the_loader_and_are_adopted() {
+    require_root!();
+    let topo = Topo::new("r");
+    let mut dp = Datapath::load(topo.pins.clone()).unwrap();
+    topo.attach(&mut dp);
+    serve(&topo.b, 8080);
+    let mut t = KernelLbTables::open(&topo.pins).unwrap();
+    add_service4(&mut t, "10.96.0.12", 80, 3, &[("10.0.2.2", 8080, 5)]);
+    drop(t);
+    drop(dp);
+    // The agent is gone: traffic still flows.
+    assert_eq!(tcp_get(&topo.a, "10.96.0.12:80".parse().unwrap()).unwrap(), "tcp 10.0.1.2");
+    // A new agent adopts the maps (entries intact) and swaps its programs into the pinned links.
+    let mut dp = Datapath::load(topo.pins.clone()).unwrap();
+    topo.attach(&mut dp);
+    let t = KernelLbTables::open(&topo.pins).unwrap();
+    assert_eq!(t.be4.get(&5).unwrap().map(|b| b.address), Some(v4("10.0.2.2")));
+    assert_eq!(tcp_get(&topo.a, "10.96.0.12:80".parse().unwrap()).unwrap(), "tcp 10.0.1.2");
+    // Detaching stops translation.
+    netns::run_in(&Topo::path(&topo.node), || dp.detach_pod("ha").unwrap()).unwrap();
+    assert!(tcp_get(&topo.a, "10.96.0.12:80".parse().unwrap()).is_err());
+}

@@ -1,0 +1,276 @@
+//! Service load balancing on the tc path: conntrack, frontend lookup, backend choice (affinity first), DNAT,
+//! and reverse NAT of replies. One generic code path, monomorphised for IPv4 and IPv6.
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+    maps::{HashMap, LruHashMap},
+    programs::TcContext,
+};
+use trellis_ebpf_common::*;
+
+use crate::maps::*;
+use crate::pkt::{self, End, Tuple};
+
+/// What differs between the families: their maps and their rewrite.
+pub trait Family: 'static {
+    type A: Copy + PartialEq + Default;
+    /// Parses into this CPU's scratch slot (kept off the 512-byte stack) and returns it.
+    fn parse(ctx: &TcContext) -> Option<&'static mut Tuple<Self::A>>;
+    fn services() -> &'static HashMap<LbKey<Self::A>, LbService>;
+    fn backends() -> &'static HashMap<u32, LbBackend<Self::A>>;
+    fn rev_nat() -> &'static HashMap<u32, RevNat<Self::A>>;
+    fn affinity() -> &'static LruHashMap<AffinityKey<Self::A>, AffinityValue>;
+    fn conntrack() -> &'static LruHashMap<CtKey<Self::A>, CtEntry<Self::A>>;
+    fn rewrite(ctx: &TcContext, t: &Tuple<Self::A>, end: End, addr: Self::A, port: u16) -> Result<(), i64>;
+}
+
+pub struct F4;
+pub struct F6;
+
+impl Family for F4 {
+    type A = V4;
+    #[inline(always)]
+    fn parse(ctx: &TcContext) -> Option<&'static mut Tuple<V4>> {
+        // SAFETY: this CPU's slot; a tc program runs to completion on one CPU without preemption by another
+        // program using the same slot.
+        let t = unsafe { &mut *TUPLE4.get_ptr_mut(0)? };
+        pkt::parse4(ctx, t)?;
+        Some(t)
+    }
+    fn services() -> &'static HashMap<Lb4Key, LbService> {
+        &LB4_SVC
+    }
+    fn backends() -> &'static HashMap<u32, Lb4Backend> {
+        &LB4_BE
+    }
+    fn rev_nat() -> &'static HashMap<u32, RevNat4> {
+        &LB4_RNAT
+    }
+    fn affinity() -> &'static LruHashMap<Affinity4Key, AffinityValue> {
+        &LB4_AFF
+    }
+    fn conntrack() -> &'static LruHashMap<Ct4Key, Ct4Entry> {
+        &CT4
+    }
+    #[inline(always)]
+    fn rewrite(ctx: &TcContext, t: &Tuple<V4>, end: End, addr: V4, port: u16) -> Result<(), i64> {
+        pkt::rewrite4(ctx, t, end, addr, port)
+    }
+}
+
+impl Family for F6 {
+    type A = V6;
+    #[inline(always)]
+    fn parse(ctx: &TcContext) -> Option<&'static mut Tuple<V6>> {
+        // SAFETY: as for IPv4.
+        let t = unsafe { &mut *TUPLE6.get_ptr_mut(0)? };
+        pkt::parse6(ctx, t)?;
+        Some(t)
+    }
+    fn services() -> &'static HashMap<Lb6Key, LbService> {
+        &LB6_SVC
+    }
+    fn backends() -> &'static HashMap<u32, Lb6Backend> {
+        &LB6_BE
+    }
+    fn rev_nat() -> &'static HashMap<u32, RevNat6> {
+        &LB6_RNAT
+    }
+    fn affinity() -> &'static LruHashMap<Affinity6Key, AffinityValue> {
+        &LB6_AFF
+    }
+    fn conntrack() -> &'static LruHashMap<Ct6Key, Ct6Entry> {
+        &CT6
+    }
+    #[inline(always)]
+    fn rewrite(ctx: &TcContext, t: &Tuple<V6>, end: End, addr: V6, port: u16) -> Result<(), i64> {
+        pkt::rewrite6(ctx, t, end, addr, port)
+    }
+}
+
+#[inline(always)]
+fn now_secs() -> u32 {
+    // SAFETY: no preconditions.
+    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
+}
+
+#[inline(always)]
+fn ct_key<A: Copy>(t: &Tuple<A>, dir: u8) -> CtKey<A> {
+    CtKey { saddr: t.saddr, daddr: t.daddr, sport: t.sport, dport: t.dport, proto: t.proto, dir, _pad: [0; 2] }
+}
+
+/// A reply of a flow this node translated: make it come from the frontend again (and go back to the original
+/// client when the request was source-NATed). True when it was one.
+// Separate frames (not inlined) for the reverse and forward paths: BPF allows 512 bytes of stack per call chain,
+// and IPv6 keys are large.
+#[inline(never)]
+pub fn reverse_nat<F: Family>(ctx: &TcContext, t: &Tuple<F::A>) -> Result<bool, i64> {
+    let key = ct_key(t, ct_dir::REPLY);
+    let Some(e) = F::conntrack().get_ptr_mut(&key) else {
+        return Ok(false);
+    };
+    // SAFETY: a pointer into the map's value, valid for this program run.
+    let e = unsafe { &mut *e };
+    // SAFETY: a plain read of a map value.
+    let Some(rn) = (unsafe { F::rev_nat().get(&e.rev_nat_id) }).copied() else {
+        return Ok(false);
+    };
+    e.last_seen = now_secs();
+    if t.tcp_flags & (pkt::TCP_FIN | pkt::TCP_RST) != 0 {
+        e.flags |= ct_flags::CLOSING;
+    }
+    let (snat, nat_addr, nat_port) = (e.flags & ct_flags::SNAT != 0, e.nat_addr, e.nat_port);
+    F::rewrite(ctx, t, End::Src, rn.address, rn.port)?;
+    if snat {
+        F::rewrite(ctx, t, End::Dst, nat_addr, nat_port)?;
+    }
+    count(counter::REV_TRANSLATED, 1);
+    Ok(true)
+}
+
+/// The verdict for a packet leaving a pod (or arriving from outside on the uplink) towards a frontend.
+#[inline(always)]
+pub fn service<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, internal: bool) -> i32 {
+    match try_service::<F>(ctx, t, internal) {
+        Ok(v) => v,
+        Err(_) => {
+            count(counter::DROP_REWRITE, 1);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+// The forward path is three calls in a row rather than one body: each gets its own stack frame, and the chain
+// stays within BPF's 512 bytes with IPv6's 40-byte conntrack keys.
+#[inline(never)]
+fn try_service<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, internal: bool) -> Result<i32, i64> {
+    match established::<F>(ctx, t) {
+        Ok(true) => return Ok(TC_ACT_OK as i32),
+        Ok(false) => {}
+        Err(e) => return Err(e),
+    }
+    let pick = match pick::<F>(t, internal) {
+        Pick::Pass => return Ok(TC_ACT_OK as i32),
+        Pick::Reject => {
+            count(counter::REJECT_NO_BACKEND, 1);
+            return Ok(TC_ACT_SHOT as i32);
+        }
+        Pick::Backend(id, rev) => (id, rev),
+    };
+    commit::<F>(ctx, t, pick.0, pick.1)
+}
+
+/// An established flow keeps its backend while that backend exists. True when the packet was translated.
+#[inline(never)]
+fn established<F: Family>(ctx: &TcContext, t: &Tuple<F::A>) -> Result<bool, i64> {
+    let fwd = ct_key(t, ct_dir::SERVICE);
+    let Some(e) = F::conntrack().get_ptr_mut(&fwd) else {
+        return Ok(false);
+    };
+    // SAFETY: a pointer into the map's value, valid for this program run.
+    let e = unsafe { &mut *e };
+    // SAFETY: a plain read of a map value.
+    let Some(be) = (unsafe { F::backends().get(&e.backend_id) }).copied() else {
+        // Its backend is gone: choose again (the stale-conntrack fix, even before the agent purges it).
+        let _ = F::conntrack().remove(&fwd);
+        return Ok(false);
+    };
+    e.last_seen = now_secs();
+    if t.tcp_flags & (pkt::TCP_FIN | pkt::TCP_RST) != 0 {
+        e.flags |= ct_flags::CLOSING;
+    }
+    count(counter::CT_HIT, 1);
+    F::rewrite(ctx, t, End::Dst, be.address, be.port)?;
+    Ok(true)
+}
+
+enum Pick {
+    /// Not a frontend.
+    Pass,
+    /// A frontend with no usable backend.
+    Reject,
+    /// backend id, rev_nat id
+    Backend(u32, u32),
+}
+
+/// The frontend's backend for a new flow: the client's affinity entry when it is fresh and its backend lives,
+/// else a random slot.
+#[inline(never)]
+fn pick<F: Family>(t: &Tuple<F::A>, internal: bool) -> Pick {
+    let mut key = LbKey {
+        address: t.daddr,
+        dport: t.dport,
+        backend_slot: 0,
+        proto: t.proto,
+        scope: scope::EXTERNAL,
+        _pad: [0; 2],
+    };
+    // SAFETY (all map reads below): plain reads of map values.
+    let Some(mut svc) = (unsafe { F::services().get(&key) }).copied() else {
+        return Pick::Pass;
+    };
+    if internal && svc.flags & svc_flags::TWO_SCOPES != 0 {
+        key.scope = scope::INTERNAL;
+        if let Some(s) = unsafe { F::services().get(&key) } {
+            svc = *s;
+        }
+    }
+    if svc.count == 0 {
+        return Pick::Reject;
+    }
+    let now = now_secs();
+    let aff_key = AffinityKey { client: t.saddr, rev_nat_id: svc.rev_nat_id };
+    let affinity = svc.flags & svc_flags::AFFINITY != 0;
+    if affinity {
+        if let Some(a) = unsafe { F::affinity().get(&aff_key) } {
+            if now.wrapping_sub(a.last_used) <= svc.affinity_timeout
+                && unsafe { F::backends().get(&a.backend_id) }.is_some()
+            {
+                let id = a.backend_id;
+                let _ = F::affinity().insert(&aff_key, &AffinityValue { backend_id: id, last_used: now }, 0);
+                return Pick::Backend(id, svc.rev_nat_id);
+            }
+        }
+    }
+    // SAFETY: no preconditions.
+    let r = unsafe { bpf_get_prandom_u32() };
+    key.backend_slot = (r % svc.count as u32) as u16 + 1;
+    let Some(id) = (unsafe { F::services().get(&key) }).map(|s| s.backend_id) else {
+        return Pick::Reject;
+    };
+    if affinity {
+        let _ = F::affinity().insert(&aff_key, &AffinityValue { backend_id: id, last_used: now }, 0);
+    }
+    Pick::Backend(id, svc.rev_nat_id)
+}
+
+/// Records the new flow in both directions and translates its first packet.
+#[inline(never)]
+fn commit<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, backend_id: u32, rev_nat_id: u32) -> Result<i32, i64> {
+    // SAFETY: a plain read of a map value.
+    let Some(be) = (unsafe { F::backends().get(&backend_id) }).copied() else {
+        count(counter::REJECT_NO_BACKEND, 1);
+        return Ok(TC_ACT_SHOT as i32);
+    };
+    let entry =
+        CtEntry { backend_id, rev_nat_id, last_seen: now_secs(), flags: 0, nat_port: 0, nat_addr: F::A::default() };
+    let reply = CtKey {
+        saddr: be.address,
+        daddr: t.saddr,
+        sport: be.port,
+        dport: t.sport,
+        proto: t.proto,
+        dir: ct_dir::REPLY,
+        _pad: [0; 2],
+    };
+    if F::conntrack().insert(&ct_key(t, ct_dir::SERVICE), &entry, 0).is_err()
+        || F::conntrack().insert(&reply, &entry, 0).is_err()
+    {
+        count(counter::DROP_CT_FULL, 1);
+        return Ok(TC_ACT_SHOT as i32);
+    }
+    count(counter::CT_NEW, 1);
+    count(counter::TRANSLATED, 1);
+    F::rewrite(ctx, t, End::Dst, be.address, be.port)?;
+    Ok(TC_ACT_OK as i32)
+}

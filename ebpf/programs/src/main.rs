@@ -1,0 +1,60 @@
+//! Trellis' datapath: tc programs on the pods' host veths (Service DNAT on the way out of a pod, reverse NAT on
+//! the way in). Map layout: trellis-ebpf-common.
+#![no_std]
+#![no_main]
+
+mod lb;
+mod maps;
+mod pkt;
+
+use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use lb::{Family, F4, F6};
+use trellis_ebpf_common::counter;
+
+/// tc ingress of a pod's host veth: packets the pod sends.
+#[classifier]
+pub fn from_pod(ctx: TcContext) -> i32 {
+    maps::count(counter::PACKETS, 1);
+    maps::count(counter::BYTES, ctx.len() as u64);
+    match pkt::family(&ctx) {
+        Some(false) => from_pod_family::<F4>(&ctx),
+        Some(true) => from_pod_family::<F6>(&ctx),
+        None => TC_ACT_OK as i32,
+    }
+}
+
+/// tc egress of a pod's host veth: packets towards the pod (replies of flows its node translated).
+#[classifier]
+pub fn to_pod(ctx: TcContext) -> i32 {
+    match pkt::family(&ctx) {
+        Some(false) => to_pod_family::<F4>(&ctx),
+        Some(true) => to_pod_family::<F6>(&ctx),
+        None => {}
+    }
+    TC_ACT_OK as i32
+}
+
+// Not inlined: the IPv4 and IPv6 paths then get a stack frame each instead of sharing one that holds both
+// (BPF allows 512 bytes of stack per call chain).
+#[inline(never)]
+fn from_pod_family<F: Family>(ctx: &TcContext) -> i32 {
+    let Some(t) = F::parse(ctx) else {
+        return TC_ACT_OK as i32;
+    };
+    match lb::reverse_nat::<F>(ctx, t) {
+        Ok(true) => TC_ACT_OK as i32,
+        _ => lb::service::<F>(ctx, t, true),
+    }
+}
+
+#[inline(never)]
+fn to_pod_family<F: Family>(ctx: &TcContext) {
+    if let Some(t) = F::parse(ctx) {
+        let _ = lb::reverse_nat::<F>(ctx, t);
+    }
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,48 @@
+//! The maps, pinned by name so they outlive the agent (names and layouts: trellis-ebpf-common).
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use trellis_ebpf_common::{capacity as cap, counter, *};
+
+use crate::pkt::Tuple;
+
+// Names are literals (the macro wants them); the loader's tests check them against `names::ALL`.
+#[map(name = "LB4_SVC_V1")]
+pub static LB4_SVC: HashMap<Lb4Key, LbService> = HashMap::pinned(cap::SERVICES, 0);
+#[map(name = "LB6_SVC_V1")]
+pub static LB6_SVC: HashMap<Lb6Key, LbService> = HashMap::pinned(cap::SERVICES, 0);
+#[map(name = "LB4_BE_V1")]
+pub static LB4_BE: HashMap<u32, Lb4Backend> = HashMap::pinned(cap::BACKENDS, 0);
+#[map(name = "LB6_BE_V1")]
+pub static LB6_BE: HashMap<u32, Lb6Backend> = HashMap::pinned(cap::BACKENDS, 0);
+#[map(name = "LB4_RNAT_V1")]
+pub static LB4_RNAT: HashMap<u32, RevNat4> = HashMap::pinned(cap::REV_NAT, 0);
+#[map(name = "LB6_RNAT_V1")]
+pub static LB6_RNAT: HashMap<u32, RevNat6> = HashMap::pinned(cap::REV_NAT, 0);
+#[map(name = "LB4_AFF_V1")]
+pub static LB4_AFF: LruHashMap<Affinity4Key, AffinityValue> = LruHashMap::pinned(cap::AFFINITY, 0);
+#[map(name = "LB6_AFF_V1")]
+pub static LB6_AFF: LruHashMap<Affinity6Key, AffinityValue> = LruHashMap::pinned(cap::AFFINITY, 0);
+#[map(name = "CT4_V1")]
+pub static CT4: LruHashMap<Ct4Key, Ct4Entry> = LruHashMap::pinned(cap::CONNTRACK, 0);
+#[map(name = "CT6_V1")]
+pub static CT6: LruHashMap<Ct6Key, Ct6Entry> = LruHashMap::pinned(cap::CONNTRACK, 0);
+#[map(name = "TR_COUNTERS_V1")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
+#[map(name = "TR_NODE_CFG_V1")]
+pub static NODE_CFG: Array<NodeConfig> = Array::pinned(1, 0);
+
+/// Per-CPU scratch for the packet's tuple: kept off the stack (BPF allows 512 bytes per call chain).
+#[map]
+pub static TUPLE4: PerCpuArray<Tuple<V4>> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static TUPLE6: PerCpuArray<Tuple<V6>> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn count(idx: u32, n: u64) {
+    if let Some(c) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: a per-CPU slot: no other program touches it concurrently.
+        unsafe { *c += n };
+    }
+}
