@@ -155,6 +155,10 @@ fn try_service<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, internal: bool) -> R
             count(counter::REJECT_NO_BACKEND, 1);
             return Ok(TC_ACT_SHOT as i32);
         }
+        Pick::Drop => {
+            count(counter::DROP_NO_LOCAL_BACKEND, 1);
+            return Ok(TC_ACT_SHOT as i32);
+        }
         Pick::Backend(id, rev) => (id, rev),
     };
     commit::<F>(ctx, t, pick.0, pick.1)
@@ -189,6 +193,9 @@ enum Pick {
     Pass,
     /// A frontend with no usable backend.
     Reject,
+    /// `externalTrafficPolicy: Local` and no local backend, while the Service has backends elsewhere: drop, as
+    /// kube-proxy does, so the client's load balancer sends it elsewhere.
+    Drop,
     /// backend id, rev_nat id
     Backend(u32, u32),
 }
@@ -216,7 +223,7 @@ fn pick<F: Family>(t: &Tuple<F::A>, internal: bool) -> Pick {
         }
     }
     if svc.count == 0 {
-        return Pick::Reject;
+        return if svc.flags & svc_flags::ETP_LOCAL != 0 { Pick::Drop } else { Pick::Reject };
     }
     let now = now_secs();
     let aff_key = AffinityKey { client: t.saddr, rev_nat_id: svc.rev_nat_id };
