@@ -280,3 +280,50 @@ fn maps_and_attachments_outlive_the_loader_and_are_adopted() {
     netns::run_in(&Topo::path(&topo.node), || dp.detach_pod("ha").unwrap()).unwrap();
     assert!(tcp_get(&topo.a, "10.96.0.12:80".parse().unwrap()).is_err());
 }
+
+/// What a client in `ns` gets from `to` when nothing serves it: TCP connect and a connected UDP socket's receive.
+fn refused(ns: &str, to: SocketAddr) -> (std::io::ErrorKind, Duration, std::io::ErrorKind) {
+    netns::run_in(&Topo::path(ns), || {
+        let t0 = std::time::Instant::now();
+        let tcp = TcpStream::connect_timeout(&to, Duration::from_secs(2)).map(|_| ()).unwrap_err().kind();
+        let took = t0.elapsed();
+        let bind: SocketAddr = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().unwrap();
+        let s = UdpSocket::bind(bind).unwrap();
+        s.connect(to).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.send(b"x").unwrap();
+        let udp = s.recv(&mut [0u8; 8]).map(|_| ()).unwrap_err().kind();
+        (tcp, took, udp)
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_frontend_without_backends_is_refused_at_once_tcp_rst_and_icmp() {
+    require_root!();
+    let topo = Topo::new("x");
+    let mut dp = Datapath::load(topo.pins.clone()).unwrap();
+    topo.attach(&mut dp);
+    let mut t = KernelLbTables::open(&topo.pins).unwrap();
+    add_service4(&mut t, "10.96.0.13", 80, 9, &[]);
+    for proto in [proto::TCP, proto::UDP] {
+        let key = LbKey {
+            address: v6("fd00:96::13"),
+            dport: 80u16.to_be(),
+            backend_slot: 0,
+            proto,
+            scope: scope::EXTERNAL,
+            _pad: [0; 2],
+        };
+        t.svc6.put(&key, &LbService { count: 0, rev_nat_id: 10, ..Default::default() }).unwrap();
+    }
+    for vip in ["10.96.0.13:80", "[fd00:96::13]:80"] {
+        let (tcp, took, udp) = refused(&topo.a, vip.parse().unwrap());
+        eprintln!("{vip}: tcp {tcp:?} after {took:?}, udp {udp:?}");
+        assert_eq!(tcp, std::io::ErrorKind::ConnectionRefused, "{vip}: TCP gets a RST");
+        assert!(took < Duration::from_millis(100), "{vip}: refused after {took:?}");
+        assert_eq!(udp, std::io::ErrorKind::ConnectionRefused, "{vip}: UDP gets ICMP port unreachable");
+    }
+    let c = read_counters(&topo.pins).unwrap();
+    assert!(c[counter::REJECT_NO_BACKEND as usize] >= 4, "{c:?}");
+}

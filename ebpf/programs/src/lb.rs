@@ -10,6 +10,7 @@ use trellis_ebpf_common::*;
 
 use crate::maps::*;
 use crate::pkt::{self, End, Tuple};
+use crate::reject;
 
 /// What differs between the families: their maps and their rewrite.
 pub trait Family: 'static {
@@ -22,6 +23,8 @@ pub trait Family: 'static {
     fn affinity() -> &'static LruHashMap<AffinityKey<Self::A>, AffinityValue>;
     fn conntrack() -> &'static LruHashMap<CtKey<Self::A>, CtEntry<Self::A>>;
     fn rewrite(ctx: &TcContext, t: &Tuple<Self::A>, end: End, addr: Self::A, port: u16) -> Result<(), i64>;
+    /// Answers the packet with a TCP RST or an ICMP port unreachable from the frontend.
+    fn reject(ctx: &TcContext, t: &Tuple<Self::A>) -> Result<i32, i64>;
 }
 
 pub struct F4;
@@ -56,6 +59,9 @@ impl Family for F4 {
     fn rewrite(ctx: &TcContext, t: &Tuple<V4>, end: End, addr: V4, port: u16) -> Result<(), i64> {
         pkt::rewrite4(ctx, t, end, addr, port)
     }
+    fn reject(ctx: &TcContext, t: &Tuple<V4>) -> Result<i32, i64> {
+        reject::reject4(ctx, t)
+    }
 }
 
 impl Family for F6 {
@@ -85,6 +91,9 @@ impl Family for F6 {
     #[inline(always)]
     fn rewrite(ctx: &TcContext, t: &Tuple<V6>, end: End, addr: V6, port: u16) -> Result<(), i64> {
         pkt::rewrite6(ctx, t, end, addr, port)
+    }
+    fn reject(ctx: &TcContext, t: &Tuple<V6>) -> Result<i32, i64> {
+        reject::reject6(ctx, t)
     }
 }
 
@@ -153,7 +162,7 @@ fn try_service<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, internal: bool) -> R
         Pick::Pass => return Ok(TC_ACT_OK as i32),
         Pick::Reject => {
             count(counter::REJECT_NO_BACKEND, 1);
-            return Ok(TC_ACT_SHOT as i32);
+            return F::reject(ctx, t);
         }
         Pick::Drop => {
             count(counter::DROP_NO_LOCAL_BACKEND, 1);

@@ -6,6 +6,7 @@
 mod lb;
 mod maps;
 mod pkt;
+mod reject;
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use lb::{Family, F4, F6};
