@@ -17,10 +17,14 @@ pub mod names {
     pub const LB6_AFFINITY: &str = "LB6_AFF_V1";
     pub const CT4: &str = "CT4_V1";
     pub const CT6: &str = "CT6_V1";
+    pub const SK_RNAT4: &str = "LB4_SKRNAT_V1";
+    pub const SK_RNAT6: &str = "LB6_SKRNAT_V1";
+    pub const SK_FWD4: &str = "LB4_SKFWD_V1";
+    pub const SK_FWD6: &str = "LB6_SKFWD_V1";
     pub const COUNTERS: &str = "TR_COUNTERS_V1";
     pub const NODE_CONFIG: &str = "TR_NODE_CFG_V1";
     /// Every map the agent pins and adopts, in creation order.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 16] = [
         LB4_SERVICES,
         LB6_SERVICES,
         LB4_BACKENDS,
@@ -31,6 +35,10 @@ pub mod names {
         LB6_AFFINITY,
         CT4,
         CT6,
+        SK_RNAT4,
+        SK_RNAT6,
+        SK_FWD4,
+        SK_FWD6,
         COUNTERS,
         NODE_CONFIG,
     ];
@@ -44,6 +52,8 @@ pub mod capacity {
     pub const REV_NAT: u32 = 1 << 19;
     pub const AFFINITY: u32 = 1 << 16;
     pub const CONNTRACK: u32 = 1 << 18;
+    /// Sockets translated by the socket-level load balancer (LRU: a closed socket's entries age out).
+    pub const SOCKETS: u32 = 1 << 17;
 }
 
 /// Lookup scope of a frontend entry. Every frontend has an `EXTERNAL` entry; a frontend whose external and
@@ -215,6 +225,23 @@ pub struct CtEntry<A> {
 pub type Ct4Entry = CtEntry<V4>;
 pub type Ct6Entry = CtEntry<V6>;
 
+/// Key of the socket-level maps: a socket (its cookie) and an address it talks to. `SK_RNAT`: the backend it was
+/// connected to -> the frontend it asked for (what recvmsg and getpeername show). `SK_FWD`: the frontend -> the
+/// backend chosen for it (a UDP socket's datagrams to one frontend stay on one backend).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SockKey<A> {
+    pub address: A,
+    /// Network byte order.
+    pub port: u16,
+    pub _pad: u16,
+    /// The socket cookie, as two halves so the key has no padding whatever the address size.
+    pub cookie_lo: u32,
+    pub cookie_hi: u32,
+}
+pub type Sock4Key = SockKey<V4>;
+pub type Sock6Key = SockKey<V6>;
+
 /// The node's own settings, one entry (index 0) of an array map, written by the agent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -282,6 +309,8 @@ assert_size!(Ct6Key, 40);
 assert_size!(Ct4Entry, 20);
 assert_size!(Ct6Entry, 32);
 assert_size!(NodeConfig, 28);
+assert_size!(Sock4Key, 16);
+assert_size!(Sock6Key, 28);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -303,6 +332,8 @@ mod pod {
     unsafe impl aya::Pod for Ct4Entry {}
     unsafe impl aya::Pod for Ct6Entry {}
     unsafe impl aya::Pod for NodeConfig {}
+    unsafe impl aya::Pod for Sock4Key {}
+    unsafe impl aya::Pod for Sock6Key {}
 }
 
 #[cfg(test)]

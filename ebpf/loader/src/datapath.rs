@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::TcAttachOptions;
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::{programs, Error, Result, OBJECT};
@@ -90,6 +90,9 @@ impl Datapath {
         for name in [programs::FROM_POD, programs::TO_POD] {
             classifier(&mut ebpf, name)?.load().map_err(|source| Error::Program { name, source })?;
         }
+        for (name, _) in programs::SOCK {
+            sock_addr(&mut ebpf, name)?.load().map_err(|source| Error::Program { name, source })?;
+        }
         Ok(Datapath { ebpf, pins })
     }
 
@@ -115,6 +118,53 @@ impl Datapath {
                 }
                 Err(aya::programs::links::LinkError::SyscallError(s)) if s.io_error.kind() == ErrorKind::NotFound => {}
                 Err(source) => return Err(Error::Link { path, source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the socket LB to a cgroup (v2): every connect(), sendmsg(), recvmsg() and getpeername() of a
+    /// process in it or below it. One cgroup per node; its links are pinned as `links/cgroup/<program>`.
+    /// (A bpf_link on a cgroup always allows several programs; the mode must be "single" for link_create.)
+    /// Make-before-break on a restart: the new program is attached next to the pinned old one, then the old pin
+    /// goes (which detaches it), so no connect() in between misses the load balancer; one that saw both programs
+    /// was translated once (the second sees a backend, not a frontend).
+    pub fn ensure_cgroup_attached(&mut self, cgroup: &Path) -> Result<()> {
+        let dir = self.pins.path().join("links").join("cgroup");
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io { what: "creating", path: dir.clone(), source })?;
+        let cg = std::fs::File::open(cgroup).map_err(|source| Error::Io {
+            what: "opening cgroup",
+            path: cgroup.into(),
+            source,
+        })?;
+        for (name, _) in programs::SOCK {
+            let prog = sock_addr(&mut self.ebpf, name)?;
+            let perr = |source| Error::Program { name, source };
+            let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(perr)?;
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(perr)?
+                .try_into()
+                .map_err(|source| Error::Link { path: dir.join(name), source })?;
+            let (path, fresh) = (dir.join(name), dir.join(format!("{name}_new")));
+            let _ = std::fs::remove_file(&fresh);
+            link.pin(&fresh).map_err(|source| Error::LinkPin { path: fresh.clone(), source })?;
+            // rename(2) over the old pin drops the old link's last reference: the kernel detaches it.
+            std::fs::rename(&fresh, &path).map_err(|source| Error::Io { what: "renaming", path, source })?;
+        }
+        Ok(())
+    }
+
+    /// Detaches the socket LB (the node's datapath is going away).
+    pub fn detach_cgroup(&mut self) -> Result<()> {
+        let dir = self.pins.path().join("links").join("cgroup");
+        for (name, _) in programs::SOCK {
+            let path = dir.join(name);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != ErrorKind::NotFound => {
+                    return Err(Error::Io { what: "unpinning", path, source: e });
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -152,6 +202,13 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+fn sock_addr<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr> {
+    ebpf.program_mut(name)
+        .ok_or(Error::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {

@@ -24,4 +24,18 @@ pub mod programs {
     pub const FROM_POD: &str = "from_pod";
     /// tc egress of a pod's host veth (packets to the pod): reverse NAT of replies.
     pub const TO_POD: &str = "to_pod";
+    /// Socket LB (cgroup sock_addr hooks), with their attach points.
+    pub const SOCK: [(&str, aya::programs::CgroupSockAddrAttachType); 8] = {
+        use aya::programs::CgroupSockAddrAttachType as T;
+        [
+            ("sock_connect4", T::Connect4),
+            ("sock_connect6", T::Connect6),
+            ("sock_sendmsg4", T::UDPSendMsg4),
+            ("sock_sendmsg6", T::UDPSendMsg6),
+            ("sock_recvmsg4", T::UDPRecvMsg4),
+            ("sock_recvmsg6", T::UDPRecvMsg6),
+            ("sock_getpeername4", T::GetPeerName4),
+            ("sock_getpeername6", T::GetPeerName6),
+        ]
+    };
 }

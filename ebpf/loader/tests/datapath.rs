@@ -327,3 +327,106 @@ fn a_frontend_without_backends_is_refused_at_once_tcp_rst_and_icmp() {
     let c = read_counters(&topo.pins).unwrap();
     assert!(c[counter::REJECT_NO_BACKEND as usize] >= 4, "{c:?}");
 }
+
+/// The socket-path client: runs as a child process (this test binary again) inside a pod netns and the socket
+/// LB's cgroup, so only the cgroup hooks can translate. Prints what it saw.
+#[test]
+#[ignore = "not a test: the client process that socket_lb_translates_at_connect_and_shows_the_frontend runs"]
+fn sock_client_helper() {
+    let Ok(vip) = std::env::var("TRELLIS_SOCK_CLIENT") else { return };
+    let vip: SocketAddr = vip.parse().unwrap();
+    let mut c = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).unwrap();
+    let peer = c.peer_addr().unwrap();
+    let mut tcp = String::new();
+    c.read_to_string(&mut tcp).unwrap();
+    let bind: SocketAddr = if vip.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().unwrap();
+    let u = UdpSocket::bind(bind).unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    u.send_to(b"x", vip).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = u.recv_from(&mut buf).unwrap();
+    println!("RESULT tcp={tcp}|peer={peer}|udp={}|from={from}", String::from_utf8_lossy(&buf[..n]));
+}
+
+/// A cgroup of our own under the unified hierarchy, removed on Drop.
+struct Cgroup(PathBuf);
+impl Cgroup {
+    fn new(tag: &str) -> Cgroup {
+        let p = PathBuf::from(format!("/sys/fs/cgroup/unified/trellis-test-{tag}{}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        Cgroup(p)
+    }
+}
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn sock_client(cg: &Cgroup, ns: &str, vip: &str) -> String {
+    use std::os::unix::process::CommandExt;
+    let procs = cg.0.join("cgroup.procs");
+    let netns_fd = std::fs::File::open(Topo::path(ns)).unwrap();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "sock_client_helper", "--ignored", "--nocapture", "--test-threads", "1"])
+        .env("TRELLIS_SOCK_CLIENT", vip);
+    // SAFETY: only async-signal-safe calls (write, setns) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            std::fs::write(&procs, "0")?;
+            nix::sched::setns(&netns_fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "client: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    stdout
+        .lines()
+        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r))
+        .unwrap_or_else(|| panic!("no result in {stdout}"))
+        .to_string()
+}
+
+#[test]
+fn socket_lb_translates_at_connect_and_shows_the_frontend() {
+    require_root!();
+    let topo = Topo::new("k");
+    let mut dp = Datapath::load(topo.pins.clone()).unwrap();
+    // No tc program on the pod: only the socket path can reach the backend.
+    let cg = Cgroup::new("k");
+    dp.ensure_cgroup_attached(&cg.0).unwrap();
+    serve(&topo.b, 8080);
+    let mut t = KernelLbTables::open(&topo.pins).unwrap();
+    add_service4(&mut t, "10.96.0.14", 80, 11, &[("10.0.2.2", 8080, 21)]);
+    for proto in [proto::TCP, proto::UDP] {
+        let key = |slot| LbKey {
+            address: v6("fd00:96::14"),
+            dport: 80u16.to_be(),
+            backend_slot: slot,
+            proto,
+            scope: scope::EXTERNAL,
+            _pad: [0; 2],
+        };
+        t.be6.put(&22, &LbBackend { address: v6("fd00:2::2"), port: 8080u16.to_be(), proto, flags: 0 }).unwrap();
+        t.svc6.put(&key(1), &LbService { backend_id: 22, rev_nat_id: 12, ..Default::default() }).unwrap();
+        t.svc6.put(&key(0), &LbService { count: 1, rev_nat_id: 12, ..Default::default() }).unwrap();
+    }
+    assert_eq!(
+        sock_client(&cg, &topo.a, "10.96.0.14:80"),
+        "tcp=tcp 10.0.1.2|peer=10.96.0.14:80|udp=udp 10.0.1.2|from=10.96.0.14:80"
+    );
+    assert_eq!(
+        sock_client(&cg, &topo.a, "[fd00:96::14]:80"),
+        "tcp=tcp fd00:1::2|peer=[fd00:96::14]:80|udp=udp fd00:1::2|from=[fd00:96::14]:80"
+    );
+    let c = read_counters(&topo.pins).unwrap();
+    assert!(c[counter::SOCK_TRANSLATED as usize] >= 4, "{c:?}");
+    assert_eq!(c[counter::TRANSLATED as usize], 0, "the tc path translated nothing");
+    // A restarted agent re-attaches (make-before-break) and the path still works.
+    drop(dp);
+    let mut dp = Datapath::load(topo.pins.clone()).unwrap();
+    dp.ensure_cgroup_attached(&cg.0).unwrap();
+    assert!(sock_client(&cg, &topo.a, "10.96.0.14:80").starts_with("tcp=tcp 10.0.1.2|"));
+    dp.detach_cgroup().unwrap();
+}

@@ -197,7 +197,7 @@ fn established<F: Family>(ctx: &TcContext, t: &Tuple<F::A>) -> Result<bool, i64>
     Ok(true)
 }
 
-enum Pick {
+pub enum Pick {
     /// Not a frontend.
     Pass,
     /// A frontend with no usable backend.
@@ -212,7 +212,7 @@ enum Pick {
 /// The frontend's backend for a new flow: the client's affinity entry when it is fresh and its backend lives,
 /// else a random slot.
 #[inline(never)]
-fn pick<F: Family>(t: &Tuple<F::A>, internal: bool) -> Pick {
+pub fn pick<F: Family>(t: &Tuple<F::A>, internal: bool) -> Pick {
     let mut key = LbKey {
         address: t.daddr,
         dport: t.dport,

@@ -7,8 +7,13 @@ mod lb;
 mod maps;
 mod pkt;
 mod reject;
+mod sock;
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_OK,
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 use lb::{Family, F4, F6};
 use trellis_ebpf_common::counter;
 
@@ -53,6 +58,43 @@ fn to_pod_family<F: Family>(ctx: &TcContext) {
     if let Some(t) = F::parse(ctx) {
         let _ = lb::reverse_nat::<F>(ctx, t);
     }
+}
+
+/// Socket LB: connect() of a TCP or UDP socket in the node's cgroup.
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::forward::<F4>(&ctx)
+}
+#[cgroup_sock_addr(connect6)]
+pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+    sock::forward::<F6>(&ctx)
+}
+/// Socket LB: sendmsg() of an unconnected UDP socket.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::forward::<F4>(&ctx)
+}
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::forward::<F6>(&ctx)
+}
+/// Socket LB: recvmsg() of a UDP socket shows the frontend as the source.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse::<F4>(&ctx)
+}
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::reverse::<F6>(&ctx)
+}
+/// Socket LB: getpeername() shows the frontend.
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse::<F4>(&ctx)
+}
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock::reverse::<F6>(&ctx)
 }
 
 #[panic_handler]
