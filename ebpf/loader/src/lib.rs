@@ -9,6 +9,7 @@
 
 mod datapath;
 mod error;
+pub mod sync;
 pub mod tables;
 
 pub use datapath::{Datapath, PinDir};
