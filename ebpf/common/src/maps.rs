@@ -186,6 +186,9 @@ pub mod ct_flags {
     pub const SNAT: u16 = 1 << 0;
     /// A FIN or RST was seen: the entry may go early.
     pub const CLOSING: u16 = 1 << 1;
+    /// REPLY of a flow that came in on the uplink: replies leave through the uplink directly (their source is
+    /// then a node address, which the kernel's forwarding would drop as a martian).
+    pub const UPLINK: u16 = 1 << 2;
 }
 
 /// Key of the conntrack map (LRU).

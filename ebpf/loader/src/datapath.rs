@@ -87,7 +87,7 @@ impl Datapath {
     pub fn load(pins: PinDir) -> Result<Datapath> {
         pins.ensure()?;
         let mut ebpf = EbpfLoader::new().default_map_pin_directory(pins.path()).load(OBJECT)?;
-        for name in [programs::FROM_POD, programs::TO_POD] {
+        for name in [programs::FROM_POD, programs::TO_POD, programs::FROM_UPLINK] {
             classifier(&mut ebpf, name)?.load().map_err(|source| Error::Program { name, source })?;
         }
         for (name, _) in programs::SOCK {
@@ -105,6 +105,22 @@ impl Datapath {
     pub fn ensure_pod_attached(&mut self, ifname: &str) -> Result<()> {
         self.ensure_attached(programs::FROM_POD, ifname, TcAttachType::Ingress, "in")?;
         self.ensure_attached(programs::TO_POD, ifname, TcAttachType::Egress, "out")
+    }
+
+    /// Attaches `from_uplink` to the node's uplink (ingress), in the calling thread's network namespace.
+    /// Replies of flows that came in there are sent back out of it: `NodeConfig::uplink_ifindex` must name it.
+    pub fn ensure_uplink_attached(&mut self, ifname: &str) -> Result<()> {
+        self.ensure_attached(programs::FROM_UPLINK, ifname, TcAttachType::Ingress, "in")
+    }
+
+    /// The node's settings the datapath reads (its address for SNAT).
+    pub fn set_node_config(&mut self, cfg: &trellis_ebpf_common::NodeConfig) -> Result<()> {
+        let name = trellis_ebpf_common::names::NODE_CONFIG;
+        let err = |source| Error::Map { name, source };
+        let map = self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
+        let mut arr: aya::maps::Array<&mut aya::maps::MapData, trellis_ebpf_common::NodeConfig> =
+            aya::maps::Array::try_from(map).map_err(err)?;
+        arr.set(0, *cfg, 0).map_err(err)
     }
 
     /// Detaches from a pod's host veth (gone or going). A link that is not there is success.

@@ -10,6 +10,8 @@ pub enum Error {
     Program { name: &'static str, source: aya::programs::ProgramError },
     #[error("program {0} is missing from the datapath object")]
     MissingProgram(&'static str),
+    #[error("map {0} is missing from the datapath object")]
+    MissingMap(&'static str),
     #[error("map {name}: {source}")]
     Map { name: &'static str, source: aya::maps::MapError },
     #[error("link pin {path}: {source}")]

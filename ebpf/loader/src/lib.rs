@@ -25,6 +25,8 @@ pub mod programs {
     pub const FROM_POD: &str = "from_pod";
     /// tc egress of a pod's host veth (packets to the pod): reverse NAT of replies.
     pub const TO_POD: &str = "to_pod";
+    /// tc ingress of the node's uplink: NodePort / externalIPs / load-balancer IPs, replies of SNATed flows.
+    pub const FROM_UPLINK: &str = "from_uplink";
     /// Socket LB (cgroup sock_addr hooks), with their attach points.
     pub const SOCK: [(&str, aya::programs::CgroupSockAddrAttachType); 8] = {
         use aya::programs::CgroupSockAddrAttachType as T;

@@ -430,3 +430,84 @@ fn socket_lb_translates_at_connect_and_shows_the_frontend() {
     assert!(sock_client(&cg, &topo.a, "10.96.0.14:80").starts_with("tcp=tcp 10.0.1.2|"));
     dp.detach_cgroup().unwrap();
 }
+
+/// An `external` host on the node's uplink (`up0` in the node, 192.168.50.0/24), with no route into the pod
+/// network: only NodePort / externalIP frontends can get it to a pod.
+fn add_external(topo: &Topo) -> String {
+    let ext = format!("tbx{}", &topo.node[3..]);
+    netns::create(&ext).unwrap();
+    sh(&["ip", "-n", &ext, "link", "set", "lo", "up"]);
+    sh(&["ip", "-n", &topo.node, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", &ext]);
+    sh(&["ip", "-n", &topo.node, "addr", "add", "192.168.50.1/24", "dev", "up0"]);
+    sh(&["ip", "-n", &topo.node, "link", "set", "up0", "up"]);
+    sh(&["ip", "-n", &ext, "addr", "add", "192.168.50.2/24", "dev", "eth0"]);
+    sh(&["ip", "-n", &ext, "link", "set", "eth0", "up"]);
+    // The external IP is routed to the node, as a cluster's network would.
+    sh(&["ip", "-n", &ext, "route", "add", "192.168.50.100/32", "via", "192.168.50.1"]);
+    ext
+}
+
+#[test]
+fn nodeport_and_external_ips_from_outside_with_and_without_snat() {
+    require_root!();
+    let topo = Topo::new("n");
+    let ext = add_external(&topo);
+    struct Ext(String);
+    impl Drop for Ext {
+        fn drop(&mut self) {
+            let _ = netns::delete(&self.0);
+        }
+    }
+    let _ext = Ext(ext.clone());
+    let mut dp = Datapath::load(topo.pins.clone()).unwrap();
+    topo.attach(&mut dp);
+    let uplink = netns::run_in(&Topo::path(&topo.node), || {
+        dp.ensure_uplink_attached("up0").unwrap();
+        nix::net::if_::if_nametoindex("up0").unwrap()
+    })
+    .unwrap();
+    dp.set_node_config(&NodeConfig { node_ip4: v4("192.168.50.1"), uplink_ifindex: uplink, ..Default::default() })
+        .unwrap();
+    serve(&topo.b, 8080);
+    let mut t = KernelLbTables::open(&topo.pins).unwrap();
+    let frontend = |t: &mut KernelLbTables, vip: &str, port: u16, rev: u32, id: u32, be_flags: u8, flags: u16| {
+        let key = |slot| LbKey {
+            address: v4(vip),
+            dport: port.to_be(),
+            backend_slot: slot,
+            proto: proto::TCP,
+            scope: scope::EXTERNAL,
+            _pad: [0; 2],
+        };
+        t.be4
+            .put(&id, &LbBackend { address: v4("10.0.2.2"), port: 8080u16.to_be(), proto: proto::TCP, flags: be_flags })
+            .unwrap();
+        t.svc4.put(&key(1), &LbService { backend_id: id, rev_nat_id: rev, ..Default::default() }).unwrap();
+        t.svc4.put(&key(0), &LbService { count: 1, rev_nat_id: rev, flags, ..Default::default() }).unwrap();
+        t.rnat4.put(&rev, &RevNat { address: v4(vip), port: port.to_be(), _pad: 0 }).unwrap();
+    };
+    // A local backend: DNAT only, the client's own address reaches the pod.
+    frontend(&mut t, "192.168.50.1", 30080, 31, 41, backend_flags::LOCAL, svc_flags::NODE_PORT);
+    assert_eq!(tcp_get(&ext, "192.168.50.1:30080".parse().unwrap()).unwrap(), "tcp 192.168.50.2");
+    // A backend on another node under eTP Cluster: SNAT to the node, so the reply comes back this way.
+    frontend(&mut t, "192.168.50.1", 30081, 32, 42, 0, svc_flags::NODE_PORT);
+    assert_eq!(tcp_get(&ext, "192.168.50.1:30081".parse().unwrap()).unwrap(), "tcp 192.168.50.1");
+    // eTP Local keeps the client's address.
+    frontend(&mut t, "192.168.50.1", 30082, 33, 43, backend_flags::LOCAL, svc_flags::NODE_PORT | svc_flags::ETP_LOCAL);
+    assert_eq!(tcp_get(&ext, "192.168.50.1:30082".parse().unwrap()).unwrap(), "tcp 192.168.50.2");
+    // An externalIP, served like a NodePort on the Service's port.
+    frontend(&mut t, "192.168.50.100", 80, 34, 44, 0, svc_flags::EXTERNAL_IP);
+    assert_eq!(tcp_get(&ext, "192.168.50.100:80".parse().unwrap()).unwrap(), "tcp 192.168.50.1");
+    // A ClusterIP is not for clients outside the node: the uplink leaves it alone (nothing routes it: refused
+    // or unreachable, never answered by the backend).
+    add_service4(&mut t, "192.168.50.1", 30090, 35, &[("10.0.2.2", 8080, 45)]);
+    assert!(tcp_get(&ext, "192.168.50.1:30090".parse().unwrap()).is_err());
+    let ct = t.ct4.entries().unwrap();
+    assert!(
+        ct.iter().any(|(k, e)| k.dir == ct_dir::REPLY
+            && k.daddr == v4("192.168.50.1")
+            && e.nat_addr == v4("192.168.50.2")
+            && e.flags & ct_flags::SNAT != 0),
+        "{ct:?}"
+    );
+}

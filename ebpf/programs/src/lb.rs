@@ -8,13 +8,14 @@ use aya_ebpf::{
 };
 use trellis_ebpf_common::*;
 
+use crate::fwd::{RouteOut, ROUTE_OUT};
 use crate::maps::*;
 use crate::pkt::{self, End, Tuple};
 use crate::reject;
 
 /// What differs between the families: their maps and their rewrite.
 pub trait Family: 'static {
-    type A: Copy + PartialEq + Default;
+    type A: Copy + PartialEq + Default + RouteOut;
     /// Parses into this CPU's scratch slot (kept off the 512-byte stack) and returns it.
     fn parse(ctx: &TcContext) -> Option<&'static mut Tuple<Self::A>>;
     fn services() -> &'static HashMap<LbKey<Self::A>, LbService>;
@@ -23,6 +24,13 @@ pub trait Family: 'static {
     fn affinity() -> &'static LruHashMap<AffinityKey<Self::A>, AffinityValue>;
     fn conntrack() -> &'static LruHashMap<CtKey<Self::A>, CtEntry<Self::A>>;
     fn rewrite(ctx: &TcContext, t: &Tuple<Self::A>, end: End, addr: Self::A, port: u16) -> Result<(), i64>;
+    /// Asks the entry point to route the packet (now `src` -> `dst`) out itself: returns [`ROUTE_OUT`]. The
+    /// addresses wait in a per-CPU slot, so the lookup runs at the top of the call chain, where the stack is free.
+    fn route_later(src: Self::A, dst: Self::A) -> i32;
+    /// The addresses [`Family::route_later`] left.
+    fn routed() -> Option<(Self::A, Self::A)>;
+    /// The node's address for SNAT (from the node config map); `None` when the agent has not set one.
+    fn node_ip() -> Option<Self::A>;
     /// Answers the packet with a TCP RST or an ICMP port unreachable from the frontend.
     fn reject(ctx: &TcContext, t: &Tuple<Self::A>) -> Result<i32, i64>;
 }
@@ -59,6 +67,19 @@ impl Family for F4 {
     fn rewrite(ctx: &TcContext, t: &Tuple<V4>, end: End, addr: V4, port: u16) -> Result<(), i64> {
         pkt::rewrite4(ctx, t, end, addr, port)
     }
+    fn route_later(src: V4, dst: V4) -> i32 {
+        if let Some(r) = ROUTE4.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot, used within this program run only.
+            unsafe { *r = [src, dst] };
+        }
+        ROUTE_OUT
+    }
+    fn routed() -> Option<(V4, V4)> {
+        ROUTE4.get(0).map(|r| (r[0], r[1]))
+    }
+    fn node_ip() -> Option<V4> {
+        NODE_CFG.get(0).map(|c| c.node_ip4).filter(|a| *a != [0; 4])
+    }
     fn reject(ctx: &TcContext, t: &Tuple<V4>) -> Result<i32, i64> {
         reject::reject4(ctx, t)
     }
@@ -92,6 +113,19 @@ impl Family for F6 {
     fn rewrite(ctx: &TcContext, t: &Tuple<V6>, end: End, addr: V6, port: u16) -> Result<(), i64> {
         pkt::rewrite6(ctx, t, end, addr, port)
     }
+    fn route_later(src: V6, dst: V6) -> i32 {
+        if let Some(r) = ROUTE6.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot, used within this program run only.
+            unsafe { *r = [src, dst] };
+        }
+        ROUTE_OUT
+    }
+    fn routed() -> Option<(V6, V6)> {
+        ROUTE6.get(0).map(|r| (r[0], r[1]))
+    }
+    fn node_ip() -> Option<V6> {
+        NODE_CFG.get(0).map(|c| c.node_ip6).filter(|a| *a != [0; 16])
+    }
     fn reject(ctx: &TcContext, t: &Tuple<V6>) -> Result<i32, i64> {
         reject::reject6(ctx, t)
     }
@@ -113,34 +147,50 @@ fn ct_key<A: Copy>(t: &Tuple<A>, dir: u8) -> CtKey<A> {
 // Separate frames (not inlined) for the reverse and forward paths: BPF allows 512 bytes of stack per call chain,
 // and IPv6 keys are large.
 #[inline(never)]
-pub fn reverse_nat<F: Family>(ctx: &TcContext, t: &Tuple<F::A>) -> Result<bool, i64> {
+pub fn reverse_nat<F: Family>(ctx: &TcContext, t: &Tuple<F::A>) -> Result<Option<i32>, i64> {
     let key = ct_key(t, ct_dir::REPLY);
     let Some(e) = F::conntrack().get_ptr_mut(&key) else {
-        return Ok(false);
+        return Ok(None);
     };
     // SAFETY: a pointer into the map's value, valid for this program run.
     let e = unsafe { &mut *e };
     // SAFETY: a plain read of a map value.
     let Some(rn) = (unsafe { F::rev_nat().get(&e.rev_nat_id) }).copied() else {
-        return Ok(false);
+        return Ok(None);
     };
     e.last_seen = now_secs();
     if t.tcp_flags & (pkt::TCP_FIN | pkt::TCP_RST) != 0 {
         e.flags |= ct_flags::CLOSING;
     }
-    let (snat, nat_addr, nat_port) = (e.flags & ct_flags::SNAT != 0, e.nat_addr, e.nat_port);
+    let (flags, nat_addr, nat_port) = (e.flags, e.nat_addr, e.nat_port);
     F::rewrite(ctx, t, End::Src, rn.address, rn.port)?;
-    if snat {
+    if flags & ct_flags::SNAT != 0 {
         F::rewrite(ctx, t, End::Dst, nat_addr, nat_port)?;
     }
     count(counter::REV_TRANSLATED, 1);
-    Ok(true)
+    if flags & ct_flags::UPLINK != 0 {
+        // The reply now comes from a node address: routed by us, not by the kernel (see fwd.rs).
+        let dst = if flags & ct_flags::SNAT != 0 { nat_addr } else { t.daddr };
+        return Ok(Some(F::route_later(rn.address, dst)));
+    }
+    Ok(Some(TC_ACT_OK as i32))
 }
 
-/// The verdict for a packet leaving a pod (or arriving from outside on the uplink) towards a frontend.
+/// Where a packet meets the datapath.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// Leaving a pod (tc ingress of its host veth): a client inside the node, every frontend.
+    FromPod,
+    /// Arriving on the node's uplink from outside: NodePort, externalIPs and load-balancer IPs only; a remote
+    /// backend under `externalTrafficPolicy: Cluster` is reached with the node's address as the source (SNAT),
+    /// so its replies come back through this node.
+    Uplink,
+}
+
+/// The verdict for a packet towards a frontend.
 #[inline(always)]
-pub fn service<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, internal: bool) -> i32 {
-    match try_service::<F>(ctx, t, internal) {
+pub fn service<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, hook: Hook) -> i32 {
+    match try_service::<F>(ctx, t, hook) {
         Ok(v) => v,
         Err(_) => {
             count(counter::DROP_REWRITE, 1);
@@ -152,13 +202,11 @@ pub fn service<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, internal: bool) -> i
 // The forward path is three calls in a row rather than one body: each gets its own stack frame, and the chain
 // stays within BPF's 512 bytes with IPv6's 40-byte conntrack keys.
 #[inline(never)]
-fn try_service<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, internal: bool) -> Result<i32, i64> {
-    match established::<F>(ctx, t) {
-        Ok(true) => return Ok(TC_ACT_OK as i32),
-        Ok(false) => {}
-        Err(e) => return Err(e),
+fn try_service<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, hook: Hook) -> Result<i32, i64> {
+    if let Some(verdict) = established::<F>(ctx, t)? {
+        return Ok(verdict);
     }
-    let pick = match pick::<F>(t, internal) {
+    let pick = match pick::<F>(t, hook == Hook::FromPod, hook == Hook::Uplink) {
         Pick::Pass => return Ok(TC_ACT_OK as i32),
         Pick::Reject => {
             count(counter::REJECT_NO_BACKEND, 1);
@@ -168,17 +216,23 @@ fn try_service<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, internal: bool) -> R
             count(counter::DROP_NO_LOCAL_BACKEND, 1);
             return Ok(TC_ACT_SHOT as i32);
         }
-        Pick::Backend(id, rev) => (id, rev),
+        Pick::Backend(id, rev, flags) => (id, rev, flags),
     };
-    commit::<F>(ctx, t, pick.0, pick.1)
+    let chosen = Chosen {
+        backend_id: pick.0,
+        rev_nat_id: pick.1,
+        snat_unless_local: hook == Hook::Uplink && pick.2 & svc_flags::ETP_LOCAL == 0,
+        uplink: hook == Hook::Uplink,
+    };
+    commit::<F>(ctx, t, &chosen)
 }
 
 /// An established flow keeps its backend while that backend exists. True when the packet was translated.
 #[inline(never)]
-fn established<F: Family>(ctx: &TcContext, t: &Tuple<F::A>) -> Result<bool, i64> {
+fn established<F: Family>(ctx: &TcContext, t: &Tuple<F::A>) -> Result<Option<i32>, i64> {
     let fwd = ct_key(t, ct_dir::SERVICE);
     let Some(e) = F::conntrack().get_ptr_mut(&fwd) else {
-        return Ok(false);
+        return Ok(None);
     };
     // SAFETY: a pointer into the map's value, valid for this program run.
     let e = unsafe { &mut *e };
@@ -186,15 +240,20 @@ fn established<F: Family>(ctx: &TcContext, t: &Tuple<F::A>) -> Result<bool, i64>
     let Some(be) = (unsafe { F::backends().get(&e.backend_id) }).copied() else {
         // Its backend is gone: choose again (the stale-conntrack fix, even before the agent purges it).
         let _ = F::conntrack().remove(&fwd);
-        return Ok(false);
+        return Ok(None);
     };
     e.last_seen = now_secs();
     if t.tcp_flags & (pkt::TCP_FIN | pkt::TCP_RST) != 0 {
         e.flags |= ct_flags::CLOSING;
     }
     count(counter::CT_HIT, 1);
+    let (snat, nat_addr, nat_port) = (e.flags & ct_flags::SNAT != 0, e.nat_addr, e.nat_port);
     F::rewrite(ctx, t, End::Dst, be.address, be.port)?;
-    Ok(true)
+    if snat {
+        F::rewrite(ctx, t, End::Src, nat_addr, nat_port)?;
+        return Ok(Some(F::route_later(nat_addr, be.address)));
+    }
+    Ok(Some(TC_ACT_OK as i32))
 }
 
 pub enum Pick {
@@ -205,14 +264,15 @@ pub enum Pick {
     /// `externalTrafficPolicy: Local` and no local backend, while the Service has backends elsewhere: drop, as
     /// kube-proxy does, so the client's load balancer sends it elsewhere.
     Drop,
-    /// backend id, rev_nat id
-    Backend(u32, u32),
+    /// backend id, rev_nat id, the frontend's flags
+    Backend(u32, u32, u16),
 }
 
 /// The frontend's backend for a new flow: the client's affinity entry when it is fresh and its backend lives,
-/// else a random slot.
+/// else a random slot. `internal`: the client is inside the node (the INTERNAL scope applies); `external_only`:
+/// ClusterIP frontends are not for this client (it came from outside).
 #[inline(never)]
-pub fn pick<F: Family>(t: &Tuple<F::A>, internal: bool) -> Pick {
+pub fn pick<F: Family>(t: &Tuple<F::A>, internal: bool, external_only: bool) -> Pick {
     let mut key = LbKey {
         address: t.daddr,
         dport: t.dport,
@@ -225,6 +285,10 @@ pub fn pick<F: Family>(t: &Tuple<F::A>, internal: bool) -> Pick {
     let Some(mut svc) = (unsafe { F::services().get(&key) }).copied() else {
         return Pick::Pass;
     };
+    const EXTERNAL: u16 = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER;
+    if external_only && svc.flags & EXTERNAL == 0 {
+        return Pick::Pass;
+    }
     if internal && svc.flags & svc_flags::TWO_SCOPES != 0 {
         key.scope = scope::INTERNAL;
         if let Some(s) = unsafe { F::services().get(&key) } {
@@ -244,7 +308,7 @@ pub fn pick<F: Family>(t: &Tuple<F::A>, internal: bool) -> Pick {
             {
                 let id = a.backend_id;
                 let _ = F::affinity().insert(&aff_key, &AffinityValue { backend_id: id, last_used: now }, 0);
-                return Pick::Backend(id, svc.rev_nat_id);
+                return Pick::Backend(id, svc.rev_nat_id, svc.flags);
             }
         }
     }
@@ -257,20 +321,32 @@ pub fn pick<F: Family>(t: &Tuple<F::A>, internal: bool) -> Pick {
     if affinity {
         let _ = F::affinity().insert(&aff_key, &AffinityValue { backend_id: id, last_used: now }, 0);
     }
-    Pick::Backend(id, svc.rev_nat_id)
+    Pick::Backend(id, svc.rev_nat_id, svc.flags)
+}
+
+/// A new flow's backend (one argument: BPF calls take at most five).
+struct Chosen {
+    backend_id: u32,
+    rev_nat_id: u32,
+    /// A backend on another node is reached with the node's address as the source.
+    snat_unless_local: bool,
+    /// The flow came in on the uplink: its replies go back out there.
+    uplink: bool,
 }
 
 /// Records the new flow in both directions and translates its first packet.
 #[inline(never)]
-fn commit<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, backend_id: u32, rev_nat_id: u32) -> Result<i32, i64> {
+fn commit<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, c: &Chosen) -> Result<i32, i64> {
+    let (backend_id, rev_nat_id, snat_unless_local) = (c.backend_id, c.rev_nat_id, c.snat_unless_local);
     // SAFETY: a plain read of a map value.
     let Some(be) = (unsafe { F::backends().get(&backend_id) }).copied() else {
         count(counter::REJECT_NO_BACKEND, 1);
         return Ok(TC_ACT_SHOT as i32);
     };
-    let entry =
-        CtEntry { backend_id, rev_nat_id, last_seen: now_secs(), flags: 0, nat_port: 0, nat_addr: F::A::default() };
-    let reply = CtKey {
+    let now = now_secs();
+    let mut fwd = CtEntry { backend_id, rev_nat_id, last_seen: now, flags: 0, nat_port: 0, nat_addr: F::A::default() };
+    let mut rev = fwd;
+    let mut reply = CtKey {
         saddr: be.address,
         daddr: t.saddr,
         sport: be.port,
@@ -279,8 +355,32 @@ fn commit<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, backend_id: u32, rev_nat_
         dir: ct_dir::REPLY,
         _pad: [0; 2],
     };
-    if F::conntrack().insert(&ct_key(t, ct_dir::SERVICE), &entry, 0).is_err()
-        || F::conntrack().insert(&reply, &entry, 0).is_err()
+    if snat_unless_local && be.flags & backend_flags::LOCAL == 0 {
+        let Some(node) = F::node_ip() else {
+            count(counter::DROP_REWRITE, 1);
+            return Ok(TC_ACT_SHOT as i32);
+        };
+        // The client's port if no other flow to this backend holds it, else a random one.
+        reply.daddr = node;
+        for _ in 0..4 {
+            if F::conntrack().get_ptr(&reply).is_none() {
+                break;
+            }
+            // SAFETY: no preconditions.
+            reply.dport = ((32768 + unsafe { bpf_get_prandom_u32() } % 28232) as u16).to_be();
+        }
+        fwd.flags = ct_flags::SNAT;
+        fwd.nat_addr = node;
+        fwd.nat_port = reply.dport;
+        rev.flags |= ct_flags::SNAT;
+        rev.nat_addr = t.saddr;
+        rev.nat_port = t.sport;
+    }
+    if c.uplink {
+        rev.flags |= ct_flags::UPLINK;
+    }
+    if F::conntrack().insert(&ct_key(t, ct_dir::SERVICE), &fwd, 0).is_err()
+        || F::conntrack().insert(&reply, &rev, 0).is_err()
     {
         count(counter::DROP_CT_FULL, 1);
         return Ok(TC_ACT_SHOT as i32);
@@ -288,5 +388,9 @@ fn commit<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, backend_id: u32, rev_nat_
     count(counter::CT_NEW, 1);
     count(counter::TRANSLATED, 1);
     F::rewrite(ctx, t, End::Dst, be.address, be.port)?;
+    if fwd.flags & ct_flags::SNAT != 0 {
+        F::rewrite(ctx, t, End::Src, fwd.nat_addr, fwd.nat_port)?;
+        return Ok(F::route_later(fwd.nat_addr, be.address));
+    }
     Ok(TC_ACT_OK as i32)
 }

@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod fwd;
 mod lb;
 mod maps;
 mod pkt;
@@ -35,9 +36,8 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     match pkt::family(&ctx) {
         Some(false) => to_pod_family::<F4>(&ctx),
         Some(true) => to_pod_family::<F6>(&ctx),
-        None => {}
+        None => TC_ACT_OK as i32,
     }
-    TC_ACT_OK as i32
 }
 
 // Not inlined: the IPv4 and IPv6 paths then get a stack frame each instead of sharing one that holds both
@@ -47,16 +47,53 @@ fn from_pod_family<F: Family>(ctx: &TcContext) -> i32 {
     let Some(t) = F::parse(ctx) else {
         return TC_ACT_OK as i32;
     };
-    match lb::reverse_nat::<F>(ctx, t) {
-        Ok(true) => TC_ACT_OK as i32,
-        _ => lb::service::<F>(ctx, t, true),
+    let verdict = match lb::reverse_nat::<F>(ctx, t) {
+        Ok(Some(verdict)) => verdict,
+        _ => lb::service::<F>(ctx, t, lb::Hook::FromPod),
+    };
+    finish::<F>(ctx, verdict)
+}
+
+/// Carries out a [`fwd::ROUTE_OUT`] verdict: at the top of the call chain, where the stack has room.
+#[inline(always)]
+fn finish<F: Family>(ctx: &TcContext, verdict: i32) -> i32 {
+    if verdict != fwd::ROUTE_OUT {
+        return verdict;
+    }
+    match F::routed() {
+        Some((src, dst)) => fwd::route_out(ctx, &src, &dst),
+        None => TC_ACT_OK as i32,
+    }
+}
+
+/// tc ingress of the node's uplink: NodePort, externalIPs and load-balancer IPs from outside, and the replies
+/// of flows this node source-NATed towards a backend on another node.
+#[classifier]
+pub fn from_uplink(ctx: TcContext) -> i32 {
+    match pkt::family(&ctx) {
+        Some(false) => from_uplink_family::<F4>(&ctx),
+        Some(true) => from_uplink_family::<F6>(&ctx),
+        None => TC_ACT_OK as i32,
     }
 }
 
 #[inline(never)]
-fn to_pod_family<F: Family>(ctx: &TcContext) {
-    if let Some(t) = F::parse(ctx) {
-        let _ = lb::reverse_nat::<F>(ctx, t);
+fn from_uplink_family<F: Family>(ctx: &TcContext) -> i32 {
+    let Some(t) = F::parse(ctx) else {
+        return TC_ACT_OK as i32;
+    };
+    let verdict = match lb::reverse_nat::<F>(ctx, t) {
+        Ok(Some(verdict)) => verdict,
+        _ => lb::service::<F>(ctx, t, lb::Hook::Uplink),
+    };
+    finish::<F>(ctx, verdict)
+}
+
+#[inline(never)]
+fn to_pod_family<F: Family>(ctx: &TcContext) -> i32 {
+    match F::parse(ctx).map(|t| lb::reverse_nat::<F>(ctx, t)) {
+        Some(Ok(Some(verdict))) => finish::<F>(ctx, verdict),
+        _ => TC_ACT_OK as i32,
     }
 }
 

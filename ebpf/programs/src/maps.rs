@@ -47,6 +47,12 @@ pub static TUPLE4: PerCpuArray<Tuple<V4>> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static TUPLE6: PerCpuArray<Tuple<V6>> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU slot for a packet that must be routed out by us (src, dst): see `fwd.rs`.
+#[map]
+pub static ROUTE4: PerCpuArray<[V4; 2]> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static ROUTE6: PerCpuArray<[V6; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 #[inline(always)]
 pub fn count(idx: u32, n: u64) {
     if let Some(c) = COUNTERS.get_ptr_mut(idx) {

@@ -103,7 +103,7 @@ pub fn forward<F: SockFamily>(ctx: &SockAddrContext) -> i32 {
     if backend.is_none() {
         let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr as *mut _) };
         let t = Tuple { saddr: F::client(netns), daddr: addr, sport: 0, dport: port, proto, tcp_flags: 0, l4_off: 0 };
-        match pick::<F>(&t, true) {
+        match pick::<F>(&t, true, false) {
             Pick::Pass => return ALLOW,
             Pick::Reject => {
                 count(counter::SOCK_REJECT, 1);
@@ -115,7 +115,7 @@ pub fn forward<F: SockFamily>(ctx: &SockAddrContext) -> i32 {
                 count(counter::DROP_NO_LOCAL_BACKEND, 1);
                 return DENY;
             }
-            Pick::Backend(id, rev) => {
+            Pick::Backend(id, rev, _) => {
                 backend = Some(id);
                 rev_nat_id = rev;
             }
