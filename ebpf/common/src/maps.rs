@@ -92,6 +92,12 @@ pub mod backend_flags {
     pub const TERMINATING: u8 = 1 << 1;
 }
 
+/// The source a pod sees when it reaches itself through a Service (link-local, never a real peer; the value
+/// Cilium uses too, so operators recognise it).
+pub const HAIRPIN4: V4 = [169, 254, 42, 1];
+/// IPv6 counterpart of [`HAIRPIN4`] (a unique-local address reserved for this).
+pub const HAIRPIN6: V6 = [0xfd, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa9, 0xfe, 0x2a, 0x01];
+
 /// Key of the services map: a frontend and a slot. Slot 0 describes the frontend (backend count, flags); slots
 /// 1..=count name its backends.
 #[repr(C)]
@@ -189,6 +195,10 @@ pub mod ct_flags {
     /// REPLY of a flow that came in on the uplink: replies leave through the uplink directly (their source is
     /// then a node address, which the kernel's forwarding would drop as a martian).
     pub const UPLINK: u16 = 1 << 2;
+    /// A pod reaching itself through a frontend: its source is rewritten to [`super::HAIRPIN4`] /
+    /// [`super::HAIRPIN6`] (a packet from its own address would be dropped by its kernel) and both directions are
+    /// sent straight back into the pod.
+    pub const HAIRPIN: u16 = 1 << 3;
 }
 
 /// Key of the conntrack map (LRU).

@@ -511,3 +511,19 @@ fn nodeport_and_external_ips_from_outside_with_and_without_snat() {
         "{ct:?}"
     );
 }
+
+#[test]
+fn a_pod_reaches_itself_through_its_service_hairpin() {
+    require_root!();
+    let topo = Topo::new("h");
+    let mut dp = Datapath::load(topo.pins.clone()).unwrap();
+    topo.attach(&mut dp);
+    serve(&topo.a, 8080);
+    let mut t = KernelLbTables::open(&topo.pins).unwrap();
+    add_service4(&mut t, "10.96.0.15", 80, 13, &[("10.0.1.2", 8080, 23)]);
+    // The pod sees itself through the hairpin address (its kernel would drop a packet from its own address).
+    for _ in 0..3 {
+        assert_eq!(tcp_get(&topo.a, "10.96.0.15:80".parse().unwrap()).unwrap(), "tcp 169.254.42.1");
+        assert_eq!(udp_get(&topo.a, "10.96.0.15:80".parse().unwrap()).unwrap(), "udp 169.254.42.1");
+    }
+}

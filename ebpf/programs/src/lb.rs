@@ -2,7 +2,7 @@
 //! and reverse NAT of replies. One generic code path, monomorphised for IPv4 and IPv6.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_redirect},
     maps::{HashMap, LruHashMap},
     programs::TcContext,
 };
@@ -29,6 +29,8 @@ pub trait Family: 'static {
     fn route_later(src: Self::A, dst: Self::A) -> i32;
     /// The addresses [`Family::route_later`] left.
     fn routed() -> Option<(Self::A, Self::A)>;
+    /// The source a pod sees when it reaches itself through a frontend.
+    const HAIRPIN: Self::A;
     /// The node's address for SNAT (from the node config map); `None` when the agent has not set one.
     fn node_ip() -> Option<Self::A>;
     /// Answers the packet with a TCP RST or an ICMP port unreachable from the frontend.
@@ -40,6 +42,7 @@ pub struct F6;
 
 impl Family for F4 {
     type A = V4;
+    const HAIRPIN: V4 = HAIRPIN4;
     #[inline(always)]
     fn parse(ctx: &TcContext) -> Option<&'static mut Tuple<V4>> {
         // SAFETY: this CPU's slot; a tc program runs to completion on one CPU without preemption by another
@@ -87,6 +90,7 @@ impl Family for F4 {
 
 impl Family for F6 {
     type A = V6;
+    const HAIRPIN: V6 = HAIRPIN6;
     #[inline(always)]
     fn parse(ctx: &TcContext) -> Option<&'static mut Tuple<V6>> {
         // SAFETY: as for IPv4.
@@ -168,12 +172,32 @@ pub fn reverse_nat<F: Family>(ctx: &TcContext, t: &Tuple<F::A>) -> Result<Option
         F::rewrite(ctx, t, End::Dst, nat_addr, nat_port)?;
     }
     count(counter::REV_TRANSLATED, 1);
+    if flags & ct_flags::HAIRPIN != 0 {
+        return Ok(Some(back_in(ctx)));
+    }
     if flags & ct_flags::UPLINK != 0 {
         // The reply now comes from a node address: routed by us, not by the kernel (see fwd.rs).
         let dst = if flags & ct_flags::SNAT != 0 { nat_addr } else { t.daddr };
         return Ok(Some(F::route_later(rn.address, dst)));
     }
     Ok(Some(TC_ACT_OK as i32))
+}
+
+/// Sends the packet out of the interface it came in on: back into the pod (hairpin). The MACs swap, so the pod
+/// takes the frame as addressed to it.
+#[inline(always)]
+fn back_in(ctx: &TcContext) -> i32 {
+    let Ok(macs) = ctx.load::<[u8; 12]>(0) else {
+        return TC_ACT_SHOT as i32;
+    };
+    let mut swapped = [0u8; 12];
+    swapped[..6].copy_from_slice(&macs[6..]);
+    swapped[6..].copy_from_slice(&macs[..6]);
+    if ctx.store(0, &swapped, 0).is_err() {
+        return TC_ACT_SHOT as i32;
+    }
+    // SAFETY: the program's context pointer; the helper has no other precondition.
+    unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
 }
 
 /// Where a packet meets the datapath.
@@ -251,6 +275,9 @@ fn established<F: Family>(ctx: &TcContext, t: &Tuple<F::A>) -> Result<Option<i32
     F::rewrite(ctx, t, End::Dst, be.address, be.port)?;
     if snat {
         F::rewrite(ctx, t, End::Src, nat_addr, nat_port)?;
+        if e.flags & ct_flags::HAIRPIN != 0 {
+            return Ok(Some(back_in(ctx)));
+        }
         return Ok(Some(F::route_later(nat_addr, be.address)));
     }
     Ok(Some(TC_ACT_OK as i32))
@@ -378,6 +405,15 @@ fn commit<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, c: &Chosen) -> Result<i32
     }
     if c.uplink {
         rev.flags |= ct_flags::UPLINK;
+    } else if be.address == t.saddr {
+        // Hairpin: the pod is its own backend.
+        reply.daddr = F::HAIRPIN;
+        fwd.flags = ct_flags::SNAT | ct_flags::HAIRPIN;
+        fwd.nat_addr = F::HAIRPIN;
+        fwd.nat_port = t.sport;
+        rev.flags = ct_flags::SNAT | ct_flags::HAIRPIN;
+        rev.nat_addr = t.saddr;
+        rev.nat_port = t.sport;
     }
     if F::conntrack().insert(&ct_key(t, ct_dir::SERVICE), &fwd, 0).is_err()
         || F::conntrack().insert(&reply, &rev, 0).is_err()
@@ -390,6 +426,9 @@ fn commit<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, c: &Chosen) -> Result<i32
     F::rewrite(ctx, t, End::Dst, be.address, be.port)?;
     if fwd.flags & ct_flags::SNAT != 0 {
         F::rewrite(ctx, t, End::Src, fwd.nat_addr, fwd.nat_port)?;
+        if fwd.flags & ct_flags::HAIRPIN != 0 {
+            return Ok(back_in(ctx));
+        }
         return Ok(F::route_later(fwd.nat_addr, be.address));
     }
     Ok(TC_ACT_OK as i32)
