@@ -159,6 +159,26 @@ impl CniResult {
         Value::Object(out)
     }
 
+    /// This plugin's result chained after `prev` (SPEC, conflist ADD: a plugin given a prevResult "must output it
+    /// as their result, with any possible modifications made by that plugin included"): prev's interfaces, IPs,
+    /// routes and DNS first, ours appended, our `ips[].interface` shifted past prev's interfaces so every index
+    /// still names the interface it named. Routes and DNS entries already in prev are not repeated.
+    pub fn chained_after(self, prev: &CniResult) -> CniResult {
+        let shift = prev.interfaces.len();
+        let mut interfaces = prev.interfaces.clone();
+        interfaces.extend(self.interfaces);
+        let mut ips = prev.ips.clone();
+        ips.extend(self.ips.into_iter().map(|i| IpConfig { interface: i.interface.map(|x| x + shift), ..i }));
+        let mut routes = prev.routes.clone();
+        union(&mut routes, self.routes);
+        let mut dns = prev.dns.clone();
+        union(&mut dns.nameservers, self.dns.nameservers);
+        union(&mut dns.search, self.dns.search);
+        union(&mut dns.options, self.dns.options);
+        dns.domain = self.dns.domain.or(dns.domain);
+        CniResult { interfaces, ips, routes, dns }
+    }
+
     /// Parses a result of any supported version (the `version` field of 0.3.x ips is accepted and ignored).
     pub fn from_json(v: &Value) -> Result<CniResult, CniError> {
         let bad = |what: String| CniError::decode("cannot parse CNI result", what);
@@ -242,6 +262,14 @@ impl CniResult {
     }
 }
 
+fn union<T: PartialEq>(into: &mut Vec<T>, more: Vec<T>) {
+    for x in more {
+        if !into.contains(&x) {
+            into.push(x);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,5 +347,43 @@ mod tests {
         ] {
             assert_eq!(CniResult::from_json(&bad).unwrap_err().code, 6, "{bad}");
         }
+    }
+
+    #[test]
+    fn chaining_keeps_prev_first_and_reindexes_our_ips() {
+        let prev = CniResult {
+            interfaces: vec![Interface { name: "up0".into(), ..Default::default() }],
+            ips: vec![IpConfig { address: "192.168.0.2/24".parse().unwrap(), gateway: None, interface: Some(0) }],
+            routes: vec![Route::new("192.168.9.0/24".parse().unwrap(), None)],
+            dns: Dns {
+                nameservers: vec!["1.1.1.1".into(), "10.96.0.10".into()],
+                domain: Some("prev.local".into()),
+                search: vec!["a".into()],
+                options: vec!["ndots:5".into()],
+            },
+        };
+        let mut ours = sample();
+        ours.dns.search = vec!["a".into(), "b".into()];
+        let merged = ours.clone().chained_after(&prev);
+        let names: Vec<&str> = merged.interfaces.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["up0", "tr0123", "eth0"]);
+        let idx: Vec<Option<usize>> = merged.ips.iter().map(|i| i.interface).collect();
+        assert_eq!(idx, [Some(0), Some(2), Some(2)], "our IPs still point at our eth0");
+        assert_eq!(merged.ips[0], prev.ips[0]);
+        assert_eq!(merged.routes.len(), 2);
+        assert_eq!(merged.routes[0], prev.routes[0]);
+        assert_eq!(merged.dns.nameservers, ["1.1.1.1", "10.96.0.10"], "no duplicate nameserver");
+        assert_eq!(merged.dns.search, ["a", "b"]);
+        assert_eq!(merged.dns.options, ["ndots:5"]);
+        assert_eq!(merged.dns.domain.as_deref(), Some("prev.local"), "ours has none: prev's stays");
+        ours.dns.domain = Some("ours.local".into());
+        assert_eq!(ours.chained_after(&prev).dns.domain.as_deref(), Some("ours.local"));
+        // An IP without an interface index stays without one; an empty prev changes nothing.
+        let bare = CniResult {
+            ips: vec![IpConfig { address: "10.0.0.2/24".parse().unwrap(), gateway: None, interface: None }],
+            ..Default::default()
+        };
+        assert_eq!(bare.clone().chained_after(&prev).ips[1].interface, None);
+        assert_eq!(sample().chained_after(&CniResult::default()), sample());
     }
 }

@@ -1,0 +1,69 @@
+//! What a plugin says when a person runs it by hand: the reference plugins' skel prints an about line (name,
+//! version, supported CNI versions) and exits 0 when `CNI_COMMAND` is unset, instead of an error JSON.
+use crate::version::Version;
+
+/// Where the about text goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// `--version` / `--help`: the text was asked for, so it is the output (pipe-able).
+    Stdout,
+    /// No `CNI_COMMAND`: skel's behaviour (stderr, exit 0), so a runtime that forgot the variable reads no result.
+    Stderr,
+}
+
+/// `CNI trellis plugin v0.1.0` and the supported versions, as skel prints them.
+pub fn text(plugin: &str, version: &str) -> String {
+    let versions: Vec<&str> = Version::ALL.iter().map(|v| v.as_str()).collect();
+    format!("CNI {plugin} plugin v{version}\nCNI protocol versions supported: {}", versions.join(", "))
+}
+
+/// Whether this invocation asks for the about text rather than a CNI command. Checked before stdin is read: a
+/// person at a terminal sends no config, and reading stdin would hang.
+pub fn requested<I: IntoIterator<Item = String>>(args: I, cni_command: Option<&str>) -> Option<Stream> {
+    if args.into_iter().any(|a| matches!(a.as_str(), "--version" | "-V" | "--help" | "-h")) {
+        return Some(Stream::Stdout);
+    }
+    cni_command.is_none_or(str::is_empty).then_some(Stream::Stderr)
+}
+
+/// Prints the about text if asked for; returns whether it did (the caller then exits 0).
+pub fn print_if_requested(plugin: &str, version: &str) -> bool {
+    use std::io::Write;
+    let Some(stream) = requested(std::env::args().skip(1), std::env::var("CNI_COMMAND").ok().as_deref()) else {
+        return false;
+    };
+    let t = text(plugin, version);
+    let _ = match stream {
+        Stream::Stdout => writeln!(std::io::stdout(), "{t}"),
+        Stream::Stderr => writeln!(std::io::stderr(), "{t}"),
+    };
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn text_names_plugin_version_and_every_cni_version() {
+        assert_eq!(
+            text("trellis", "0.1.0"),
+            "CNI trellis plugin v0.1.0\nCNI protocol versions supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"
+        );
+    }
+
+    #[test]
+    fn flags_win_and_a_missing_command_asks_for_it() {
+        assert_eq!(requested(args(&["--version"]), Some("ADD")), Some(Stream::Stdout));
+        assert_eq!(requested(args(&["--help"]), None), Some(Stream::Stdout));
+        assert_eq!(requested(args(&["-h"]), None), Some(Stream::Stdout));
+        assert_eq!(requested(args(&[]), None), Some(Stream::Stderr));
+        assert_eq!(requested(args(&[]), Some("")), Some(Stream::Stderr));
+        assert_eq!(requested(args(&[]), Some("ADD")), None);
+        assert_eq!(requested(args(&["other"]), Some("VERSION")), None);
+    }
+}
