@@ -18,24 +18,60 @@ pub struct Call<'a> {
     pub stdin: &'a [u8],
 }
 
+/// How far ADD got with the veth pair, so a failure undoes exactly what this call made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Made {
+    Nothing,
+    /// `ensure_pod_link` failed part-way: a pair may exist; only its host end (our hash name) is touched.
+    MaybePair,
+    Pair,
+}
+
 pub fn add<D: Dataplane>(dp: &mut D, c: &Call) -> Result<CniResult, CniError> {
-    let host = host_veth_name(c.env.container_id(), c.env.ifname());
-    // A repeated ADD of a live attachment must not tear it down if this call fails.
-    let existed = dp.host_veth(&host)?.is_some();
+    let ifname = c.env.ifname();
+    let host = host_veth_name(c.env.container_id(), ifname);
+    // SPEC, ADD: "If an interface of the requested name already exists in the container, the CNI plugin MUST
+    // return with an error." Asked first, under the pod lock: the error path then has nothing to undo, so a
+    // repeated ADD can neither release the live attachment's address nor delete someone else's interface.
+    if dp.pod_has_interface(ifname, &host)? {
+        return Err(CniError::new(
+            codes::INTERNAL,
+            format!("interface {ifname} already exists in the container"),
+            "ADD again only after DEL of the attachment, or pick another CNI_IFNAME",
+        ));
+    }
     let outcome = c.ipam.add(c.env, c.conf, c.stdin)?;
-    match add_links(dp, c, &outcome) {
-        Ok(r) => Ok(r),
-        Err(e) if existed => Err(e),
+    let mut made = Made::Nothing;
+    match add_links(dp, c, &outcome, &mut made) {
+        // SPEC, conflist ADD: a plugin given a prevResult "must output it as their result, with any possible
+        // modifications made by that plugin included".
+        Ok(r) => Ok(match &c.conf.prev_result {
+            Some(prev) => r.chained_after(prev),
+            None => r,
+        }),
         Err(e) => {
-            // Undo in reverse; the original error is what the runtime needs to see.
-            let _ = dp.delete_pod_link(&host, c.env.ifname());
+            // Undo in reverse, only what this call made; the original error is what the runtime needs to see.
+            match made {
+                Made::Nothing => {}
+                Made::MaybePair => {
+                    let _ = dp.delete_pod_link(&host, "");
+                }
+                Made::Pair => {
+                    let _ = dp.delete_pod_link(&host, ifname);
+                }
+            }
             let _ = c.ipam.del(c.env, c.stdin);
             Err(e)
         }
     }
 }
 
-fn add_links<D: Dataplane>(dp: &mut D, c: &Call, outcome: &IpamOutcome) -> Result<CniResult, CniError> {
+fn add_links<D: Dataplane>(
+    dp: &mut D,
+    c: &Call,
+    outcome: &IpamOutcome,
+    made: &mut Made,
+) -> Result<CniResult, CniError> {
     let mtu = match c.cfg.mtu {
         Some(m) => m,
         None => dp.default_mtu(&c.cfg.bridge)?,
@@ -44,7 +80,9 @@ fn add_links<D: Dataplane>(dp: &mut D, c: &Call, outcome: &IpamOutcome) -> Resul
     let p = plan(c.cfg, c.env.container_id(), c.env.ifname(), &netns, mtu, outcome)?;
     let bridge = dp.ensure_bridge(&c.cfg.bridge, c.cfg.mtu, &p.bridge_addrs)?;
     dp.ensure_forwarding(p.has_v4, p.has_v6)?;
+    *made = Made::MaybePair;
     let host = dp.ensure_pod_link(&p, &bridge)?;
+    *made = Made::Pair;
     let pod = dp.configure_pod(&p)?;
     if c.cfg.ip_masq {
         let sources: Vec<_> = p.addresses.iter().map(|a| a.trunc()).collect();
@@ -87,7 +125,14 @@ pub fn check<D: Dataplane>(dp: &mut D, c: &Call) -> Result<(), CniError> {
             return Err(drift(format!("address {} is missing from {ifname}", ip.address)));
         }
     }
-    for r in &prev.routes {
+    // prevResult is the whole chain's result: check the routes through our interface, i.e. those via a gateway in
+    // one of its subnets, plus gateway-less ones when no other plugin put an interface in the pod.
+    let others_in_pod = prev.interfaces.iter().enumerate().any(|(i, x)| i != idx && x.sandbox.is_some());
+    let ours = |gw: Option<std::net::IpAddr>| match gw {
+        Some(g) => expected.iter().any(|ip| ip.address.contains(&g)),
+        None => !others_in_pod,
+    };
+    for r in prev.routes.iter().filter(|r| ours(r.gw)) {
         if !seen.routes.iter().any(|(d, g)| *d == r.dst && (r.gw.is_none() || *g == r.gw)) {
             return Err(drift(format!(
                 "route {}{} is missing from the pod",
@@ -96,10 +141,13 @@ pub fn check<D: Dataplane>(dp: &mut D, c: &Call) -> Result<(), CniError> {
             )));
         }
     }
-    if let Some(m) = c.cfg.mtu {
-        if seen.mtu != m {
-            return Err(drift(format!("{ifname} has MTU {} instead of {m}", seen.mtu)));
-        }
+    // The MTU ADD set: the config's, else what prevResult recorded (1.1.0), else the same default ADD used.
+    let mtu = match c.cfg.mtu.or(prev.interfaces[idx].mtu) {
+        Some(m) => m,
+        None => dp.default_mtu(&c.cfg.bridge)?,
+    };
+    if seen.mtu != mtu {
+        return Err(drift(format!("{ifname} has MTU {} instead of {mtu}", seen.mtu)));
     }
     let host = host_veth_name(c.env.container_id(), ifname);
     if dp.host_veth(&host)?.is_none() {
@@ -113,10 +161,10 @@ pub fn status(c: &Call) -> Result<(), CniError> {
     c.ipam.status(c.env, c.conf, c.stdin)
 }
 
-/// GC: release every allocation and host veth not named in `cni.dev/valid-attachments`.
+/// GC: release every allocation and host veth not named in `cni.dev/valid-attachments` (or `cni.dev/attachments`).
 pub fn gc<D: Dataplane>(dp: &mut D, c: &Call) -> Result<(), CniError> {
     let valid = c.conf.valid_attachments.as_ref().ok_or_else(|| {
-        CniError::new(codes::INVALID_NETWORK_CONFIG, "GC needs cni.dev/valid-attachments in the network config", "")
+        CniError::new(codes::INVALID_NETWORK_CONFIG, "GC needs cni.dev/valid-attachments (or cni.dev/attachments) in the network config", "")
     })?;
     let keep: HashSet<String> = valid.iter().map(|a| host_veth_name(&a.container_id, &a.ifname)).collect();
     let mut first_err = None;
@@ -203,7 +251,7 @@ mod tests {
     }
 
     #[test]
-    fn add_builds_everything_and_is_idempotent_and_del_undoes_it() {
+    fn add_builds_everything_refuses_a_repeat_and_del_undoes_it() {
         let fx = Fixture::new();
         let mut dp = FakeDataplane::new();
         let r = run(&fx, Command::Add, "c1", json!({}), |c| add(&mut dp, c)).unwrap();
@@ -217,9 +265,13 @@ mod tests {
         assert!(dp.pod_links["eth0"].routes.contains(&("0.0.0.0/0".parse().unwrap(), "10.244.1.1".parse().ok())));
         assert_eq!(dp.forwarding, (true, false));
         assert_eq!(dp.masq["testnet"].0, vec!["10.244.1.0/29".parse().unwrap()]);
-        // repeated ADD: same address, nothing new
-        let again = run(&fx, Command::Add, "c1", json!({}), |c| add(&mut dp, c)).unwrap();
-        assert_eq!(again.ips, r.ips);
+        // SPEC: "If an interface of the requested name already exists in the container, the CNI plugin MUST
+        // return with an error." The live attachment keeps its interface and its address.
+        let pod_before = dp.pod_links["eth0"].clone();
+        let e = run(&fx, Command::Add, "c1", json!({}), |c| add(&mut dp, c)).unwrap_err();
+        assert!(e.msg.contains("eth0 already exists"), "{e}");
+        assert_eq!(dp.pod_links["eth0"], pod_before);
+        assert!(dp.node_links.contains_key(&host));
         assert_eq!(fx.ip_files(), 1);
         // CHECK passes against its own result
         let prev = r.to_json(Version::V1_1_0, "1.1.0");
@@ -230,28 +282,57 @@ mod tests {
         assert!(!dp.node_links.contains_key(&host));
         assert!(dp.pod_links.is_empty());
         assert_eq!(fx.ip_files(), 0);
+        // ADD after DEL works again.
+        run(&fx, Command::Add, "c1", json!({}), |c| add(&mut dp, c)).unwrap();
+        assert_eq!(fx.ip_files(), 1);
     }
 
     #[test]
-    fn check_reports_drift() {
+    fn a_foreign_interface_holding_the_name_is_refused_and_left_alone() {
         let fx = Fixture::new();
         let mut dp = FakeDataplane::new();
-        let r = run(&fx, Command::Add, "c1", json!({}), |c| add(&mut dp, c)).unwrap();
+        let l = dp.pod_links.entry("eth0".into()).or_default();
+        (l.index, l.mtu, l.up) = (99, 9000, true);
+        let foreign = l.clone();
+        let e = run(&fx, Command::Add, "c1", json!({}), |c| add(&mut dp, c)).unwrap_err();
+        assert!(e.msg.contains("already exists"), "{e}");
+        assert_eq!(dp.pod_links["eth0"], foreign, "the foreign interface was touched");
+        assert!(dp.node_links.is_empty(), "nothing is created for a refused ADD");
+        assert_eq!(fx.ip_files(), 0);
+    }
+
+    /// The result of a plugin earlier in the chain: its own interface (index 0 of prevResult) and address.
+    fn upstream() -> serde_json::Value {
+        json!({"cniVersion": "1.1.0",
+               "interfaces": [{"name": "up0", "sandbox": "/run/netns/pod"}],
+               "ips": [{"address": "192.168.5.2/24", "interface": 0}],
+               "routes": [{"dst": "192.168.0.0/16"}],
+               "dns": {"nameservers": ["192.168.5.1"], "search": ["svc"]}})
+    }
+
+    #[test]
+    fn add_outputs_prev_result_with_its_own_result_merged() {
+        let fx = Fixture::new();
+        let mut dp = FakeDataplane::new();
+        let r = run(&fx, Command::Add, "c1", json!({"prevResult": upstream()}), |c| add(&mut dp, c)).unwrap();
+        let names: Vec<&str> = r.interfaces.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["up0", "trellis0", &host_veth_name("c1", "eth0"), "eth0"]);
+        assert_eq!(r.ips[0].address.to_string(), "192.168.5.2/24");
+        assert_eq!(r.ips[0].interface, Some(0));
+        assert_eq!(r.ips[1].address.to_string(), "10.244.1.2/29");
+        assert_eq!(r.ips[1].interface, Some(3), "our address still names our eth0 after the merge");
+        assert_eq!(r.routes[0].dst.to_string(), "192.168.0.0/16");
+        assert!(r.routes.iter().any(|x| x.dst.to_string() == "0.0.0.0/0"));
+        assert_eq!(r.dns.nameservers, ["192.168.5.1"]);
+        // CHECK with the merged result finds our interface and our address.
         let prev = r.to_json(Version::V1_1_0, "1.1.0");
-        dp.pod_links.get_mut("eth0").unwrap().addrs.clear();
-        let e = run(&fx, Command::Check, "c1", json!({"prevResult": prev.clone()}), |c| check(&mut dp, c)).unwrap_err();
-        assert!(e.msg.contains("address 10.244.1.2/29 is missing"), "{e}");
-        dp.pod_links.clear();
-        let e = run(&fx, Command::Check, "c1", json!({"prevResult": prev}), |c| check(&mut dp, c)).unwrap_err();
-        assert!(e.msg.contains("missing from the pod netns"), "{e}");
-        let e = run(&fx, Command::Check, "c1", json!({}), |c| check(&mut dp, c)).unwrap_err();
-        assert_eq!(e.code, 7);
+        run(&fx, Command::Check, "c1", json!({"prevResult": prev}), |c| check(&mut dp, c)).unwrap();
     }
 
     #[test]
     fn a_failure_at_any_step_leaves_nothing_behind() {
-        // With mtu set and ipMasq on, ADD makes 6 dataplane calls (host_veth, ensure_bridge, ensure_forwarding,
-        // ensure_pod_link, configure_pod, ensure_masquerade): fail each in turn; neither a link nor an
+        // With mtu set and ipMasq on, ADD makes 6 dataplane calls (pod_has_interface, ensure_bridge,
+        // ensure_forwarding, ensure_pod_link, configure_pod, ensure_masquerade): fail each in turn; neither a link nor an
         // allocation may survive. The 7th "fault" never fires, so that ADD succeeds.
         for fail_at in 1..=6 {
             let fx = Fixture::new();
@@ -267,17 +348,6 @@ mod tests {
         let mut dp = FaultyDataplane::new(FakeDataplane::new(), 7);
         run(&fx, Command::Add, "c1", json!({}), |c| add(&mut dp, c)).unwrap();
         assert_eq!(dp.calls, 6);
-    }
-
-    #[test]
-    fn failed_repeat_add_keeps_the_live_attachment() {
-        let fx = Fixture::new();
-        let mut dp = FakeDataplane::new();
-        run(&fx, Command::Add, "c1", json!({}), |c| add(&mut dp, c)).unwrap();
-        let mut faulty = FaultyDataplane::new(dp, 3);
-        assert!(run(&fx, Command::Add, "c1", json!({}), |c| add(&mut faulty, c)).is_err());
-        assert!(faulty.inner.pod_links.contains_key("eth0"));
-        assert_eq!(fx.ip_files(), 1);
     }
 
     #[test]

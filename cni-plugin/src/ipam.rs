@@ -33,16 +33,18 @@ impl IpamBackend {
 
     pub fn add(&self, env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<IpamOutcome, CniError> {
         let r = match self {
-            IpamBackend::InProcess(c) => ipam_cni::add(env, conf, c)?,
+            // All or nothing already: a failed in-process ADD holds no address.
+            IpamBackend::InProcess(c) => ipam_cni::add(env, conf, c).and_then(usable),
             IpamBackend::Delegated(p) => {
-                let out = delegate::exec_plugin(p, Command::Add, env, stdin)?
-                    .ok_or_else(|| CniError::decode(format!("IPAM plugin {p} printed no result"), ""))?;
-                CniResult::from_json(&out).map_err(|e| e.context(&format!("result of IPAM plugin {p}")))?
+                let r = delegated_add(p, env, stdin);
+                if r.is_err() {
+                    // SPEC: "If, on ADD, a delegated plugin fails, the upper plugin should execute again with DEL
+                    // before returning failure." Best effort: the ADD's error is what the runtime must see.
+                    let _ = delegate::exec_plugin(p, Command::Del, env, stdin);
+                }
+                r
             }
-        };
-        if r.ips.is_empty() {
-            return Err(CniError::new(codes::INTERNAL, "IPAM returned no IP addresses", ""));
-        }
+        }?;
         Ok(IpamOutcome {
             ips: r.ips.into_iter().map(|i| IpConfig { interface: None, ..i }).collect(),
             routes: r.routes,
@@ -85,6 +87,20 @@ impl IpamBackend {
             IpamBackend::Delegated(_) => Ok(()),
         }
     }
+}
+
+/// A delegated IPAM plugin's ADD, read as a result with at least one address.
+fn delegated_add(plugin: &str, env: &Env, stdin: &[u8]) -> Result<CniResult, CniError> {
+    let out = delegate::exec_plugin(plugin, Command::Add, env, stdin)?
+        .ok_or_else(|| CniError::decode(format!("IPAM plugin {plugin} printed no result"), ""))?;
+    usable(CniResult::from_json(&out).map_err(|e| e.context(&format!("result of IPAM plugin {plugin}")))?)
+}
+
+fn usable(r: CniResult) -> Result<CniResult, CniError> {
+    if r.ips.is_empty() {
+        return Err(CniError::new(codes::INTERNAL, "IPAM returned no IP addresses", ""));
+    }
+    Ok(r)
 }
 
 /// Whether a delegated plugin lists 1.1.0 in its VERSION answer: STATUS and GC exist only from 1.1.0, and
