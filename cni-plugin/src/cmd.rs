@@ -164,7 +164,11 @@ pub fn status(c: &Call) -> Result<(), CniError> {
 /// GC: release every allocation and host veth not named in `cni.dev/valid-attachments` (or `cni.dev/attachments`).
 pub fn gc<D: Dataplane>(dp: &mut D, c: &Call) -> Result<(), CniError> {
     let valid = c.conf.valid_attachments.as_ref().ok_or_else(|| {
-        CniError::new(codes::INVALID_NETWORK_CONFIG, "GC needs cni.dev/valid-attachments (or cni.dev/attachments) in the network config", "")
+        CniError::new(
+            codes::INVALID_NETWORK_CONFIG,
+            "GC needs cni.dev/valid-attachments (or cni.dev/attachments) in the network config",
+            "",
+        )
     })?;
     let keep: HashSet<String> = valid.iter().map(|a| host_veth_name(&a.container_id, &a.ifname)).collect();
     let mut first_err = None;
@@ -190,11 +194,13 @@ mod tests {
 
     struct Fixture {
         dir: tempfile::TempDir,
+        /// CNI_PATH of the calls (where a delegated IPAM plugin is found).
+        path: Vec<std::path::PathBuf>,
     }
 
     impl Fixture {
         fn new() -> Self {
-            Fixture { dir: tempfile::tempdir().unwrap() }
+            Fixture { dir: tempfile::tempdir().unwrap(), path: vec![] }
         }
         fn conf(&self, extra: serde_json::Value) -> NetConf {
             let mut v = json!({"cniVersion": "1.1.0", "name": "testnet", "type": "trellis", "mtu": 1450,
@@ -213,7 +219,7 @@ mod tests {
                 netns: Some("/run/netns/pod".into()),
                 ifname: Some(ifname.into()),
                 args: vec![],
-                path: vec![],
+                path: self.path.clone(),
             }
         }
         fn ip_files(&self) -> usize {
@@ -370,5 +376,213 @@ mod tests {
         run(&fx, Command::Status, "x", json!({}), status).unwrap();
         let e = run(&fx, Command::Gc, "x", json!({}), |c| gc(&mut dp, c)).unwrap_err();
         assert_eq!(e.code, 7);
+    }
+
+    /// ADD with cniVersion 1.0.0 (no interface MTU in the result), then CHECK against that result.
+    fn added(fx: &Fixture, dp: &mut FakeDataplane, extra: serde_json::Value) -> serde_json::Value {
+        let r = run(fx, Command::Add, "c1", extra.clone(), |c| add(dp, c)).unwrap();
+        r.to_json(Version::V1_0_0, "1.0.0")
+    }
+
+    fn check_with(
+        fx: &Fixture,
+        dp: &mut FakeDataplane,
+        extra: serde_json::Value,
+        prev: &serde_json::Value,
+    ) -> Result<(), CniError> {
+        let mut e = extra;
+        e["prevResult"] = prev.clone();
+        run(fx, Command::Check, "c1", e, |c| check(dp, c))
+    }
+
+    /// The fake pod's eth0, to make it drift.
+    macro_rules! eth0 {
+        ($dp:expr) => {
+            $dp.pod_links.get_mut("eth0").unwrap()
+        };
+    }
+
+    fn assert_drift(r: Result<(), CniError>, what: &str) {
+        let e = r.expect_err(what);
+        assert_eq!(e.code, codes::INTERFACE_DRIFT, "{what}: {e}");
+        assert!(e.msg.contains(what), "{what}: {e}");
+    }
+
+    #[test]
+    fn check_reports_each_kind_of_drift_as_code_120() {
+        for mtu_in_config in [json!(1450), serde_json::Value::Null] {
+            let extra = json!({ "mtu": mtu_in_config });
+            let fx = Fixture::new();
+            let mut dp = FakeDataplane::new();
+            let prev = added(&fx, &mut dp, extra.clone());
+            check_with(&fx, &mut dp, extra.clone(), &prev).unwrap();
+            // MTU: compared whether or not the config sets one (then: the default ADD used).
+            let mtu = eth0!(dp).mtu;
+            eth0!(dp).mtu = mtu - 100;
+            assert_drift(check_with(&fx, &mut dp, extra.clone(), &prev), "MTU");
+            eth0!(dp).mtu = mtu;
+            // a route
+            let routes = std::mem::take(&mut eth0!(dp).routes);
+            assert_drift(check_with(&fx, &mut dp, extra.clone(), &prev), "route 0.0.0.0/0 via 10.244.1.1 is missing");
+            // the same route through another gateway is drift too
+            eth0!(dp).routes = vec![("0.0.0.0/0".parse().unwrap(), "10.244.1.3".parse().ok())];
+            assert_drift(check_with(&fx, &mut dp, extra.clone(), &prev), "route 0.0.0.0/0");
+            eth0!(dp).routes = routes;
+            // down
+            eth0!(dp).up = false;
+            assert_drift(check_with(&fx, &mut dp, extra.clone(), &prev), "is down");
+            eth0!(dp).up = true;
+            // an address
+            let addrs = std::mem::take(&mut eth0!(dp).addrs);
+            assert_drift(check_with(&fx, &mut dp, extra.clone(), &prev), "address 10.244.1.2/29 is missing");
+            eth0!(dp).addrs = addrs;
+            // the host end
+            let host = host_veth_name("c1", "eth0");
+            let h = dp.node_links.remove(&host).unwrap();
+            assert_drift(check_with(&fx, &mut dp, extra.clone(), &prev), "host veth");
+            dp.node_links.insert(host, h);
+            check_with(&fx, &mut dp, extra.clone(), &prev).unwrap();
+            // the interface itself
+            let l = dp.pod_links.remove("eth0").unwrap();
+            assert_drift(check_with(&fx, &mut dp, extra.clone(), &prev), "missing from the pod netns");
+            dp.pod_links.insert("eth0".into(), l);
+            // IPAM no longer holds the address
+            run(&fx, Command::Del, "c1", json!({}), |c| c.ipam.del(c.env, c.stdin)).unwrap();
+            assert!(check_with(&fx, &mut dp, extra, &prev).is_err(), "CHECK passed without an allocation");
+        }
+    }
+
+    #[test]
+    fn check_reads_the_mtu_prev_result_recorded_and_only_the_pod_interface() {
+        let fx = Fixture::new();
+        let mut dp = FakeDataplane::new();
+        let no_mtu = json!({"mtu": null});
+        let r = run(&fx, Command::Add, "c1", no_mtu.clone(), |c| add(&mut dp, c)).unwrap();
+        // 1.1.0 results carry the interface MTU: a different one recorded there is drift even without config.
+        let mut prev = r.to_json(Version::V1_1_0, "1.1.0");
+        check_with(&fx, &mut dp, no_mtu.clone(), &prev).unwrap();
+        prev["interfaces"][2]["mtu"] = json!(1400);
+        assert_drift(check_with(&fx, &mut dp, no_mtu.clone(), &prev), "MTU 1500 instead of 1400");
+        // The pod interface is the one with a sandbox: a host-side interface of that name does not count.
+        let mut prev = r.to_json(Version::V1_0_0, "1.0.0");
+        prev["interfaces"][2].as_object_mut().unwrap().remove("sandbox");
+        assert_drift(check_with(&fx, &mut dp, no_mtu.clone(), &prev), "names no interface eth0");
+        // Addresses of other interfaces, and routes via other interfaces' gateways, are not ours to check.
+        let mut prev = r.to_json(Version::V1_0_0, "1.0.0");
+        prev["ips"].as_array_mut().unwrap().push(json!({"address": "192.168.7.2/24", "interface": 0}));
+        prev["routes"].as_array_mut().unwrap().push(json!({"dst": "192.168.0.0/16", "gw": "192.168.7.1"}));
+        check_with(&fx, &mut dp, no_mtu.clone(), &prev).unwrap();
+        // An address without an interface index, or a gateway-less route, is expected on the pod interface.
+        let mut bare = prev.clone();
+        bare["ips"].as_array_mut().unwrap().push(json!({"address": "10.244.1.5/29"}));
+        assert_drift(check_with(&fx, &mut dp, no_mtu.clone(), &bare), "address 10.244.1.5/29 is missing");
+        let mut bare = prev.clone();
+        bare["routes"].as_array_mut().unwrap().push(json!({"dst": "10.9.0.0/16"}));
+        assert_drift(check_with(&fx, &mut dp, no_mtu.clone(), &bare), "route 10.9.0.0/16 is missing");
+        // ... unless another plugin put an interface in the pod: then a gateway-less route may be its.
+        bare["interfaces"].as_array_mut().unwrap().push(json!({"name": "net1", "sandbox": "/run/netns/pod"}));
+        check_with(&fx, &mut dp, no_mtu.clone(), &bare).unwrap();
+        // A route without a gateway in prevResult matches the pod's route whatever its gateway.
+        let mut any_gw = r.to_json(Version::V1_0_0, "1.0.0");
+        any_gw["routes"] = json!([{"dst": "0.0.0.0/0"}]);
+        check_with(&fx, &mut dp, no_mtu, &any_gw).unwrap();
+    }
+
+    #[test]
+    fn check_is_refused_without_prev_result() {
+        let fx = Fixture::new();
+        let mut dp = FakeDataplane::new();
+        added(&fx, &mut dp, json!({}));
+        let e = run(&fx, Command::Check, "c1", json!({}), |c| check(&mut dp, c)).unwrap_err();
+        assert_eq!(e.code, 7);
+    }
+
+    /// A delegated IPAM plugin (a shell script in CNI_PATH) that logs every command it gets; its ADD answers
+    /// with `add_answer` and exit code `add_exit`.
+    fn fake_ipam(fx: &mut Fixture, add_answer: &str, add_exit: i32) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = fx.dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let log = fx.dir.path().join("ipam.log");
+        let script = format!(
+            "#!/bin/sh\ncat >/dev/null\necho \"$CNI_COMMAND $CNI_CONTAINERID $CNI_IFNAME\" >> {log}\n\
+             if [ \"$CNI_COMMAND\" = ADD ]; then echo '{add_answer}'; exit {add_exit}; fi\nexit 0\n",
+            log = log.display()
+        );
+        let p = bin.join("fake-ipam");
+        std::fs::write(&p, script).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        fx.path = vec![bin];
+        log
+    }
+
+    fn log_lines(log: &std::path::Path) -> Vec<String> {
+        std::fs::read_to_string(log).unwrap_or_default().lines().map(str::to_string).collect()
+    }
+
+    const DELEGATED: &str = r#"{"cniVersion":"1.0.0","ips":[{"address":"10.9.0.5/24","gateway":"10.9.0.1"}]}"#;
+
+    #[test]
+    fn delegated_ipam_is_executed_and_in_process_ipam_is_not() {
+        let mut fx = Fixture::new();
+        let log = fake_ipam(&mut fx, DELEGATED, 0);
+        let mut dp = FakeDataplane::new();
+        let ipam = json!({"ipam": {"type": "fake-ipam"}});
+        let r = run(&fx, Command::Add, "c1", ipam.clone(), |c| add(&mut dp, c)).unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.9.0.5/24");
+        assert_eq!(dp.node_links["trellis0"].addrs, vec!["10.9.0.1/24".parse().unwrap()]);
+        assert_eq!(log_lines(&log), ["ADD c1 eth0"]);
+        assert_eq!(fx.ip_files(), 0, "a delegated ADD must not allocate from trellis-ipam's store");
+        run(&fx, Command::Del, "c1", ipam, |c| del(&mut dp, c)).unwrap();
+        assert_eq!(log_lines(&log), ["ADD c1 eth0", "DEL c1 eth0"]);
+        // trellis-ipam runs in process: the plugin in CNI_PATH is never executed.
+        run_if(&fx, Command::Add, "c2", "eth1", json!({}), |c| add(&mut dp, c)).unwrap();
+        assert_eq!(log_lines(&log).len(), 2);
+        assert_eq!(fx.ip_files(), 1);
+    }
+
+    #[test]
+    fn a_failed_delegated_add_is_followed_by_its_del() {
+        let ipam = json!({"ipam": {"type": "fake-ipam"}});
+        // SPEC: "If, on ADD, a delegated plugin fails, the upper plugin should execute again with DEL before
+        // returning failure." Failing = an error exit, an unreadable result, or a result without addresses.
+        for (answer, exit, code) in [
+            (r#"{"cniVersion":"1.0.0","code":11,"msg":"busy"}"#, 1, 11),
+            ("not json", 0, 6),
+            (r#"{"cniVersion":"1.0.0","ips":[]}"#, 0, 999),
+        ] {
+            let mut fx = Fixture::new();
+            let log = fake_ipam(&mut fx, answer, exit);
+            let mut dp = FakeDataplane::new();
+            let e = run(&fx, Command::Add, "c1", ipam.clone(), |c| add(&mut dp, c)).unwrap_err();
+            assert_eq!(e.code, code, "{answer}: {e}");
+            assert_eq!(log_lines(&log), ["ADD c1 eth0", "DEL c1 eth0"], "{answer}");
+            assert!(dp.node_links.is_empty() && dp.pod_links.is_empty());
+        }
+        // ADD failing after a successful delegated ADD releases the address through the plugin's DEL too.
+        let mut fx = Fixture::new();
+        let log = fake_ipam(&mut fx, DELEGATED, 0);
+        let mut dp = FaultyDataplane::new(FakeDataplane::new(), 4);
+        assert!(run(&fx, Command::Add, "c1", ipam, |c| add(&mut dp, c)).is_err());
+        assert_eq!(log_lines(&log), ["ADD c1 eth0", "DEL c1 eth0"]);
+        assert!(dp.inner.pod_links.is_empty());
+    }
+
+    #[test]
+    fn gc_takes_the_list_under_either_key() {
+        let fx = Fixture::new();
+        let mut dp = FakeDataplane::new();
+        for i in 0..3 {
+            run_if(&fx, Command::Add, &format!("c{i}"), &format!("eth{i}"), json!({}), |c| add(&mut dp, c)).unwrap();
+        }
+        let keep = json!({"cni.dev/attachments": [{"containerID": "c0", "ifname": "eth0"}],
+                          "cni.dev/valid-attachments": [{"containerID": "c2", "ifname": "eth2"}]});
+        run(&fx, Command::Gc, "x", keep, |c| gc(&mut dp, c)).unwrap();
+        assert_eq!(fx.ip_files(), 2);
+        let mut hosts = dp.host_veths_on("trellis0").unwrap();
+        hosts.sort();
+        let mut want = vec![host_veth_name("c0", "eth0"), host_veth_name("c2", "eth2")];
+        want.sort();
+        assert_eq!(hosts, want);
     }
 }

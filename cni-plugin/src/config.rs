@@ -187,7 +187,10 @@ mod tests {
         assert_eq!(conf(json!({"mtu": 65535})).unwrap().mtu, Some(65535));
         assert_eq!(conf(json!({"mtu": 67})).unwrap_err().code, 7);
         assert_eq!(conf(json!({"mtu": 65536})).unwrap_err().code, 7);
-        assert_eq!(conf(json!({"clusterCIDR": "10.1.2.3/8"})).unwrap().cluster_cidrs, vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            conf(json!({"clusterCIDR": "10.1.2.3/8"})).unwrap().cluster_cidrs,
+            vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]
+        );
         assert_eq!(conf(json!({"clusterCIDR": [3]})).unwrap_err().code, 7);
         assert_eq!(conf(json!({"clusterCIDR": 3})).unwrap_err().code, 7);
         assert_eq!(conf(json!({"ipam": {"type": ""}})).unwrap_err().code, 7);

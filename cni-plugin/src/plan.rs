@@ -156,4 +156,32 @@ mod tests {
         assert_eq!(j["routes"][1]["dst"], "0.0.0.0/0");
         assert!(j["interfaces"][0].get("sandbox").is_none());
     }
+
+    #[test]
+    fn ipam_routes_take_their_familys_gateway_and_are_not_repeated() {
+        let mut o = outcome();
+        o.routes = vec![
+            Route::new("10.96.0.0/12".parse().unwrap(), None),
+            Route::new("10.96.0.0/12".parse().unwrap(), "10.1.0.9".parse().ok()),
+            Route::new("fd01::/64".parse().unwrap(), None),
+            Route::new("0.0.0.0/0".parse().unwrap(), "10.1.0.254".parse().ok()),
+        ];
+        let p = plan(&cfg(true), "cid", "eth0", "/x", 1500, &o).unwrap();
+        assert_eq!(
+            p.routes,
+            vec![
+                ("10.96.0.0/12".parse().unwrap(), "10.1.0.1".parse().ok()),
+                ("fd01::/64".parse().unwrap(), "fd00::1".parse().ok()),
+                // IPAM's own default route wins over isDefaultGateway's
+                ("0.0.0.0/0".parse().unwrap(), "10.1.0.254".parse().ok()),
+                ("::/0".parse().unwrap(), "fd00::1".parse().ok()),
+            ]
+        );
+        // Single-stack: the other family has no gateway, so no default route for it.
+        let v4 = IpamOutcome { ips: vec![outcome().ips[0].clone()], ..Default::default() };
+        let p = plan(&cfg(true), "cid", "eth0", "/x", 1500, &v4).unwrap();
+        assert_eq!(p.routes, vec![("0.0.0.0/0".parse().unwrap(), "10.1.0.1".parse().ok())]);
+        assert!(p.has_v4 && !p.has_v6);
+        assert_eq!((p.mtu, p.hairpin, p.netns.as_str(), p.ifname.as_str()), (1500, true, "/x", "eth0"));
+    }
 }

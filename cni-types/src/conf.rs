@@ -102,7 +102,9 @@ impl NetConf {
     pub fn require_name(&self) -> Result<&str, CniError> {
         let n = self.name.as_str();
         if n == "." || n == ".." {
-            return Err(CniError::config(format!("network name {n:?} is not allowed: \".\" and \"..\" name directories")));
+            return Err(CniError::config(format!(
+                "network name {n:?} is not allowed: \".\" and \"..\" name directories"
+            )));
         }
         if !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             Ok(n)
