@@ -256,6 +256,13 @@ mod tests {
         f(&call)
     }
 
+    /// ADD of attachments c0/eth0 .. c{n-1}/eth{n-1}.
+    fn add_n(fx: &Fixture, dp: &mut FakeDataplane, n: usize) {
+        for i in 0..n {
+            run_if(fx, Command::Add, &format!("c{i}"), &format!("eth{i}"), json!({}), |c| add(dp, c)).unwrap();
+        }
+    }
+
     #[test]
     fn add_builds_everything_refuses_a_repeat_and_del_undoes_it() {
         let fx = Fixture::new();
@@ -361,9 +368,7 @@ mod tests {
         let fx = Fixture::new();
         let mut dp = FakeDataplane::new();
         // /29: .1 gateway, .2-.6 usable (.7 broadcast)
-        for i in 0..5 {
-            run_if(&fx, Command::Add, &format!("c{i}"), &format!("eth{i}"), json!({}), |c| add(&mut dp, c)).unwrap();
-        }
+        add_n(&fx, &mut dp, 5);
         let e = run_if(&fx, Command::Add, "c9", "eth9", json!({}), |c| add(&mut dp, c)).unwrap_err();
         assert_eq!(e.code, 110, "{e}");
         let st = run(&fx, Command::Status, "x", json!({}), status).unwrap_err();
@@ -572,9 +577,7 @@ mod tests {
     fn gc_takes_the_list_under_either_key() {
         let fx = Fixture::new();
         let mut dp = FakeDataplane::new();
-        for i in 0..3 {
-            run_if(&fx, Command::Add, &format!("c{i}"), &format!("eth{i}"), json!({}), |c| add(&mut dp, c)).unwrap();
-        }
+        add_n(&fx, &mut dp, 3);
         let keep = json!({"cni.dev/attachments": [{"containerID": "c0", "ifname": "eth0"}],
                           "cni.dev/valid-attachments": [{"containerID": "c2", "ifname": "eth2"}]});
         run(&fx, Command::Gc, "x", keep, |c| gc(&mut dp, c)).unwrap();

@@ -16,6 +16,22 @@ fn add_inv(c: &Value, pod: &Pod) -> Invocation {
     Invocation::attachment(CniCmd::Add, c, &pod.id, &pod.netns(), &pod.ifname)
 }
 
+/// A node and a trellis config for `version` on this file's subnet.
+fn fixture(version: &str) -> (Fixture, Value) {
+    let fx = Fixture::new().unwrap();
+    let c = fx.trellis(version, SUBNET);
+    (fx, c)
+}
+
+/// DEL of every pod; then the store must be empty.
+fn del_to_empty(fx: &Fixture, c: &Value, pods: &[Pod]) {
+    for p in pods {
+        fx.node.del(c, p).unwrap_or_else(|e| panic!("DEL {}: {e:#}", p.id));
+    }
+    let left = fx.store().ips().unwrap();
+    assert!(left.is_empty(), "DEL left allocations: {left:?}");
+}
+
 /// Global (non link-local) addresses of the pod's eth0.
 fn pod_addrs(pod: &Pod) -> Vec<String> {
     pod.ns.addrs("eth0").unwrap().into_iter().filter(|a| !a.starts_with("fe80:")).collect()
@@ -24,11 +40,9 @@ fn pod_addrs(pod: &Pod) -> Vec<String> {
 #[test]
 fn repeated_add_is_an_error_that_keeps_the_live_attachment() {
     require_root!();
-    let fx = Fixture::new().unwrap();
-    let c = fx.trellis("1.0.0", SUBNET);
+    let (fx, c) = fixture("1.0.0");
     let pod = Pod::new("rep").unwrap();
-    let first = fx.node.add(&c, &pod).unwrap();
-    let ip = result::ipv4(&first).unwrap();
+    let ip = result::ipv4(&fx.node.add(&c, &pod).unwrap()).unwrap();
 
     // SPEC, ADD: "If an interface of the requested name already exists in the container, the CNI plugin MUST
     // return with an error."
@@ -48,8 +62,7 @@ fn repeated_add_is_an_error_that_keeps_the_live_attachment() {
     let ip2 = result::ipv4(&again).unwrap();
     assert_eq!(fx.store().ips().unwrap(), vec![ip2]);
     assert!(pod.ns.ping(GATEWAY));
-    fx.node.del(&c, &pod).unwrap();
-    assert!(fx.store().ips().unwrap().is_empty());
+    del_to_empty(&fx, &c, &[pod]);
 }
 
 #[test]
@@ -130,9 +143,8 @@ fn add_with_prev_result_outputs_it_with_its_own_result_merged_for_every_version(
             check["prevResult"] = r.clone();
             fx.node.pod(CniCmd::Check, &check, &pod).unwrap().ok().unwrap_or_else(|e| panic!("{v}: {e:#}"));
         }
-        fx.node.del(&c, &pod).unwrap();
+        del_to_empty(&fx, &c, &[pod]);
     }
-    assert!(fx.store().ips().unwrap().is_empty());
 }
 
 #[test]
