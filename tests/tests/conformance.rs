@@ -91,6 +91,36 @@ fn a_foreign_interface_holding_the_name_is_refused_and_never_deleted() {
     }
 }
 
+/// The pair DEL leaves to its background child: host end renamed `tz` + the attachment's hash, pod end still eth0.
+fn dying_pair(fx: &Fixture, pod: &Pod, owner_host_veth: &str) -> String {
+    let dying = format!("tz{}", &owner_host_veth[2..]);
+    fx.node
+        .ns
+        .run(&["ip", "link", "add", &dying, "type", "veth", "peer", "name", "eth0", "netns", pod.ns.name()])
+        .unwrap();
+    dying
+}
+
+#[test]
+fn add_right_after_del_finishes_its_own_pair_and_no_one_elses() {
+    require_root!();
+    let (fx, c) = fixture("1.0.0");
+    // This attachment's own pair, still being deleted: not "an interface that already exists"; ADD proceeds.
+    let pod = Pod::new("dying").unwrap();
+    let dying = dying_pair(&fx, &pod, &pod.host_veth());
+    let r = fx.node.add(&c, &pod).unwrap_or_else(|e| panic!("ADD over our own dying pair: {e:#}"));
+    assert!(!fx.node.ns.has_link(&dying).unwrap(), "the dying pair was not finished");
+    assert!(pod.ns.addrs("eth0").unwrap().contains(&format!("{}/24", result::ipv4(&r).unwrap())));
+    assert!(pod.ns.ping(GATEWAY));
+    // Another attachment's dying pair holding our name: an existing interface, left alone.
+    let other = Pod::new("other").unwrap();
+    let theirs = dying_pair(&fx, &other, &trellis_e2e::veth::host_veth_name("some-other-container", "eth0"));
+    let out = fx.node.pod(CniCmd::Add, &c, &other).unwrap();
+    assert!(out.error().unwrap().msg.contains("already exists"), "{}", out.describe());
+    assert!(fx.node.ns.has_link(&theirs).unwrap() && other.ns.has_link("eth0").unwrap(), "someone else's pair went");
+    del_to_empty(&fx, &c, &[pod]);
+}
+
 /// A result of a plugin earlier in the chain, in the shape of `version`: one interface in the pod (index 0),
 /// an address on it, a route and DNS.
 fn upstream_result(version: &str, netns: &str) -> Value {
