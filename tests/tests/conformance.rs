@@ -267,9 +267,9 @@ fn gc_accepts_the_list_as_cni_dev_attachments() {
     let c = fx.trellis("1.1.0", SUBNET);
     let pods = fx.pods("gck", 2).unwrap();
     let ips: Vec<_> = pods.iter().map(|p| result::ipv4(&fx.node.add(&c, p).unwrap()).unwrap()).collect();
-    // The v1.1.0 tag of SPEC.md names GC's input `cni.dev/attachments` ("cni.dev/attachments (array of objects):
-    // The list of still valid attachments"); the later text says `cni.dev/valid-attachments`, and libcni sends
-    // both. A runtime that sends only the first must not be refused.
+    // The spec-v1.1.0 text names GC's list of still valid attachments `cni.dev/attachments`; later text renamed
+    // it `cni.dev/valid-attachments`, and libcni sends both (containernetworking/cni#1101). A runtime that sends
+    // only the first must not be refused (nor have every attachment released).
     let mut gc = c.clone();
     gc["cni.dev/attachments"] = json!([{"containerID": pods[0].id, "ifname": "eth0"}]);
     fx.node.command(CniCmd::Gc, &gc).unwrap().ok().unwrap();
