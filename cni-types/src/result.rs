@@ -52,12 +52,6 @@ pub struct Dns {
     pub options: Vec<String>,
 }
 
-impl Dns {
-    fn is_empty(&self) -> bool {
-        self.nameservers.is_empty() && self.domain.is_none() && self.search.is_empty() && self.options.is_empty()
-    }
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CniResult {
     pub interfaces: Vec<Interface>,
@@ -141,19 +135,17 @@ impl CniResult {
         }
         // Every version's result has a dns object; libcni tolerates it empty.
         let mut dns = Map::new();
-        if !self.dns.is_empty() {
-            if !self.dns.nameservers.is_empty() {
-                dns.insert("nameservers".into(), json!(self.dns.nameservers));
-            }
-            if let Some(d) = &self.dns.domain {
-                dns.insert("domain".into(), d.clone().into());
-            }
-            if !self.dns.search.is_empty() {
-                dns.insert("search".into(), json!(self.dns.search));
-            }
-            if !self.dns.options.is_empty() {
-                dns.insert("options".into(), json!(self.dns.options));
-            }
+        if !self.dns.nameservers.is_empty() {
+            dns.insert("nameservers".into(), json!(self.dns.nameservers));
+        }
+        if let Some(d) = &self.dns.domain {
+            dns.insert("domain".into(), d.clone().into());
+        }
+        if !self.dns.search.is_empty() {
+            dns.insert("search".into(), json!(self.dns.search));
+        }
+        if !self.dns.options.is_empty() {
+            dns.insert("options".into(), json!(self.dns.options));
         }
         out.insert("dns".into(), Value::Object(dns));
         Value::Object(out)
@@ -241,22 +233,19 @@ impl CniResult {
                 })
             })
             .collect::<Result<Vec<_>, CniError>>()?;
-        let dns = match v.get("dns") {
-            Some(d) if d.is_object() => {
-                let list = |k: &str| -> Vec<String> {
-                    d.get(k)
-                        .and_then(|x| x.as_array())
-                        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
-                        .unwrap_or_default()
-                };
-                Dns {
-                    nameservers: list("nameservers"),
-                    domain: s(d, "domain"),
-                    search: list("search"),
-                    options: list("options"),
-                }
-            }
-            _ => Dns::default(),
+        // A missing or non-object `dns` reads as empty (`get` on anything but an object finds nothing).
+        let d = v.get("dns").unwrap_or(&Value::Null);
+        let list = |k: &str| -> Vec<String> {
+            d.get(k)
+                .and_then(|x| x.as_array())
+                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                .unwrap_or_default()
+        };
+        let dns = Dns {
+            nameservers: list("nameservers"),
+            domain: s(d, "domain"),
+            search: list("search"),
+            options: list("options"),
         };
         Ok(CniResult { interfaces, ips, routes, dns })
     }
@@ -385,5 +374,40 @@ mod tests {
         };
         assert_eq!(bare.clone().chained_after(&prev).ips[1].interface, None);
         assert_eq!(sample().chained_after(&CniResult::default()), sample());
+    }
+
+    #[test]
+    fn dns_fields_render_only_when_set_and_read_back() {
+        let mut r = sample();
+        assert_eq!(r.to_json(Version::V1_0_0, "1.0.0")["dns"], json!({"nameservers": ["10.96.0.10"]}));
+        r.dns = Dns {
+            nameservers: vec![],
+            domain: Some("cluster.local".into()),
+            search: vec!["svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        };
+        let j = r.to_json(Version::V1_0_0, "1.0.0");
+        assert_eq!(
+            j["dns"],
+            json!({"domain": "cluster.local", "search": ["svc.cluster.local"], "options": ["ndots:5"]})
+        );
+        assert_eq!(CniResult::from_json(&j).unwrap().dns, r.dns);
+        r.dns = Dns::default();
+        assert_eq!(r.to_json(Version::V1_0_0, "1.0.0")["dns"], json!({}));
+        for no_dns in [json!({}), json!({"dns": "x"}), json!({"dns": null})] {
+            assert_eq!(CniResult::from_json(&no_dns).unwrap().dns, Dns::default(), "{no_dns}");
+        }
+    }
+
+    #[test]
+    fn empty_strings_read_as_absent() {
+        let v = json!({"interfaces": [{"name": "eth0", "sandbox": ""}],
+                       "ips": [{"address": "10.0.0.2/24", "gateway": ""}], "routes": [{"dst": "0.0.0.0/0", "gw": ""}]});
+        let r = CniResult::from_json(&v).unwrap();
+        assert_eq!(r.interfaces[0].sandbox, None);
+        assert_eq!(r.ips[0].gateway, None);
+        assert_eq!(r.routes[0].gw, None);
+        let v = json!({"interfaces": [{"name": "eth0", "sandbox": "/run/netns/p"}]});
+        assert_eq!(CniResult::from_json(&v).unwrap().interfaces[0].sandbox.as_deref(), Some("/run/netns/p"));
     }
 }
