@@ -28,14 +28,26 @@ pub fn requested<I: IntoIterator<Item = String>>(args: I, cni_command: Option<&s
 
 /// Prints the about text if asked for; returns whether it did (the caller then exits 0).
 pub fn print_if_requested(plugin: &str, version: &str) -> bool {
-    use std::io::Write;
-    let Some(stream) = requested(std::env::args().skip(1), std::env::var("CNI_COMMAND").ok().as_deref()) else {
+    let (args, cmd) = (std::env::args().skip(1), std::env::var("CNI_COMMAND").ok());
+    write_if_requested(plugin, version, args, cmd.as_deref(), &mut std::io::stdout(), &mut std::io::stderr())
+}
+
+/// [`print_if_requested`] with the process's arguments, `CNI_COMMAND` and streams passed in.
+pub fn write_if_requested<I: IntoIterator<Item = String>>(
+    plugin: &str,
+    version: &str,
+    args: I,
+    cni_command: Option<&str>,
+    stdout: &mut dyn std::io::Write,
+    stderr: &mut dyn std::io::Write,
+) -> bool {
+    let Some(stream) = requested(args, cni_command) else {
         return false;
     };
     let t = text(plugin, version);
     let _ = match stream {
-        Stream::Stdout => writeln!(std::io::stdout(), "{t}"),
-        Stream::Stderr => writeln!(std::io::stderr(), "{t}"),
+        Stream::Stdout => writeln!(stdout, "{t}"),
+        Stream::Stderr => writeln!(stderr, "{t}"),
     };
     true
 }
@@ -65,5 +77,18 @@ mod tests {
         assert_eq!(requested(args(&[]), Some("")), Some(Stream::Stderr));
         assert_eq!(requested(args(&[]), Some("ADD")), None);
         assert_eq!(requested(args(&["other"]), Some("VERSION")), None);
+    }
+
+    #[test]
+    fn writes_to_the_stream_asked_for_and_nothing_for_a_command() {
+        let run = |a: &[&str], cmd: Option<&str>| {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let done = write_if_requested("p", "1.2.3", args(a), cmd, &mut out, &mut err);
+            (done, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
+        };
+        let about = format!("{}\n", text("p", "1.2.3"));
+        assert_eq!(run(&["--version"], Some("ADD")), (true, about.clone(), String::new()));
+        assert_eq!(run(&[], None), (true, String::new(), about));
+        assert_eq!(run(&[], Some("DEL")), (false, String::new(), String::new()));
     }
 }
