@@ -5,6 +5,8 @@ use trellis_cni_types::{codes, CniError, NetConf};
 
 pub const DEFAULT_BRIDGE: &str = "trellis0";
 pub const TRELLIS_IPAM: &str = "trellis-ipam";
+/// The reference bridge's fields that trellis does not implement (code 2 when set).
+pub const UNSUPPORTED: [&str; 3] = ["vlan", "promiscMode", "macspoofchk"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PluginConfig {
@@ -73,11 +75,14 @@ impl PluginConfig {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| bad("ipam.type", "missing"))?
             .to_string();
-        for unsupported in ["vlan", "promiscMode", "macspoofchk"] {
-            if field(raw, unsupported).is_some() {
+        // Fields of the reference bridge that change what the pod gets: refused rather than silently ignored.
+        // Any other unknown field is ignored (runtimes and conflists add their own keys).
+        for unsupported in UNSUPPORTED {
+            if let Some(value) = field(raw, unsupported) {
+                // SPEC error code 2: "The error message must contain the key and value of the unsupported field."
                 return Err(CniError::new(
                     codes::UNSUPPORTED_FIELD,
-                    format!("unsupported field {unsupported:?}: trellis does not implement it"),
+                    format!("unsupported field {unsupported:?}: {value}: trellis does not implement it"),
                     "remove it from the network config",
                 ));
             }
@@ -156,6 +161,43 @@ mod tests {
             let e = conf(extra.clone()).unwrap_err();
             assert_eq!(e.code, code, "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn unsupported_fields_name_key_and_value() {
+        for (key, value) in [("vlan", json!(100)), ("promiscMode", json!(true)), ("macspoofchk", json!(false))] {
+            let e = conf(json!({ key: value.clone() })).unwrap_err();
+            assert_eq!(e.code, 2, "{key}");
+            assert!(e.msg.contains(&format!("{key:?}")) && e.msg.contains(&value.to_string()), "{key}: {e}");
+        }
+        // null is "not set", and unknown fields are ignored.
+        assert!(conf(json!({"vlan": null, "someRuntimeKey": {"x": 1}})).is_ok());
+    }
+
+    #[test]
+    fn booleans_and_mtu_bounds_are_exact() {
+        let c = conf(json!({"hairpinMode": false, "isDefaultGateway": false, "ipMasq": false})).unwrap();
+        assert!(!c.hairpin && !c.default_gateway && !c.ip_masq);
+        let c = conf(json!({"hairpinMode": true, "isDefaultGateway": true, "ipMasq": true,
+                            "clusterCIDR": ["10.0.0.0/8", "fd00::/8"]}))
+        .unwrap();
+        assert!(c.hairpin && c.default_gateway && c.ip_masq);
+        assert_eq!(c.cluster_cidrs, vec!["10.0.0.0/8".parse::<IpNet>().unwrap(), "fd00::/8".parse().unwrap()]);
+        assert_eq!(conf(json!({"mtu": 68})).unwrap().mtu, Some(68));
+        assert_eq!(conf(json!({"mtu": 65535})).unwrap().mtu, Some(65535));
+        assert_eq!(conf(json!({"mtu": 67})).unwrap_err().code, 7);
+        assert_eq!(conf(json!({"mtu": 65536})).unwrap_err().code, 7);
+        assert_eq!(
+            conf(json!({"clusterCIDR": "10.1.2.3/8"})).unwrap().cluster_cidrs,
+            vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(conf(json!({"clusterCIDR": [3]})).unwrap_err().code, 7);
+        assert_eq!(conf(json!({"clusterCIDR": 3})).unwrap_err().code, 7);
+        assert_eq!(conf(json!({"ipam": {"type": ""}})).unwrap_err().code, 7);
+        let delegated = conf(json!({"ipam": {"type": "host-local"}})).unwrap();
+        assert!(!delegated.in_process_ipam());
+        assert_eq!(delegated.ipam_type, "host-local");
+        assert_eq!(delegated.ipam["type"], "host-local");
     }
 }
 

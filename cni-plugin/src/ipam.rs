@@ -33,21 +33,20 @@ impl IpamBackend {
 
     pub fn add(&self, env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<IpamOutcome, CniError> {
         let r = match self {
-            IpamBackend::InProcess(c) => ipam_cni::add(env, conf, c)?,
+            // All or nothing already: a failed in-process ADD holds no address.
+            IpamBackend::InProcess(c) => ipam_cni::add(env, conf, c).and_then(usable),
             IpamBackend::Delegated(p) => {
-                let out = delegate::exec_plugin(p, Command::Add, env, stdin)?
-                    .ok_or_else(|| CniError::decode(format!("IPAM plugin {p} printed no result"), ""))?;
-                CniResult::from_json(&out).map_err(|e| e.context(&format!("result of IPAM plugin {p}")))?
+                let r = delegated_add(p, env, stdin);
+                if r.is_err() {
+                    // SPEC: "If, on ADD, a delegated plugin fails, the upper plugin should execute again with DEL
+                    // before returning failure." Best effort: the ADD's error is what the runtime must see.
+                    let _ = delegate::exec_plugin(p, Command::Del, env, stdin);
+                }
+                r
             }
-        };
-        if r.ips.is_empty() {
-            return Err(CniError::new(codes::INTERNAL, "IPAM returned no IP addresses", ""));
-        }
-        Ok(IpamOutcome {
-            ips: r.ips.into_iter().map(|i| IpConfig { interface: None, ..i }).collect(),
-            routes: r.routes,
-            dns: r.dns,
-        })
+        }?;
+        // `ips[].interface` is set where the result is rendered (the pod interface's index).
+        Ok(IpamOutcome { ips: r.ips, routes: r.routes, dns: r.dns })
     }
 
     pub fn del(&self, env: &Env, stdin: &[u8]) -> Result<(), CniError> {
@@ -87,6 +86,20 @@ impl IpamBackend {
     }
 }
 
+/// A delegated IPAM plugin's ADD, read as a result with at least one address.
+fn delegated_add(plugin: &str, env: &Env, stdin: &[u8]) -> Result<CniResult, CniError> {
+    let out = delegate::exec_plugin(plugin, Command::Add, env, stdin)?
+        .ok_or_else(|| CniError::decode(format!("IPAM plugin {plugin} printed no result"), ""))?;
+    usable(CniResult::from_json(&out).map_err(|e| e.context(&format!("result of IPAM plugin {plugin}")))?)
+}
+
+fn usable(r: CniResult) -> Result<CniResult, CniError> {
+    if r.ips.is_empty() {
+        return Err(CniError::new(codes::INTERNAL, "IPAM returned no IP addresses", ""));
+    }
+    Ok(r)
+}
+
 /// Whether a delegated plugin lists 1.1.0 in its VERSION answer: STATUS and GC exist only from 1.1.0, and
 /// plugins that predate it (Debian's host-local 1.1.1 tops out at 1.0.0) answer them with an error.
 fn speaks_1_1(plugin: &str, env: &Env) -> bool {
@@ -108,4 +121,87 @@ pub fn bridge_addrs(ips: &[IpConfig]) -> Vec<IpNet> {
         ips.iter().filter_map(|i| i.gateway.and_then(|g| IpNet::new(g, i.address.prefix_len()).ok())).collect();
     out.dedup();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A delegated IPAM plugin in a temp CNI_PATH: logs each command, answers VERSION with `versions`, and
+    /// fails STATUS and GC with code 50 when `fail` is set.
+    struct Script {
+        dir: tempfile::TempDir,
+    }
+
+    impl Script {
+        fn new(versions: &str, fail: bool) -> Script {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = tempfile::tempdir().unwrap();
+            let log = dir.path().join("log");
+            let fail = if fail { r#"echo '{"cniVersion":"1.1.0","code":50,"msg":"down"}'; exit 1"# } else { "exit 0" };
+            let script = format!(
+                "#!/bin/sh\ncat >/dev/null\necho \"$CNI_COMMAND\" >> {log}\ncase \"$CNI_COMMAND\" in\n\
+                 VERSION) echo '{{\"cniVersion\":\"1.1.0\",\"supportedVersions\":[{versions}]}}' ;;\n\
+                 STATUS|GC) {fail} ;;\nesac\n",
+                log = log.display()
+            );
+            let p = dir.path().join("script-ipam");
+            std::fs::write(&p, script).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            Script { dir }
+        }
+
+        fn calls(&self) -> Vec<String> {
+            std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default().lines().map(String::from).collect()
+        }
+
+        /// STATUS and GC through a backend for this plugin with a config of `version`.
+        fn run(&self, version: &str) -> (Result<(), CniError>, Result<(), CniError>) {
+            let v = json!({"cniVersion": version, "name": "n", "type": "trellis", "ipam": {"type": "script-ipam"},
+                           "cni.dev/valid-attachments": []});
+            let conf = NetConf::from_value(v).unwrap();
+            let cfg = PluginConfig::from_conf(&conf).unwrap();
+            let backend = IpamBackend::new(&cfg, &conf).unwrap();
+            assert!(matches!(backend, IpamBackend::Delegated(_)));
+            let env = Env {
+                command: Command::Status,
+                container_id: None,
+                netns: None,
+                ifname: None,
+                args: vec![],
+                path: vec![self.dir.path().to_path_buf()],
+            };
+            (backend.status(&env, &conf, b"{}"), backend.gc(&env, &conf, b"{}"))
+        }
+    }
+
+    const UP_TO_1_1: &str = r#""0.4.0","1.0.0","1.1.0""#;
+    const UP_TO_1_0: &str = r#""0.4.0","1.0.0""#;
+
+    #[test]
+    fn status_and_gc_go_to_a_delegate_that_speaks_1_1_for_a_1_1_config() {
+        let s = Script::new(UP_TO_1_1, true);
+        let (status, gc) = s.run("1.1.0");
+        assert_eq!(status.unwrap_err().code, 50);
+        assert_eq!(gc.unwrap_err().code, 50);
+        assert_eq!(s.calls(), ["VERSION", "STATUS", "VERSION", "GC"]);
+        let ok = Script::new(UP_TO_1_1, false);
+        let (status, gc) = ok.run("1.1.0");
+        assert!(status.is_ok() && gc.is_ok());
+    }
+
+    #[test]
+    fn status_and_gc_skip_a_delegate_that_predates_1_1_or_a_config_that_does() {
+        // The delegate tops out at 1.0.0: asked for its versions, never sent a verb it does not know.
+        let old = Script::new(UP_TO_1_0, true);
+        let (status, gc) = old.run("1.1.0");
+        assert!(status.is_ok() && gc.is_ok());
+        assert_eq!(old.calls(), ["VERSION", "VERSION"]);
+        // A 1.0.0 config has no STATUS or GC to pass on: the delegate is not even asked.
+        let s = Script::new(UP_TO_1_1, true);
+        let (status, gc) = s.run("1.0.0");
+        assert!(status.is_ok() && gc.is_ok());
+        assert!(s.calls().is_empty(), "{:?}", s.calls());
+    }
 }

@@ -2,6 +2,10 @@
 use std::io::Read;
 
 fn main() {
+    // Run by hand (no CNI_COMMAND, or --version/--help): say what this is, as the reference plugins do.
+    if trellis_cni_types::about::print_if_requested("trellis", env!("CARGO_PKG_VERSION")) {
+        return;
+    }
     let mut stdin = Vec::new();
     let read = std::io::stdin().read_to_end(&mut stdin);
     let version = trellis_cni::error_version(&stdin);

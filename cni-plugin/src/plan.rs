@@ -120,19 +120,17 @@ mod tests {
         }
     }
 
+    /// (destination, gateway) pairs from text.
+    fn routes(r: &[(&str, &str)]) -> Vec<(IpNet, Option<IpAddr>)> {
+        r.iter().map(|(d, g)| (d.parse().unwrap(), g.parse().ok())).collect()
+    }
+
     #[test]
     fn dual_stack_plan_has_both_default_routes_and_gateways() {
         let p = plan(&cfg(true), "cid", "eth0", "/run/netns/p", 1450, &outcome()).unwrap();
         assert!(p.has_v4 && p.has_v6);
         assert_eq!(p.bridge_addrs, vec!["10.1.0.1/24".parse::<IpNet>().unwrap(), "fd00::1/64".parse().unwrap()]);
-        assert_eq!(
-            p.routes,
-            vec![
-                ("10.96.0.0/12".parse().unwrap(), "10.1.0.1".parse().ok()),
-                ("0.0.0.0/0".parse().unwrap(), "10.1.0.1".parse().ok()),
-                ("::/0".parse().unwrap(), "fd00::1".parse().ok()),
-            ]
-        );
+        assert_eq!(p.routes, routes(&[("10.96.0.0/12", "10.1.0.1"), ("0.0.0.0/0", "10.1.0.1"), ("::/0", "fd00::1")]));
         assert_eq!(p.host_veth, crate::naming::host_veth_name("cid", "eth0"));
     }
 
@@ -155,5 +153,27 @@ mod tests {
         assert_eq!(j["ips"][1]["address"], "fd00::5/64");
         assert_eq!(j["routes"][1]["dst"], "0.0.0.0/0");
         assert!(j["interfaces"][0].get("sandbox").is_none());
+    }
+
+    #[test]
+    fn ipam_routes_take_their_familys_gateway_and_are_not_repeated() {
+        let mut o = outcome();
+        o.routes = vec![
+            Route::new("10.96.0.0/12".parse().unwrap(), None),
+            Route::new("10.96.0.0/12".parse().unwrap(), "10.1.0.9".parse().ok()),
+            Route::new("fd01::/64".parse().unwrap(), None),
+            Route::new("0.0.0.0/0".parse().unwrap(), "10.1.0.254".parse().ok()),
+        ];
+        let p = plan(&cfg(true), "cid", "eth0", "/x", 1500, &o).unwrap();
+        // IPAM's own default route wins over isDefaultGateway's.
+        let want =
+            [("10.96.0.0/12", "10.1.0.1"), ("fd01::/64", "fd00::1"), ("0.0.0.0/0", "10.1.0.254"), ("::/0", "fd00::1")];
+        assert_eq!(p.routes, routes(&want));
+        // Single-stack: the other family has no gateway, so no default route for it.
+        let v4 = IpamOutcome { ips: vec![outcome().ips[0].clone()], ..Default::default() };
+        let p = plan(&cfg(true), "cid", "eth0", "/x", 1500, &v4).unwrap();
+        assert_eq!(p.routes, routes(&[("0.0.0.0/0", "10.1.0.1")]));
+        assert!(p.has_v4 && !p.has_v6);
+        assert_eq!((p.mtu, p.hairpin, p.netns.as_str(), p.ifname.as_str()), (1500, true, "/x", "eth0"));
     }
 }

@@ -1,7 +1,7 @@
 //! Fields every network config shares (spec "Network configuration"); plugins parse their own fields from `raw`.
 use serde_json::Value;
 
-use crate::error::{codes, CniError};
+use crate::error::CniError;
 use crate::result::CniResult;
 use crate::version::Version;
 
@@ -14,7 +14,11 @@ pub fn requested_version(stdin: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-/// One attachment named in GC's `cni.dev/valid-attachments`.
+/// The keys GC's list of live attachments goes by: spec 1.1.0 says `cni.dev/valid-attachments`, the text of
+/// SPEC.md at the v1.1.0 tag said `cni.dev/attachments`, and libcni sends both.
+pub const GC_ATTACHMENT_KEYS: [&str; 2] = ["cni.dev/valid-attachments", "cni.dev/attachments"];
+
+/// One attachment named in GC's `cni.dev/valid-attachments` (or `cni.dev/attachments`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Attachment {
     pub container_id: String,
@@ -32,6 +36,31 @@ pub struct NetConf {
     pub runtime_config: Value,
     pub valid_attachments: Option<Vec<Attachment>>,
     pub raw: Value,
+}
+
+/// The union of the attachments under either GC key; None when neither key is present. Keeping whatever
+/// either list names is the safe reading if a runtime ever sent two lists that differ.
+fn gc_attachments(raw: &Value) -> Result<Option<Vec<Attachment>>, CniError> {
+    let mut out: Option<Vec<Attachment>> = None;
+    for key in GC_ATTACHMENT_KEYS {
+        let items = match raw.get(key) {
+            None | Some(Value::Null) => continue,
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err(CniError::config(format!("{key} must be an array"))),
+        };
+        let list = out.get_or_insert_with(Vec::new);
+        for a in items {
+            let f = |k| a.get(k).and_then(|v: &Value| v.as_str()).map(str::to_string);
+            let (Some(container_id), Some(ifname)) = (f("containerID"), f("ifname")) else {
+                return Err(CniError::config(format!("{key} item {a} needs \"containerID\" and \"ifname\"")));
+            };
+            let att = Attachment { container_id, ifname };
+            if !list.contains(&att) {
+                list.push(att);
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl NetConf {
@@ -56,30 +85,7 @@ impl NetConf {
             None | Some(Value::Null) => None,
             Some(v) => Some(CniResult::from_json(v).map_err(|e| e.context("prevResult"))?),
         };
-        let valid_attachments = match raw.get("cni.dev/valid-attachments") {
-            None | Some(Value::Null) => None,
-            Some(Value::Array(items)) => Some(
-                items
-                    .iter()
-                    .map(|a| {
-                        let f = |k| a.get(k).and_then(|v: &Value| v.as_str()).map(str::to_string);
-                        match (f("containerID"), f("ifname")) {
-                            (Some(container_id), Some(ifname)) => Ok(Attachment { container_id, ifname }),
-                            _ => Err(CniError::config(format!(
-                                "cni.dev/valid-attachments item {a} needs \"containerID\" and \"ifname\""
-                            ))),
-                        }
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-            Some(_) => {
-                return Err(CniError::new(
-                    codes::INVALID_NETWORK_CONFIG,
-                    "cni.dev/valid-attachments must be an array",
-                    "",
-                ))
-            }
-        };
+        let valid_attachments = gc_attachments(&raw)?;
         Ok(NetConf {
             cni_version,
             cni_version_str,
@@ -95,9 +101,12 @@ impl NetConf {
     /// A network name becomes a directory name in IPAM stores: keep it to a safe character set.
     pub fn require_name(&self) -> Result<&str, CniError> {
         let n = self.name.as_str();
-        let ok =
-            !n.is_empty() && n != "." && n != ".." && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if ok {
+        if n == "." || n == ".." {
+            return Err(CniError::config(format!(
+                "network name {n:?} is not allowed: \".\" and \"..\" name directories"
+            )));
+        }
+        if !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             Ok(n)
         } else {
             Err(CniError::config(format!(
@@ -138,5 +147,53 @@ mod tests {
         assert_eq!(NetConf::parse(br#"{"cniVersion":"1.0.0"}"#).unwrap_err().code, 7);
         let c = NetConf::parse(br#"{"cniVersion":"1.0.0","type":"x","name":"../etc"}"#).unwrap();
         assert_eq!(c.require_name().unwrap_err().code, 7);
+    }
+
+    fn named(name: &str) -> Result<String, CniError> {
+        let c = NetConf::from_value(serde_json::json!({"cniVersion": "1.0.0", "type": "x", "name": name})).unwrap();
+        c.require_name().map(str::to_string)
+    }
+
+    #[test]
+    fn dot_names_are_refused_as_names_not_for_their_characters() {
+        for n in [".", ".."] {
+            let e = named(n).unwrap_err();
+            assert_eq!(e.code, 7);
+            assert!(e.msg.contains("is not allowed") && !e.msg.contains("letters"), "{n}: {e}");
+        }
+        let e = named("a/b").unwrap_err();
+        assert!(e.msg.contains("letters, digits"), "{e}");
+        assert_eq!(named("...").unwrap(), "...");
+        assert_eq!(named("net-1_a.b").unwrap(), "net-1_a.b");
+        assert!(named("").is_err());
+    }
+
+    fn gc_list(v: serde_json::Value) -> Result<Option<Vec<Attachment>>, CniError> {
+        let mut conf = serde_json::json!({"cniVersion": "1.1.0", "type": "x", "name": "n"});
+        for (k, x) in v.as_object().unwrap() {
+            conf[k] = x.clone();
+        }
+        NetConf::from_value(conf).map(|c| c.valid_attachments)
+    }
+
+    #[test]
+    fn gc_list_is_read_under_either_key_and_merged() {
+        let a = |id: &str| serde_json::json!([{"containerID": id, "ifname": "eth0"}]);
+        let att = |id: &str| Attachment { container_id: id.into(), ifname: "eth0".into() };
+        assert_eq!(gc_list(serde_json::json!({})).unwrap(), None);
+        assert_eq!(gc_list(serde_json::json!({"cni.dev/attachments": a("x")})).unwrap(), Some(vec![att("x")]));
+        assert_eq!(gc_list(serde_json::json!({"cni.dev/valid-attachments": a("y")})).unwrap(), Some(vec![att("y")]));
+        // libcni sends both, with the same list: no duplicates; two different lists: keep everything named.
+        let both = serde_json::json!({"cni.dev/valid-attachments": a("x"), "cni.dev/attachments": a("x")});
+        assert_eq!(gc_list(both).unwrap(), Some(vec![att("x")]));
+        let differ = serde_json::json!({"cni.dev/valid-attachments": a("x"), "cni.dev/attachments": a("y")});
+        assert_eq!(gc_list(differ).unwrap(), Some(vec![att("x"), att("y")]));
+        assert_eq!(gc_list(serde_json::json!({"cni.dev/valid-attachments": []})).unwrap(), Some(vec![]));
+        for bad in [
+            serde_json::json!({"cni.dev/attachments": {"containerID": "x"}}),
+            serde_json::json!({"cni.dev/attachments": [{"containerID": "x"}]}),
+        ] {
+            assert_eq!(gc_list(bad.clone()).unwrap_err().code, 7, "{bad}");
+        }
     }
 }

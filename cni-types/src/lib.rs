@@ -2,6 +2,7 @@
 //! rendered in the shape of each spec version, error JSON with the spec's codes, and delegation to other plugins
 //! (IPAM) found in `CNI_PATH`. No kernel access here; both `trellis` and `trellis-ipam` build on it.
 
+pub mod about;
 pub mod conf;
 pub mod delegate;
 pub mod env;

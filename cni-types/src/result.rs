@@ -52,12 +52,6 @@ pub struct Dns {
     pub options: Vec<String>,
 }
 
-impl Dns {
-    fn is_empty(&self) -> bool {
-        self.nameservers.is_empty() && self.domain.is_none() && self.search.is_empty() && self.options.is_empty()
-    }
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CniResult {
     pub interfaces: Vec<Interface>,
@@ -141,22 +135,40 @@ impl CniResult {
         }
         // Every version's result has a dns object; libcni tolerates it empty.
         let mut dns = Map::new();
-        if !self.dns.is_empty() {
-            if !self.dns.nameservers.is_empty() {
-                dns.insert("nameservers".into(), json!(self.dns.nameservers));
-            }
-            if let Some(d) = &self.dns.domain {
-                dns.insert("domain".into(), d.clone().into());
-            }
-            if !self.dns.search.is_empty() {
-                dns.insert("search".into(), json!(self.dns.search));
-            }
-            if !self.dns.options.is_empty() {
-                dns.insert("options".into(), json!(self.dns.options));
-            }
+        if !self.dns.nameservers.is_empty() {
+            dns.insert("nameservers".into(), json!(self.dns.nameservers));
+        }
+        if let Some(d) = &self.dns.domain {
+            dns.insert("domain".into(), d.clone().into());
+        }
+        if !self.dns.search.is_empty() {
+            dns.insert("search".into(), json!(self.dns.search));
+        }
+        if !self.dns.options.is_empty() {
+            dns.insert("options".into(), json!(self.dns.options));
         }
         out.insert("dns".into(), Value::Object(dns));
         Value::Object(out)
+    }
+
+    /// This plugin's result chained after `prev` (SPEC, conflist ADD: a plugin given a prevResult "must output it
+    /// as their result, with any possible modifications made by that plugin included"): prev's interfaces, IPs,
+    /// routes and DNS first, ours appended, our `ips[].interface` shifted past prev's interfaces so every index
+    /// still names the interface it named. Routes and DNS entries already in prev are not repeated.
+    pub fn chained_after(self, prev: &CniResult) -> CniResult {
+        let shift = prev.interfaces.len();
+        let mut interfaces = prev.interfaces.clone();
+        interfaces.extend(self.interfaces);
+        let mut ips = prev.ips.clone();
+        ips.extend(self.ips.into_iter().map(|i| IpConfig { interface: i.interface.map(|x| x + shift), ..i }));
+        let mut routes = prev.routes.clone();
+        union(&mut routes, self.routes);
+        let mut dns = prev.dns.clone();
+        union(&mut dns.nameservers, self.dns.nameservers);
+        union(&mut dns.search, self.dns.search);
+        union(&mut dns.options, self.dns.options);
+        dns.domain = self.dns.domain.or(dns.domain);
+        CniResult { interfaces, ips, routes, dns }
     }
 
     /// Parses a result of any supported version (the `version` field of 0.3.x ips is accepted and ignored).
@@ -221,24 +233,29 @@ impl CniResult {
                 })
             })
             .collect::<Result<Vec<_>, CniError>>()?;
-        let dns = match v.get("dns") {
-            Some(d) if d.is_object() => {
-                let list = |k: &str| -> Vec<String> {
-                    d.get(k)
-                        .and_then(|x| x.as_array())
-                        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
-                        .unwrap_or_default()
-                };
-                Dns {
-                    nameservers: list("nameservers"),
-                    domain: s(d, "domain"),
-                    search: list("search"),
-                    options: list("options"),
-                }
-            }
-            _ => Dns::default(),
+        // A missing or non-object `dns` reads as empty (`get` on anything but an object finds nothing).
+        let d = v.get("dns").unwrap_or(&Value::Null);
+        let list = |k: &str| -> Vec<String> {
+            d.get(k)
+                .and_then(|x| x.as_array())
+                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                .unwrap_or_default()
+        };
+        let dns = Dns {
+            nameservers: list("nameservers"),
+            domain: s(d, "domain"),
+            search: list("search"),
+            options: list("options"),
         };
         Ok(CniResult { interfaces, ips, routes, dns })
+    }
+}
+
+fn union<T: PartialEq>(into: &mut Vec<T>, more: Vec<T>) {
+    for x in more {
+        if !into.contains(&x) {
+            into.push(x);
+        }
     }
 }
 
@@ -319,5 +336,78 @@ mod tests {
         ] {
             assert_eq!(CniResult::from_json(&bad).unwrap_err().code, 6, "{bad}");
         }
+    }
+
+    #[test]
+    fn chaining_keeps_prev_first_and_reindexes_our_ips() {
+        let prev = CniResult {
+            interfaces: vec![Interface { name: "up0".into(), ..Default::default() }],
+            ips: vec![IpConfig { address: "192.168.0.2/24".parse().unwrap(), gateway: None, interface: Some(0) }],
+            routes: vec![Route::new("192.168.9.0/24".parse().unwrap(), None)],
+            dns: Dns {
+                nameservers: vec!["1.1.1.1".into(), "10.96.0.10".into()],
+                domain: Some("prev.local".into()),
+                search: vec!["a".into()],
+                options: vec!["ndots:5".into()],
+            },
+        };
+        let mut ours = sample();
+        ours.dns.search = vec!["a".into(), "b".into()];
+        let merged = ours.clone().chained_after(&prev);
+        let names: Vec<&str> = merged.interfaces.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["up0", "tr0123", "eth0"]);
+        let idx: Vec<Option<usize>> = merged.ips.iter().map(|i| i.interface).collect();
+        assert_eq!(idx, [Some(0), Some(2), Some(2)], "our IPs still point at our eth0");
+        assert_eq!(merged.ips[0], prev.ips[0]);
+        assert_eq!(merged.routes.len(), 2);
+        assert_eq!(merged.routes[0], prev.routes[0]);
+        assert_eq!(merged.dns.nameservers, ["1.1.1.1", "10.96.0.10"], "no duplicate nameserver");
+        assert_eq!(merged.dns.search, ["a", "b"]);
+        assert_eq!(merged.dns.options, ["ndots:5"]);
+        assert_eq!(merged.dns.domain.as_deref(), Some("prev.local"), "ours has none: prev's stays");
+        ours.dns.domain = Some("ours.local".into());
+        assert_eq!(ours.chained_after(&prev).dns.domain.as_deref(), Some("ours.local"));
+        // An IP without an interface index stays without one; an empty prev changes nothing.
+        let bare = CniResult {
+            ips: vec![IpConfig { address: "10.0.0.2/24".parse().unwrap(), gateway: None, interface: None }],
+            ..Default::default()
+        };
+        assert_eq!(bare.clone().chained_after(&prev).ips[1].interface, None);
+        assert_eq!(sample().chained_after(&CniResult::default()), sample());
+    }
+
+    #[test]
+    fn dns_fields_render_only_when_set_and_read_back() {
+        let mut r = sample();
+        assert_eq!(r.to_json(Version::V1_0_0, "1.0.0")["dns"], json!({"nameservers": ["10.96.0.10"]}));
+        r.dns = Dns {
+            nameservers: vec![],
+            domain: Some("cluster.local".into()),
+            search: vec!["svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        };
+        let j = r.to_json(Version::V1_0_0, "1.0.0");
+        assert_eq!(
+            j["dns"],
+            json!({"domain": "cluster.local", "search": ["svc.cluster.local"], "options": ["ndots:5"]})
+        );
+        assert_eq!(CniResult::from_json(&j).unwrap().dns, r.dns);
+        r.dns = Dns::default();
+        assert_eq!(r.to_json(Version::V1_0_0, "1.0.0")["dns"], json!({}));
+        for no_dns in [json!({}), json!({"dns": "x"}), json!({"dns": null})] {
+            assert_eq!(CniResult::from_json(&no_dns).unwrap().dns, Dns::default(), "{no_dns}");
+        }
+    }
+
+    #[test]
+    fn empty_strings_read_as_absent() {
+        let v = json!({"interfaces": [{"name": "eth0", "sandbox": ""}],
+                       "ips": [{"address": "10.0.0.2/24", "gateway": ""}], "routes": [{"dst": "0.0.0.0/0", "gw": ""}]});
+        let r = CniResult::from_json(&v).unwrap();
+        assert_eq!(r.interfaces[0].sandbox, None);
+        assert_eq!(r.ips[0].gateway, None);
+        assert_eq!(r.routes[0].gw, None);
+        let v = json!({"interfaces": [{"name": "eth0", "sandbox": "/run/netns/p"}]});
+        assert_eq!(CniResult::from_json(&v).unwrap().interfaces[0].sandbox.as_deref(), Some("/run/netns/p"));
     }
 }

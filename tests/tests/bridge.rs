@@ -110,25 +110,6 @@ fn del_after_netns_is_gone_succeeds_and_frees_ip() {
 }
 
 #[test]
-fn repeated_add_returns_the_same_ip() {
-    require_root!();
-    let fx = Fixture::new().unwrap();
-    let c = fx.trellis("1.0.0", SUBNET);
-    let pod = Pod::new("pod").unwrap();
-    let first = fx.node.add(&c, &pod).unwrap();
-    let second = fx.node.add(&c, &pod).unwrap();
-    let ip = result::ipv4(&first).unwrap();
-    assert_eq!(result::ipv4(&second).unwrap(), ip, "second ADD moved the pod");
-    assert_eq!(fx.store().ips().unwrap(), vec![ip], "exactly one allocation for one attachment");
-    let owners = fx.store().allocations().unwrap();
-    assert_eq!((owners[0].container_id.as_str(), owners[0].ifname.as_str()), (pod.id.as_str(), "eth0"));
-    // One address, not one per ADD (the kernel's own IPv6 link-local does not count).
-    let global: Vec<String> = pod.ns.addrs("eth0").unwrap().into_iter().filter(|a| !a.starts_with("fe80:")).collect();
-    assert_eq!(global, vec![format!("{ip}/24")]);
-    assert!(pod.ns.ping(GATEWAY));
-}
-
-#[test]
 fn check_passes_after_add_and_fails_after_address_removed() {
     require_root!();
     let fx = Fixture::new().unwrap();

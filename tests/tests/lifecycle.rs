@@ -1,6 +1,6 @@
 //! CNI 1.1 STATUS and GC.
 use serde_json::Value;
-use trellis_e2e::{conf, require_root, result, CniCmd, Fixture, Pod};
+use trellis_e2e::{conf, require_root, result, CniCmd, Fixture, Invocation, Pod, TempDir};
 
 /// A range with exactly two assignable addresses: subnet /29, gateway .1, range .2-.3.
 fn two_ip_conf(fx: &Fixture, version: &str) -> Value {
@@ -20,14 +20,10 @@ fn status_succeeds_then_fails_when_range_exhausted() {
     fx.node.add(&c, &pods[1]).unwrap();
     let add_err = fx.node.pod(CniCmd::Add, &c, &pods[2]).unwrap().error().unwrap();
 
+    assert_eq!(add_err.code, 110);
     let out = fx.node.command(CniCmd::Status, &c).unwrap();
     let err = out.error().unwrap();
-    assert!(
-        err.code == 50 || err.code == add_err.code,
-        "STATUS on an exhausted range: want code 50 or the IPAM's {}; got:\n{}",
-        add_err.code,
-        out.describe()
-    );
+    assert_eq!(err.code, 50, "STATUS on an exhausted range (SPEC 50: cannot service ADD):\n{}", out.describe());
 
     // Freeing one address makes the plugin available again.
     fx.node.del(&c, &pods[0]).unwrap();
@@ -86,4 +82,42 @@ fn gc_of_one_network_leaves_other_networks_alone() {
     assert_eq!(b_store.ips().unwrap(), vec![ip_b], "GC of network A released network B's IP");
     assert!(fx.node.ns.has_link(&pb.host_veth()).unwrap(), "GC of network A deleted network B's veth");
     assert!(pb.ns.ping("10.244.28.1"), "network B's pod lost connectivity after GC of A");
+}
+
+/// A plugin run inside a private mount namespace in which `dir` is read-only: the IPAM store cannot be written,
+/// as on a read-only or broken disk (root ignores file modes, so chmod proves nothing).
+fn read_only_wrapper(dir: &std::path::Path, plugin: &std::path::Path) -> (TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = TempDir::new("ro-wrapper").unwrap();
+    let script = bin.join("trellis-ro");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec unshare --mount --propagation private sh -c \
+             'mount --bind \"$0\" \"$0\" && mount -o remount,bind,ro \"$0\" && exec \"$1\"' '{}' '{}'\n",
+            dir.display(),
+            plugin.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (bin, script)
+}
+
+#[test]
+fn status_is_code_50_when_the_store_is_not_writable() {
+    require_root!();
+    let fx = Fixture::new().unwrap();
+    let c = fx.trellis("1.1.0", "10.244.29.0/24");
+    fx.node.command(CniCmd::Status, &c).unwrap().ok().unwrap(); // creates the store
+    for plugin in [fx.node.bins.trellis(), fx.node.bins.ipam()] {
+        let (_dir, ro) = read_only_wrapper(fx.data.path(), &plugin);
+        let out = fx.node.invoke(&ro, &Invocation::new(CniCmd::Status, &c)).unwrap();
+        let err = out.error().unwrap_or_else(|e| panic!("{}: {e:#}", plugin.display()));
+        // README: "STATUS fails with code 50 when the IPAM store is not writable".
+        assert_eq!(err.code, 50, "{}", out.describe());
+        assert!(err.text().contains("Read-only"), "say why: {}", out.describe());
+    }
+    // Outside the wrapper's mount namespace nothing changed.
+    fx.node.command(CniCmd::Status, &c).unwrap().ok().unwrap();
 }

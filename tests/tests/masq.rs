@@ -35,7 +35,8 @@ fn ip_masq_rewrites_egress_to_the_node_address() {
     // More pods must not stack more rules (the rule set is ensured, not appended).
     let extra = Pod::new("mq2").unwrap();
     fx.node.add(&c, &extra).unwrap();
-    fx.node.add(&c, &pod).unwrap();
+    fx.node.del(&c, &extra).unwrap();
+    fx.node.add(&c, &extra).unwrap();
     let again = fx.node.ns.nft_ruleset().unwrap();
     assert_eq!(again.matches("masquerade").count(), rules.matches("masquerade").count(), "rules grew:\n{again}");
 

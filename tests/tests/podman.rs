@@ -37,6 +37,18 @@ fn podman_container_gets_ip_pings_gateway_and_rm_releases_it() {
     assert_eq!(allocs[0].ip.to_string(), ip_after);
     podman.run(&["exec", &id, "/bin/ping", "-c1", "-W1", "10.244.13.1"]).unwrap();
 
+    // stop + start, the other restart path: stop tears the network down (DEL), start makes a new netns and ADDs.
+    // A second ADD for an existing interface is an error (SPEC), so this only works because DEL comes first.
+    podman.run(&["stop", "-t", "0", &id]).unwrap();
+    assert!(fx.store().ips().unwrap().is_empty(), "podman stop left the IP allocated");
+    podman.run(&["start", &id]).unwrap();
+    let ip_started = podman.ip(&id, &fx.network).unwrap();
+    assert!(ip_started.starts_with("10.244.13."), "no IP after stop + start: {ip_started:?}");
+    let allocs = fx.store().allocations().unwrap();
+    assert_eq!(allocs.len(), 1, "allocations after stop + start: {allocs:?}");
+    assert_eq!((allocs[0].ip.to_string(), allocs[0].container_id.as_str()), (ip_started, id.as_str()));
+    podman.run(&["exec", &id, "/bin/ping", "-c1", "-W1", "10.244.13.1"]).unwrap();
+
     podman.rm(&id).unwrap();
     assert!(fx.store().ips().unwrap().is_empty(), "podman rm -f leaked the IP (DEL failed? podman only logs it)");
     assert!(!fx.node.ns.has_link(&veth).unwrap(), "host veth {veth} survived podman rm -f");

@@ -79,6 +79,10 @@ impl Dataplane for FakeDataplane {
         Ok(self.node_links.get(name).map(|l| Self::info(name, l)))
     }
 
+    fn pod_has_interface(&mut self, ifname: &str, _host_veth: &str) -> Result<bool, CniError> {
+        Ok(self.pod_links.contains_key(ifname))
+    }
+
     fn ensure_pod_link(&mut self, plan: &PodPlan, bridge: &LinkInfo) -> Result<LinkInfo, CniError> {
         if self.pod_links.contains_key(&plan.ifname) && !self.node_links.contains_key(&plan.host_veth) {
             return Err(CniError::new(codes::INTERNAL, format!("interface {} already exists", plan.ifname), ""));
@@ -191,6 +195,10 @@ impl<D: Dataplane> Dataplane for FaultyDataplane<D> {
     fn host_veth(&mut self, name: &str) -> Result<Option<LinkInfo>, CniError> {
         self.tick("host_veth")?;
         self.inner.host_veth(name)
+    }
+    fn pod_has_interface(&mut self, ifname: &str, host_veth: &str) -> Result<bool, CniError> {
+        self.tick("pod_has_interface")?;
+        self.inner.pod_has_interface(ifname, host_veth)
     }
     fn ensure_pod_link(&mut self, plan: &PodPlan, bridge: &LinkInfo) -> Result<LinkInfo, CniError> {
         self.tick("ensure_pod_link")?;

@@ -35,8 +35,11 @@ pub trait Dataplane {
     fn ensure_forwarding(&mut self, v4: bool, v6: bool) -> Result<(), CniError>;
     /// The host veth of an attachment, if present.
     fn host_veth(&mut self, name: &str) -> Result<Option<LinkInfo>, CniError>;
+    /// Whether the pod already has an interface named `ifname`. A pair this attachment's DEL left to a background
+    /// child (host end renamed `tz…`) does not count: its delete is finished here, so DEL then ADD works.
+    fn pod_has_interface(&mut self, ifname: &str, host_veth: &str) -> Result<bool, CniError>;
     /// Creates the veth pair (pod end directly in the pod netns), attached to the bridge, hairpin as planned.
-    /// An existing, complete pair is reused.
+    /// Fails, creating nothing, if the pod already has an interface of that name.
     fn ensure_pod_link(&mut self, plan: &PodPlan, bridge: &LinkInfo) -> Result<LinkInfo, CniError>;
     /// Addresses, up, routes inside the pod netns; returns the pod interface.
     fn configure_pod(&mut self, plan: &PodPlan) -> Result<LinkInfo, CniError>;

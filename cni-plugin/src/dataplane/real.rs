@@ -123,26 +123,32 @@ impl Dataplane for RealDataplane {
         Ok(self.node.link_by_name(name).map_err(nl("reading host veth"))?.map(|l| info(&l)))
     }
 
+    fn pod_has_interface(&mut self, ifname: &str, host_veth: &str) -> Result<bool, CniError> {
+        let Some(l) = self.require_pod()?.link_by_name(ifname).map_err(nl("reading pod interface"))? else {
+            return Ok(false);
+        };
+        // IFLA_LINK of a veth names its peer's ifindex; a peer called `tz` + our hash is this attachment's pair,
+        // detached by DEL and waiting for the background delete: finish it now.
+        if let (Some("veth"), Some(peer)) = (l.kind.as_deref(), l.link) {
+            let dying = dying_name(host_veth);
+            if let Some(h) = self.node.link_by_index(peer).map_err(nl("reading the pod interface's peer"))? {
+                if h.name == dying {
+                    // The background child may get there first; what counts is whether the interface is gone.
+                    let _ = self.node.delete_link(h.index);
+                    let pod = self.require_pod()?;
+                    return Ok(pod.link_by_name(ifname).map_err(nl("reading pod interface"))?.is_some());
+                }
+            }
+        }
+        Ok(true)
+    }
+
     fn ensure_pod_link(&mut self, plan: &PodPlan, bridge: &LinkInfo) -> Result<LinkInfo, CniError> {
         let existing = self.node.link_by_name(&plan.host_veth).map_err(nl("reading host veth"))?;
-        let pod_has_iface = self.require_pod()?.link_by_name(&plan.ifname).map_err(nl("reading pod interface"))?;
-        // IFLA_LINK of our host end names its peer's ifindex: only then is the pod's interface our pair's.
-        let same_pair = matches!((&existing, &pod_has_iface), (Some(h), Some(p)) if h.link == Some(p.index));
-        if let (Some(h), true) = (&existing, same_pair) {
-            // A repeated ADD: keep the pair, re-assert what we own of it.
-            if h.master != Some(bridge.index) {
-                self.node.set_master(h.index, bridge.index).map_err(nl("attaching host veth to the bridge"))?;
-            }
-            if !h.up {
-                self.node.set_up(h.index).map_err(nl("setting host veth up"))?;
-            }
-            self.node.set_hairpin(h.index, plan.hairpin).map_err(nl("setting hairpin"))?;
-            return Ok(info(h));
-        }
-        if let Some(p) = pod_has_iface {
+        if let Some(p) = self.require_pod()?.link_by_name(&plan.ifname).map_err(nl("reading pod interface"))? {
             return Err(CniError::new(
                 codes::INTERNAL,
-                format!("interface {} already exists in {} and is not ours", p.name, plan.netns),
+                format!("interface {} already exists in {}", p.name, plan.netns),
                 "pick another CNI_IFNAME or remove the interface",
             ));
         }
@@ -204,6 +210,10 @@ impl Dataplane for RealDataplane {
             return Ok(());
         }
         // No host end: remove a pod end left without its peer (only if it is a veth; never the runtime's lo).
+        // An empty ifname (GC, a rollback that never got a pair) names no pod end.
+        if ifname.is_empty() {
+            return Ok(());
+        }
         if let Some(pod) = self.pod()? {
             if let Some(l) = pod.link_by_name(ifname).map_err(nl("reading pod interface"))? {
                 if l.kind.as_deref() == Some("veth") {

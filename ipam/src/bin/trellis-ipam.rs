@@ -11,6 +11,10 @@ use trellis_cni_types::{CniError, Command, Env, NetConf};
 use trellis_ipam::cni;
 
 fn main() {
+    // Run by hand (no CNI_COMMAND, or --version/--help): say what this is, as the reference plugins do.
+    if trellis_cni_types::about::print_if_requested("trellis-ipam", env!("CARGO_PKG_VERSION")) {
+        return;
+    }
     let mut stdin = Vec::new();
     let read = std::io::stdin().read_to_end(&mut stdin);
     // Errors are reported in the version the runtime spoke, when we can tell.
