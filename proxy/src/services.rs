@@ -13,7 +13,7 @@ use trellis_ebpf::sync::{FamilyDesired, FamilySync, Stats};
 use trellis_ebpf::tables::{KernelLbTables, MapTable};
 use trellis_ebpf::{Datapath, PinDir};
 use trellis_svc::ids::Endpoint3;
-use trellis_svc::{model, translate, Desired, Endpoint, Ids, NodeContext, ServiceModel};
+use trellis_svc::{translate, Desired, Endpoint, Ids, NodeContext, ServiceModel};
 
 pub use trellis_ebpf::Error as DatapathError;
 type Result<T> = std::result::Result<T, DatapathError>;
@@ -169,6 +169,7 @@ impl ServiceProxy {
 mod tests {
     use super::*;
     use trellis_ebpf::tables::MemTable;
+    use trellis_svc::model;
 
     #[test]
     fn ids_restored_from_installed_entries_reproduce_them() {
