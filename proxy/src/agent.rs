@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::cniconf::{self, ConflistParams};
 use crate::controlplane::ControlPlane;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::model::{Cluster, Model};
 use crate::overlay::dataplane::OverlayDataplane;
 use crate::overlay::plan::{own_underlay_ip, plan};
@@ -109,7 +109,7 @@ impl<D: OverlayDataplane> OverlayWorker<D> {
             let key = (false, s.node.clone(), s.reason.clone());
             if !self.reported.contains(&key) {
                 warn!(node = %s.node, "overlay skips peer: {}", s.reason);
-                self.metrics.inc("trellis_overlay_nodes_skipped_total", &[]);
+                self.metrics.inc(metrics::OVERLAY_NODES_SKIPPED, &[]);
             }
             now.insert(key);
         }
@@ -117,12 +117,12 @@ impl<D: OverlayDataplane> OverlayWorker<D> {
             let key = (true, r.node.clone(), r.reason.clone());
             if !self.reported.contains(&key) {
                 error!(node = %r.node, "overlay refuses peer: {}", r.reason);
-                self.metrics.inc("trellis_overlay_peer_rejected_total", &[]);
+                self.metrics.inc(metrics::OVERLAY_PEER_REJECTED, &[]);
             }
             now.insert(key);
         }
         self.reported = now;
-        self.metrics.set("trellis_overlay_peers", &[], p.peers as f64);
+        self.metrics.set(metrics::OVERLAY_PEERS, &[], p.peers as f64);
 
         let mut report =
             reconcile(&mut self.dp, &p.desired, &underlay, &self.cfg.overlay.device, cluster.synced, &self.metrics);
@@ -140,7 +140,7 @@ impl<D: OverlayDataplane> OverlayWorker<D> {
             match cniconf::write_if_changed(&c.conf_dir, &c.conf_name, &cniconf::render(&params)) {
                 Ok(true) => {
                     info!(path = %c.conf_dir.join(&c.conf_name).display(), mtu = p.pod_mtu, "CNI conflist written");
-                    self.metrics.inc("trellis_cni_conflist_writes_total", &[]);
+                    self.metrics.inc(metrics::CNI_CONFLIST_WRITES, &[]);
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -283,10 +283,10 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.path().join("10-trellis.conflist")).unwrap()).unwrap();
         assert_eq!(conf["plugins"][0]["mtu"], 1450);
         assert_eq!(conf["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.244.1.0/24");
-        assert_eq!(m.get("trellis_cni_conflist_writes_total", &[]), 1.0);
+        assert_eq!(m.get(metrics::CNI_CONFLIST_WRITES, &[]), 1.0);
         w.round(&c);
-        assert_eq!(m.get("trellis_cni_conflist_writes_total", &[]), 1.0, "unchanged conflist is not rewritten");
-        assert_eq!(m.get("trellis_overlay_peers", &[]), 1.0);
+        assert_eq!(m.get(metrics::CNI_CONFLIST_WRITES, &[]), 1.0, "unchanged conflist is not rewritten");
+        assert_eq!(m.get(metrics::OVERLAY_PEERS, &[]), 1.0);
     }
 
     #[test]
@@ -305,8 +305,8 @@ mod tests {
         for _ in 0..3 {
             w.round(&c);
         }
-        assert_eq!(m.get("trellis_overlay_peer_rejected_total", &[]), 1.0);
-        assert_eq!(m.get("trellis_overlay_nodes_skipped_total", &[]), 1.0);
+        assert_eq!(m.get(metrics::OVERLAY_PEER_REJECTED, &[]), 1.0);
+        assert_eq!(m.get(metrics::OVERLAY_NODES_SKIPPED, &[]), 1.0);
         assert!(w.dp.routes.is_empty(), "no black-hole route");
         let conf: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.path().join("10-trellis.conflist")).unwrap()).unwrap();
@@ -400,11 +400,11 @@ mod tests {
         // Several repair rounds (50 ms) pass; the unknown route must survive them.
         std::thread::sleep(Duration::from_millis(300));
         assert!(shared.lock().unwrap().routes.contains_key(&stale.dst), "pruned before sync");
-        assert_eq!(m.get("trellis_controlplane_synced", &[]), 0.0);
+        assert_eq!(m.get(metrics::CONTROLPLANE_SYNCED, &[]), 0.0);
         release.send(()).unwrap();
         wait_for(&shared, "stale route pruned after sync", |d| !d.routes.contains_key(&stale.dst));
         assert!(shared.lock().unwrap().routes.contains_key(&"10.244.2.0/24".parse().unwrap()));
-        assert_eq!(m.get("trellis_controlplane_synced", &[]), 1.0);
+        assert_eq!(m.get(metrics::CONTROLPLANE_SYNCED, &[]), 1.0);
         drop(h);
     }
 

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Node;
 use tracing::warn;
 
 use crate::controlplane::{Event, Kind, ObjectKey, Resource};
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 
 /// What the overlay needs to know about a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,7 +112,7 @@ impl Model {
             }
             Event::Synced => self.cluster.synced = true,
         }
-        self.metrics.set("trellis_controlplane_synced", &[], if self.cluster.synced { 1.0 } else { 0.0 });
+        self.metrics.set(metrics::CONTROLPLANE_SYNCED, &[], if self.cluster.synced { 1.0 } else { 0.0 });
         self.cluster != before
     }
 
@@ -134,7 +134,7 @@ impl Model {
                     let name = n.metadata.name.clone().unwrap_or_default();
                     warn!(node = %name, "skipping invalid Node: {why}");
                     self.metrics.inc(
-                        "trellis_controlplane_invalid_objects_total",
+                        metrics::CONTROLPLANE_INVALID_OBJECTS,
                         &[("source", self.source), ("reason", "node")],
                     );
                     // Whatever we knew of it is no longer trustworthy.
@@ -215,12 +215,12 @@ pub(crate) mod tests {
         assert!(model.apply(Event::Applied(Resource::Node(Box::new(node("b", &["nope"], &["192.168.1.2"]))))));
         assert_eq!(model.cluster.nodes.keys().collect::<Vec<_>>(), vec!["a"]);
         assert_eq!(
-            m.get("trellis_controlplane_invalid_objects_total", &[("source", "files"), ("reason", "node")]),
+            m.get(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", "files"), ("reason", "node")]),
             1.0
         );
         assert!(!model.cluster.synced);
         assert!(model.apply(Event::Synced));
-        assert_eq!(m.get("trellis_controlplane_synced", &[]), 1.0);
+        assert_eq!(m.get(metrics::CONTROLPLANE_SYNCED, &[]), 1.0);
         // A relist replaces the kind wholesale.
         model.apply(Event::Relisted(
             Kind::Node,

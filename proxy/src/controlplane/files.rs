@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{ControlPlane, Event, ObjectKey, Resource};
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::{Error, Result};
 
 const SOURCE: &str = "files";
@@ -163,13 +163,13 @@ impl Poller {
             for why in &decoded.invalid {
                 warn!(file = %path.display(), "skipping invalid object: {why}");
                 self.metrics
-                    .inc("trellis_controlplane_invalid_objects_total", &[("source", SOURCE), ("reason", "object")]);
+                    .inc(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", SOURCE), ("reason", "object")]);
             }
             let objects = match &decoded.syntax_error {
                 Some(why) => {
                     warn!(file = %path.display(), "manifest is not valid YAML/JSON, keeping what it held before: {why}");
                     self.metrics
-                        .inc("trellis_controlplane_invalid_objects_total", &[("source", SOURCE), ("reason", "syntax")]);
+                        .inc(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", SOURCE), ("reason", "syntax")]);
                     self.files.get(&path).map(|f| f.objects.clone()).unwrap_or_default()
                 }
                 None => decoded.objects,
@@ -258,7 +258,7 @@ impl ControlPlane for FilesSource {
                 for ev in events {
                     if let Event::Applied(r) = &ev {
                         self.metrics.inc(
-                            "trellis_controlplane_events_total",
+                            metrics::CONTROLPLANE_EVENTS,
                             &[("source", SOURCE), ("kind", r.kind().as_str())],
                         );
                     }
@@ -354,14 +354,14 @@ mod tests {
         std::fs::write(dir.path().join("b.yml"), node_yaml("b", "10.244.4.0/24", "192.168.1.4")).unwrap();
         assert_eq!(names(&p.poll().unwrap()), vec!["+b"]);
         assert_eq!(
-            m.get("trellis_controlplane_invalid_objects_total", &[("source", "files"), ("reason", "syntax")]),
+            m.get(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", "files"), ("reason", "syntax")]),
             1.0
         );
 
         // A file that turns invalid keeps its previous objects (no flapping on partial writes).
         std::fs::write(dir.path().join("b.yml"), "kind: Node\nmetadata: {name: b\n").unwrap();
         assert!(p.poll().unwrap().is_empty());
-        assert_eq!(m.total("trellis_controlplane_invalid_objects_total"), 2.0);
+        assert_eq!(m.total(metrics::CONTROLPLANE_INVALID_OBJECTS), 2.0);
 
         // Delete.
         std::fs::remove_file(dir.path().join("a.yaml")).unwrap();

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{ControlPlane, Event, Kind, ObjectKey, Resource};
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::{Error, Result};
 
 const SOURCE: &str = "kube";
@@ -96,11 +96,11 @@ where
                     vec![]
                 }
                 Ok(watcher::Event::InitDone) => {
-                    metrics.inc("trellis_controlplane_events_total", &[("source", SOURCE), ("kind", kind.as_str())]);
+                    metrics.inc(metrics::CONTROLPLANE_EVENTS, &[("source", SOURCE), ("kind", kind.as_str())]);
                     vec![Msg::Event(Event::Relisted(kind, std::mem::take(&mut buffer))), Msg::ListDone(kind)]
                 }
                 Ok(watcher::Event::Apply(o)) => {
-                    metrics.inc("trellis_controlplane_events_total", &[("source", SOURCE), ("kind", kind.as_str())]);
+                    metrics.inc(metrics::CONTROLPLANE_EVENTS, &[("source", SOURCE), ("kind", kind.as_str())]);
                     vec![Msg::Event(Event::Applied(wrap(o)))]
                 }
                 Ok(watcher::Event::Delete(o)) => {
@@ -116,7 +116,7 @@ where
                     // decode also lands here.
                     warn!(kind = kind.as_str(), error = %e, "watch error; retrying with backoff");
                     metrics
-                        .inc("trellis_controlplane_invalid_objects_total", &[("source", SOURCE), ("reason", "watch")]);
+                        .inc(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", SOURCE), ("reason", "watch")]);
                     vec![]
                 }
             };
@@ -272,7 +272,7 @@ mod tests {
         assert!(matches!(next(&mut rx).await, Event::Relisted(Kind::Node, v) if v.len() == 1));
         assert_eq!(next(&mut rx).await, Event::Synced);
         assert!(
-            metrics.get("trellis_controlplane_invalid_objects_total", &[("source", "kube"), ("reason", "watch")])
+            metrics.get(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", "kube"), ("reason", "watch")])
                 >= 1.0
         );
         task.abort();

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use super::dataplane::OverlayDataplane;
 use super::plan::Desired;
 use super::{fmt_mac, KernelRoute, RouteDev, Underlay};
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
@@ -35,13 +35,13 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn fail(&mut self, op: &'static str, what: String, e: crate::Error) {
         warn!(op, "{what}: {e}");
-        self.metrics.inc("trellis_overlay_reconcile_errors_total", &[("op", op)]);
+        self.metrics.inc(metrics::OVERLAY_RECONCILE_ERRORS, &[("op", op)]);
         self.report.errors.push(format!("{op} {what}: {e}"));
     }
 
     fn done(&mut self, object: &'static str, action: &'static str, what: String) {
         info!(object, action, "{what}");
-        self.metrics.inc("trellis_overlay_changes_total", &[("object", object), ("action", action)]);
+        self.metrics.inc(metrics::OVERLAY_CHANGES, &[("object", object), ("action", action)]);
         match action {
             "del" => self.report.removed += 1,
             _ => self.report.added += 1,
@@ -61,7 +61,7 @@ pub fn reconcile<D: OverlayDataplane + ?Sized>(
     metrics: &Metrics,
 ) -> Report {
     let mut cx = Ctx { metrics, report: Report::default() };
-    metrics.inc("trellis_overlay_reconciles_total", &[]);
+    metrics.inc(metrics::OVERLAY_RECONCILES, &[]);
 
     if let Err(e) = dp.ensure_forwarding(desired.ipv6) {
         cx.fail("ensure_forwarding", "ip_forward=1".into(), e);
@@ -243,7 +243,7 @@ mod tests {
         let r = reconcile(&mut dp, &d, &underlay(), "trellis.1", true, &m);
         assert_eq!((r.added, r.removed, r.errors.len()), (0, 0, 0));
         assert_eq!(dp.log.len(), log_len, "a converged round changes nothing");
-        assert_eq!(m.get("trellis_overlay_changes_total", &[("object", "route"), ("action", "add")]), 2.0);
+        assert_eq!(m.get(metrics::OVERLAY_CHANGES, &[("object", "route"), ("action", "add")]), 2.0);
     }
 
     #[test]
@@ -331,7 +331,7 @@ mod tests {
         assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
         assert!(r.errors[0].starts_with("add_fdb"));
         assert_eq!(r.added, 5, "everything else went in");
-        assert_eq!(m.get("trellis_overlay_reconcile_errors_total", &[("op", "add_fdb")]), 1.0);
+        assert_eq!(m.get(metrics::OVERLAY_RECONCILE_ERRORS, &[("op", "add_fdb")]), 1.0);
         assert_eq!(summary(&dp.inner).0, 1);
         // Next round retries the missing entry only.
         let r = reconcile(&mut dp, &d, &underlay(), "trellis.1", true, &m);
