@@ -18,6 +18,9 @@ pub struct NodeInfo {
     pub internal_ips: Vec<IpAddr>,
     /// Pod CIDRs (at most one per family), IPv4 first if both.
     pub pod_cidrs: Vec<IpNet>,
+    /// metadata.creationTimestamp in nanoseconds since the epoch: the older node keeps a
+    /// contested podCIDR. None when the manifest has none (files source).
+    pub created: Option<i128>,
 }
 
 impl NodeInfo {
@@ -73,7 +76,8 @@ pub fn node_info(node: &Node) -> Result<NodeInfo, String> {
             internal_ips.push(ip);
         }
     }
-    Ok(NodeInfo { name, internal_ips, pod_cidrs })
+    let created = node.metadata.creation_timestamp.as_ref().map(|t| t.0.as_nanosecond());
+    Ok(NodeInfo { name, internal_ips, pod_cidrs, created })
 }
 
 /// Cluster state as far as the agent needs it.
@@ -149,6 +153,7 @@ impl Model {
 pub(crate) mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     pub fn node(name: &str, cidrs: &[&str], ips: &[&str]) -> Node {
         Node {
@@ -182,6 +187,10 @@ pub(crate) mod tests {
         assert_eq!(i.pod_cidrs[0].to_string(), "10.244.1.0/24", "IPv4 first");
         assert_eq!(i.internal_ip_v4().unwrap().to_string(), "192.168.1.1");
         assert_eq!(i.internal_ip_v6().unwrap().to_string(), "fd00::1");
+        assert_eq!(i.created, None);
+        let mut n = n;
+        n.metadata.creation_timestamp = Some(Time("2024-01-02T03:04:05Z".parse().unwrap()));
+        assert_eq!(node_info(&n).unwrap().created, Some(1_704_164_645_000_000_000));
     }
 
     #[test]

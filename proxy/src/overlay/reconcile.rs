@@ -199,11 +199,12 @@ mod tests {
                     name: n.to_string(),
                     internal_ips: vec![ip.parse().unwrap()],
                     pod_cidrs: vec![c.parse().unwrap()],
+                    created: None,
                 },
             );
         }
         let cfg = OverlayConfig { mode, ..Default::default() };
-        plan(&cfg, "a", &nodes, &underlay()).unwrap().desired
+        plan(&cfg, "a", &nodes, &underlay(), &Default::default()).unwrap().desired
     }
 
     const B: (&str, &str, &str) = ("b", "10.244.2.0/24", "192.168.50.2");
