@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Trellis needs on a fresh Debian machine of this kind (idempotent; fast when already done).
 set -euo pipefail
-PKGS=(iproute2 iputils-ping nftables iptables containernetworking-plugins podman runc busybox-static procps psmisc)
+PKGS=(iproute2 iputils-ping nftables iptables containernetworking-plugins podman runc busybox-static procps psmisc curl)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
