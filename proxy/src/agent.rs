@@ -20,7 +20,7 @@ use crate::metrics::{self, Metrics};
 use crate::model::{Cluster, Model};
 use crate::overlay::dataplane::OverlayDataplane;
 use crate::overlay::plan::{own_underlay_ip, plan};
-use crate::overlay::reconcile::{reconcile, Report};
+use crate::overlay::reconcile::{reconcile, Failure, Report};
 use crate::overlay::OverlayConfig;
 use crate::Result;
 
@@ -44,7 +44,7 @@ pub struct AgentConfig {
 }
 
 /// What one worker round did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Round {
     /// Nothing could be planned yet (own node unknown, underlay not found...).
     Waiting(String),
@@ -174,7 +174,8 @@ impl<D: OverlayDataplane> OverlayWorker<D> {
                 Ok(false) => {}
                 Err(e) => {
                     warn!("CNI conflist: {e}");
-                    report.errors.push(format!("conflist: {e}"));
+                    let what = c.conf_dir.join(&c.conf_name).display().to_string();
+                    report.errors.push(Failure { op: "write_conflist", what, error: e });
                 }
             }
         }
@@ -348,13 +349,12 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let m = Metrics::new();
             let mut w = OverlayWorker::new(cfg(dir.path(), Mode::HostGw), FakeDataplane::new(underlay()), m.clone());
-            let mut nodes: Vec<(&str, &[&str], &[&str])> = vec![
-                ("a", &["10.244.1.0/24"], &["192.168.50.1"]),
-                ("node1", &["10.244.0.0/24"], &["192.168.50.11"]),
-            ];
+            let mut nodes: Vec<(&str, &[&str], &[&str])> =
+                vec![("a", &["10.244.1.0/24"], &["192.168.50.1"]), ("node1", &["10.244.0.0/24"], &["192.168.50.11"])];
             w.round(&cluster(&nodes, true));
             let want = vec!["10.244.0.0/24 via 192.168.50.11 oif 2".to_string()];
-            let routes = |w: &OverlayWorker<FakeDataplane>| w.dp.routes.values().map(|r| r.to_string()).collect::<Vec<_>>();
+            let routes =
+                |w: &OverlayWorker<FakeDataplane>| w.dp.routes.values().map(|r| r.to_string()).collect::<Vec<_>>();
             assert_eq!(routes(&w), want);
             nodes.push((dup, &["10.244.0.0/24"], &["192.168.50.99"]));
             for _ in 0..3 {

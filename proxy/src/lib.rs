@@ -12,5 +12,6 @@ pub mod error;
 pub mod metrics;
 pub mod model;
 pub mod overlay;
+pub mod reconcile;
 
 pub use error::{Error, Result};

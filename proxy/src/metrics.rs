@@ -65,7 +65,8 @@ pub const OVERLAY_PEER_REJECTED: Metric = Metric::new(
     MetricType::Counter,
     "Peers refused by host-gw because they are not on the underlay's L2 segment.",
 );
-pub const OVERLAY_PEERS: Metric = Metric::new("trellis_overlay_peers", MetricType::Gauge, "Peer nodes currently programmed.");
+pub const OVERLAY_PEERS: Metric =
+    Metric::new("trellis_overlay_peers", MetricType::Gauge, "Peer nodes currently programmed.");
 pub const OVERLAY_RECONCILES: Metric =
     Metric::new("trellis_overlay_reconciles_total", MetricType::Counter, "Overlay reconcile rounds.");
 pub const OVERLAY_RECONCILE_ERRORS: Metric = Metric::new(

@@ -137,10 +137,8 @@ impl Model {
                 Err(why) => {
                     let name = n.metadata.name.clone().unwrap_or_default();
                     warn!(node = %name, "skipping invalid Node: {why}");
-                    self.metrics.inc(
-                        metrics::CONTROLPLANE_INVALID_OBJECTS,
-                        &[("source", self.source), ("reason", "node")],
-                    );
+                    self.metrics
+                        .inc(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", self.source), ("reason", "node")]);
                     // Whatever we knew of it is no longer trustworthy.
                     self.cluster.nodes.remove(&name);
                 }
@@ -223,10 +221,7 @@ pub(crate) mod tests {
         // b turns bad: it is dropped and counted; a stays.
         assert!(model.apply(Event::Applied(Resource::Node(Box::new(node("b", &["nope"], &["192.168.1.2"]))))));
         assert_eq!(model.cluster.nodes.keys().collect::<Vec<_>>(), vec!["a"]);
-        assert_eq!(
-            m.get(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", "files"), ("reason", "node")]),
-            1.0
-        );
+        assert_eq!(m.get(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", "files"), ("reason", "node")]), 1.0);
         assert!(!model.cluster.synced);
         assert!(model.apply(Event::Synced));
         assert_eq!(m.get(metrics::CONTROLPLANE_SYNCED, &[]), 1.0);

@@ -162,8 +162,7 @@ impl Poller {
             let decoded = decode(&text);
             for why in &decoded.invalid {
                 warn!(file = %path.display(), "skipping invalid object: {why}");
-                self.metrics
-                    .inc(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", SOURCE), ("reason", "object")]);
+                self.metrics.inc(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", SOURCE), ("reason", "object")]);
             }
             let objects = match &decoded.syntax_error {
                 Some(why) => {
@@ -257,10 +256,8 @@ impl ControlPlane for FilesSource {
                 };
                 for ev in events {
                     if let Event::Applied(r) = &ev {
-                        self.metrics.inc(
-                            metrics::CONTROLPLANE_EVENTS,
-                            &[("source", SOURCE), ("kind", r.kind().as_str())],
-                        );
+                        self.metrics
+                            .inc(metrics::CONTROLPLANE_EVENTS, &[("source", SOURCE), ("kind", r.kind().as_str())]);
                     }
                     if tx.send(ev).await.is_err() {
                         return Ok(());
@@ -353,10 +350,7 @@ mod tests {
         std::fs::write(dir.path().join("bad.yaml"), "kind: [unclosed\n").unwrap();
         std::fs::write(dir.path().join("b.yml"), node_yaml("b", "10.244.4.0/24", "192.168.1.4")).unwrap();
         assert_eq!(names(&p.poll().unwrap()), vec!["+b"]);
-        assert_eq!(
-            m.get(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", "files"), ("reason", "syntax")]),
-            1.0
-        );
+        assert_eq!(m.get(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", "files"), ("reason", "syntax")]), 1.0);
 
         // A file that turns invalid keeps its previous objects (no flapping on partial writes).
         std::fs::write(dir.path().join("b.yml"), "kind: Node\nmetadata: {name: b\n").unwrap();

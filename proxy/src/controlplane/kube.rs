@@ -115,8 +115,7 @@ where
                     // The backoff wrapper retries; an object the API returns that we cannot
                     // decode also lands here.
                     warn!(kind = kind.as_str(), error = %e, "watch error; retrying with backoff");
-                    metrics
-                        .inc(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", SOURCE), ("reason", "watch")]);
+                    metrics.inc(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", SOURCE), ("reason", "watch")]);
                     vec![]
                 }
             };
@@ -271,10 +270,7 @@ mod tests {
         send.send_response(Response::new(Body::from(serde_json::to_vec(&list).unwrap())));
         assert!(matches!(next(&mut rx).await, Event::Relisted(Kind::Node, v) if v.len() == 1));
         assert_eq!(next(&mut rx).await, Event::Synced);
-        assert!(
-            metrics.get(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", "kube"), ("reason", "watch")])
-                >= 1.0
-        );
+        assert!(metrics.get(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", "kube"), ("reason", "watch")]) >= 1.0);
         task.abort();
     }
 }

@@ -53,10 +53,7 @@ impl std::fmt::Display for Conflict {
 /// The order in which peers claim pod CIDRs: older Node first (one without creationTimestamp
 /// counts as newest), then the one programmed first (`programmed`: node -> the sequence number
 /// this agent programmed it at), then name.
-pub fn seniority<'a>(
-    node: &'a NodeInfo,
-    programmed: &BTreeMap<String, u64>,
-) -> (bool, i128, bool, u64, &'a str) {
+pub fn seniority<'a>(node: &'a NodeInfo, programmed: &BTreeMap<String, u64>) -> (bool, i128, bool, u64, &'a str) {
     let prog = programmed.get(&node.name).copied();
     (node.created.is_none(), node.created.unwrap_or(0), prog.is_none(), prog.unwrap_or(0), node.name.as_str())
 }
@@ -574,10 +571,8 @@ mod tests {
             assert!(plan(&cfg, "a", &n, &u, &none()).unwrap().desired.ipv6, "{:?}", cfg.mode);
         }
         // Nothing IPv6 anywhere: not needed.
-        let v4 = nodes(vec![
-            ni("a", &["10.244.1.0/24"], &["192.168.50.1"]),
-            ni("b", &["10.244.2.0/24"], &["192.168.50.2"]),
-        ]);
+        let v4 =
+            nodes(vec![ni("a", &["10.244.1.0/24"], &["192.168.50.1"]), ni("b", &["10.244.2.0/24"], &["192.168.50.2"])]);
         for cfg in [vx(), hg()] {
             assert!(!plan(&cfg, "a", &v4, &u, &none()).unwrap().desired.ipv6, "{:?}", cfg.mode);
         }
