@@ -251,7 +251,7 @@ pub async fn run_control_plane(
     match src.await {
         Ok(r) => r,
         Err(e) if e.is_cancelled() => Ok(()),
-        Err(e) => Err(crate::Error::Dataplane(format!("control plane task: {e}"))),
+        Err(source) => Err(crate::Error::Task { what: "control plane task", source }),
     }
 }
 

@@ -237,7 +237,7 @@ impl ControlPlane for FilesSource {
                     (p, r)
                 })
                 .await
-                .map_err(|e| Error::Dataplane(format!("files poller task: {e}")))?;
+                .map_err(|source| Error::Task { what: "files poller task", source })?;
                 poller = Some(p);
                 let events = match res {
                     Ok(ev) => {

@@ -34,13 +34,11 @@ const SOURCE: &str = "kube";
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
     let config = match kubeconfig {
         Some(p) => {
-            let kc = kube::config::Kubeconfig::read_from(p)
-                .map_err(|e| Error::KubeConfig(format!("{}: {e}", p.display())))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| Error::KubeConfig(format!("{}: {e}", p.display())))?
+            let bad = |e: kube::config::KubeconfigError| Error::KubeConfig { path: Some(p.into()), source: e.into() };
+            let kc = kube::config::Kubeconfig::read_from(p).map_err(bad)?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await.map_err(bad)?
         }
-        None => kube::Config::infer().await.map_err(|e| Error::KubeConfig(e.to_string()))?,
+        None => kube::Config::infer().await.map_err(|e| Error::KubeConfig { path: None, source: e.into() })?,
     };
     Ok(Client::try_from(config)?)
 }

@@ -249,6 +249,7 @@ mod tests {
     use crate::overlay::faulty::FaultyDataplane;
     use crate::overlay::plan::plan;
     use crate::overlay::{Mode, OverlayConfig};
+    use trellis_test_support::Faults;
 
     fn underlay() -> Underlay {
         Underlay { ifindex: 2, name: "eth0".into(), mtu: 1500, addrs: vec!["192.168.50.1/24".parse().unwrap()] }
@@ -389,8 +390,7 @@ mod tests {
     #[test]
     fn a_failing_call_does_not_stop_the_others_and_is_retried() {
         let m = Metrics::new();
-        let mut dp = FaultyDataplane::new(FakeDataplane::new(underlay()));
-        dp.fail_op = Some(("add_fdb", 1));
+        let mut dp = FaultyDataplane::new(FakeDataplane::new(underlay()), Faults::op("add_fdb", 1));
         let d = desired(Mode::Vxlan, &[B, C]);
         let r = reconcile(&mut dp, &d, &underlay(), "trellis.1", true, &m);
         assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
@@ -409,16 +409,15 @@ mod tests {
     fn every_single_failure_position_converges_on_the_next_round() {
         // Fail the Nth call for every N a full round makes; the round after must converge.
         let d = desired(Mode::Vxlan, &[B, C]);
-        let mut probe = FaultyDataplane::new(FakeDataplane::new(underlay()));
+        let mut probe = FaultyDataplane::new(FakeDataplane::new(underlay()), Faults::none());
         reconcile(&mut probe, &d, &underlay(), "trellis.1", true, &Metrics::new());
-        let calls = probe.calls;
+        let calls = probe.faults.calls;
         assert!(calls >= 10);
         let mut reference = FakeDataplane::new(underlay());
         reconcile(&mut reference, &d, &underlay(), "trellis.1", true, &Metrics::new());
         for n in 1..=calls {
             let m = Metrics::new();
-            let mut dp = FaultyDataplane::new(FakeDataplane::new(underlay()));
-            dp.fail_nth = Some(n);
+            let mut dp = FaultyDataplane::new(FakeDataplane::new(underlay()), Faults::nth(n));
             let r = reconcile(&mut dp, &d, &underlay(), "trellis.1", true, &m);
             assert_eq!(r.errors.len(), 1, "call {n}: {:?}", r.errors);
             let r = reconcile(&mut dp, &d, &underlay(), "trellis.1", true, &m);
