@@ -28,6 +28,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("watching {path}: {source}")]
+    Watch {
+        path: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
     #[error("kubernetes client: {0}")]
     Kube(#[from] kube::Error),
     #[error("kubeconfig{}: {source}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
