@@ -394,7 +394,10 @@ mod tests {
         let d = desired(Mode::Vxlan, &[B, C]);
         let r = reconcile(&mut dp, &d, &underlay(), "trellis.1", true, &m);
         assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+        assert!(!r.ok(), "a report with a failure is not ok");
         assert_eq!(r.errors[0].op, "add_fdb");
+        assert!(matches!(r.errors[0].error, crate::Error::Injected(_)), "{:?}", r.errors[0]);
+        assert!(r.errors[0].to_string().starts_with("add_fdb fdb 0e:7e:"), "{}", r.errors[0]);
         assert_eq!(r.added, 5, "everything else went in");
         assert_eq!(m.get(metrics::OVERLAY_RECONCILE_ERRORS, &[("op", "add_fdb")]), 1.0);
         assert_eq!(summary(&dp.inner).0, 1);
@@ -403,6 +406,26 @@ mod tests {
         assert!(r.ok());
         assert_eq!(r.added, 1);
         assert_eq!(summary(&dp.inner).0, 2);
+    }
+
+    #[test]
+    fn routes_through_a_device_that_cannot_be_made_are_spared_not_pruned() {
+        let m = Metrics::new();
+        let d = desired(Mode::Vxlan, &[B, C]);
+        let mut dp = FaultyDataplane::new(FakeDataplane::new(underlay()), Faults::none());
+        reconcile(&mut dp, &d, &underlay(), "trellis.1", true, &m);
+        let want = summary(&dp.inner);
+        // ensure_vxlan fails this round: nothing resolves through the device, but nothing of it goes either.
+        dp.faults = Faults::op("ensure_vxlan", 1);
+        let r = reconcile(&mut dp, &d, &underlay(), "trellis.1", true, &m);
+        assert_eq!((r.errors.len(), r.removed), (1, 0), "{:?}", r.errors);
+        assert_eq!(r.errors[0].op, "ensure_vxlan");
+        assert_eq!(summary(&dp.inner), want);
+        // A listing that fails is reported and changes nothing.
+        dp.faults = Faults::op("routes", 1);
+        let r = reconcile(&mut dp, &desired(Mode::Vxlan, &[B]), &underlay(), "trellis.1", true, &m);
+        assert_eq!(r.errors.iter().map(|f| f.op).collect::<Vec<_>>(), vec!["routes"]);
+        assert_eq!(summary(&dp.inner).2, want.2, "routes untouched while they cannot be listed");
     }
 
     #[test]
