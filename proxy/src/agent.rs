@@ -397,7 +397,7 @@ mod tests {
     fn wait_for(shared: &Arc<std::sync::Mutex<FakeDataplane>>, what: &str, f: impl Fn(&FakeDataplane) -> bool) {
         let t0 = std::time::Instant::now();
         while !f(&shared.lock().unwrap()) {
-            assert!(t0.elapsed() < Duration::from_secs(5), "timed out waiting for {what}");
+            assert!(t0.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
