@@ -102,38 +102,20 @@ fn run(label: &str, extra: &[&str], idle: Duration) -> Figures {
     std::fs::write(manifests.join("self.yaml"), node_yaml("self", "10.200.0.0/24", Ipv4Addr::new(172, 20, 0, 1)))
         .expect("own node");
     let log = std::fs::File::create(dir.path().join("agent.log")).expect("log");
-    let mut args: Vec<String> =
-        ["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_trellis-agent")].iter().map(|s| s.to_string()).collect();
-    args.extend(
-        [
-            "--node-name",
-            "self",
-            "--source",
-            "files",
-            "--cluster-cidr",
-            "10.0.0.0/8",
-            "--metrics-addr",
-            "",
-            "--underlay-iface",
-            "eth0",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    );
-    args.extend(["--manifests-dir".to_string(), manifests.display().to_string()]);
-    args.extend(["--cni-conf-dir".to_string(), dir.path().join("cni").display().to_string()]);
-    args.extend(extra.iter().map(|s| s.to_string()));
     // `ip netns exec` execs the agent: the child's pid is the agent's.
-    let agent = Agent(
-        Command::new("ip")
-            .args(&args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn agent"),
-    );
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_trellis-agent"), "--node-name", "self", "--source", "files"])
+        .args(["--cluster-cidr", "10.0.0.0/8", "--metrics-addr", "", "--underlay-iface", "eth0"])
+        .arg("--manifests-dir")
+        .arg(&manifests)
+        .arg("--cni-conf-dir")
+        .arg(dir.path().join("cni"))
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    let agent = Agent(cmd.spawn().expect("spawn agent"));
     let pid = agent.0.id();
     let mut h = Handle::in_netns(&PathBuf::from(format!("/run/netns/{}", ns.0))).expect("netlink in netns");
     let conf = dir.path().join("cni/10-trellis.conflist");

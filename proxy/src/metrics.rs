@@ -35,67 +35,39 @@ impl Metric {
     }
 }
 
-pub const CONTROLPLANE_EVENTS: Metric = Metric::new(
-    "trellis_controlplane_events_total",
-    MetricType::Counter,
-    "Control plane events received, by source and kind.",
-);
-pub const CONTROLPLANE_INVALID_OBJECTS: Metric = Metric::new(
-    "trellis_controlplane_invalid_objects_total",
-    MetricType::Counter,
-    "Control plane objects or documents that could not be used and were skipped.",
-);
-pub const CONTROLPLANE_SYNCED: Metric = Metric::new(
-    "trellis_controlplane_synced",
-    MetricType::Gauge,
-    "1 once the control plane source finished its initial list.",
-);
-pub const OVERLAY_NODES_SKIPPED: Metric = Metric::new(
-    "trellis_overlay_nodes_skipped_total",
-    MetricType::Counter,
-    "Peer nodes skipped by the overlay because they lack a podCIDR or InternalIP.",
-);
-pub const OVERLAY_PODCIDR_CONFLICTS: Metric = Metric::new(
-    "trellis_overlay_podcidr_conflicts_total",
-    MetricType::Counter,
-    "Peer pod CIDRs not programmed because they overlap one an older (or earlier programmed) node holds.",
-);
-pub const OVERLAY_PEER_REJECTED: Metric = Metric::new(
-    "trellis_overlay_peer_rejected_total",
-    MetricType::Counter,
-    "Peers refused by host-gw because they are not on the underlay's L2 segment.",
-);
-pub const OVERLAY_PEERS: Metric =
-    Metric::new("trellis_overlay_peers", MetricType::Gauge, "Peer nodes currently programmed.");
-pub const OVERLAY_RECONCILES: Metric =
-    Metric::new("trellis_overlay_reconciles_total", MetricType::Counter, "Overlay reconcile rounds.");
-pub const OVERLAY_RECONCILE_ERRORS: Metric = Metric::new(
-    "trellis_overlay_reconcile_errors_total",
-    MetricType::Counter,
-    "Failed dataplane operations during overlay reconcile, by operation.",
-);
-pub const OVERLAY_CHANGES: Metric = Metric::new(
-    "trellis_overlay_changes_total",
-    MetricType::Counter,
-    "Kernel entries added or removed by the overlay reconciler, by object and action.",
-);
-pub const CNI_CONFLIST_WRITES: Metric =
-    Metric::new("trellis_cni_conflist_writes_total", MetricType::Counter, "Times the CNI conflist was (re)written.");
+/// Declares each metric once: a constant per family, and [`CATALOG`] listing them all.
+macro_rules! declare_metrics {
+    ($($id:ident = $kind:ident $name:literal, $help:literal;)*) => {
+        $(pub const $id: Metric = Metric::new($name, MetricType::$kind, $help);)*
+        /// Every metric the agent exports, so /metrics shows them even at zero.
+        pub const CATALOG: &[Metric] = &[$($id),*];
+    };
+}
 
-/// Every metric the agent exports, so /metrics shows them even at zero.
-pub const CATALOG: &[Metric] = &[
-    CONTROLPLANE_EVENTS,
-    CONTROLPLANE_INVALID_OBJECTS,
-    CONTROLPLANE_SYNCED,
-    OVERLAY_NODES_SKIPPED,
-    OVERLAY_PODCIDR_CONFLICTS,
-    OVERLAY_PEER_REJECTED,
-    OVERLAY_PEERS,
-    OVERLAY_RECONCILES,
-    OVERLAY_RECONCILE_ERRORS,
-    OVERLAY_CHANGES,
-    CNI_CONFLIST_WRITES,
-];
+declare_metrics! {
+    CONTROLPLANE_EVENTS = Counter "trellis_controlplane_events_total",
+        "Control plane events received, by source and kind.";
+    CONTROLPLANE_INVALID_OBJECTS = Counter "trellis_controlplane_invalid_objects_total",
+        "Control plane objects or documents that could not be used and were skipped.";
+    CONTROLPLANE_SYNCED = Gauge "trellis_controlplane_synced",
+        "1 once the control plane source finished its initial list.";
+    OVERLAY_NODES_SKIPPED = Counter "trellis_overlay_nodes_skipped_total",
+        "Peer nodes skipped by the overlay because they lack a podCIDR or InternalIP.";
+    OVERLAY_PODCIDR_CONFLICTS = Counter "trellis_overlay_podcidr_conflicts_total",
+        "Peer pod CIDRs not programmed because they overlap one an older (or earlier programmed) node holds.";
+    OVERLAY_PEER_REJECTED = Counter "trellis_overlay_peer_rejected_total",
+        "Peers refused by host-gw because they are not on the underlay's L2 segment.";
+    OVERLAY_PEERS = Gauge "trellis_overlay_peers",
+        "Peer nodes currently programmed.";
+    OVERLAY_RECONCILES = Counter "trellis_overlay_reconciles_total",
+        "Overlay reconcile rounds.";
+    OVERLAY_RECONCILE_ERRORS = Counter "trellis_overlay_reconcile_errors_total",
+        "Failed dataplane operations during overlay reconcile, by operation.";
+    OVERLAY_CHANGES = Counter "trellis_overlay_changes_total",
+        "Kernel entries added or removed by the overlay reconciler, by object and action.";
+    CNI_CONFLIST_WRITES = Counter "trellis_cni_conflist_writes_total",
+        "Times the CNI conflist was (re)written.";
+}
 
 #[derive(Default)]
 struct Family {
