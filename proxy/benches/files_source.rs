@@ -137,7 +137,7 @@ fn run(label: &str, extra: &[&str], idle: Duration) -> Figures {
     std::fs::write(manifests.join(format!("{name}.yaml")), node_yaml(&name, new, ip)).expect("rewrite node");
     wait("podCIDR change", Duration::from_secs(60), || {
         let r = routes(&mut h);
-        r.iter().any(|d| d == new) && !r.iter().any(|d| *d == old)
+        r.iter().any(|d| d == new) && !r.contains(&old)
     });
     let change = t0.elapsed();
 
