@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Trellis needs on a fresh Debian machine of this kind (idempotent; fast when already done).
 set -euo pipefail
-PKGS=(iproute2 iputils-ping nftables iptables containernetworking-plugins podman runc busybox-static procps psmisc
+PKGS=(iproute2 iputils-ping nftables iptables containernetworking-plugins podman runc busybox-static procps psmisc curl
     # The eBPF toolchain: Debian's rustc ships a prebuilt BPF core (rustup's toolchain has none), LLVM 22 for
     # bpf-linker, bpftool to inspect maps.
     rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev clang libbpf-dev bpftool)

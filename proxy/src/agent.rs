@@ -4,7 +4,7 @@
 //! Netlink is synchronous and netns-bound, so the overlay runs on its own OS thread and never
 //! across an `.await`; the async side only folds events into the model and hands the worker
 //! immutable snapshots.
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -16,11 +16,11 @@ use tracing::{error, info, warn};
 
 use crate::cniconf::{self, ConflistParams};
 use crate::controlplane::ControlPlane;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::model::{Cluster, Model};
 use crate::overlay::dataplane::OverlayDataplane;
 use crate::overlay::plan::{own_underlay_ip, plan};
-use crate::overlay::reconcile::{reconcile, Report};
+use crate::overlay::reconcile::{reconcile, Failure, Report};
 use crate::overlay::OverlayConfig;
 use crate::Result;
 
@@ -44,7 +44,7 @@ pub struct AgentConfig {
 }
 
 /// What one worker round did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Round {
     /// Nothing could be planned yet (own node unknown, underlay not found...).
     Waiting(String),
@@ -67,14 +67,27 @@ pub struct OverlayWorker<D> {
     pub cfg: AgentConfig,
     pub dp: D,
     metrics: Metrics,
-    /// Skips and rejections already logged and counted, so a standing one is reported once.
-    reported: BTreeSet<(bool, String, String)>,
+    /// Skips, rejections and conflicts already logged and counted, so a standing one is
+    /// reported once.
+    reported: BTreeSet<(u8, String, String)>,
     last_wait: Option<String>,
+    /// Peers programmed, with the order they were first programmed in: of two nodes claiming
+    /// one podCIDR (neither older by creationTimestamp) the first programmed keeps it.
+    programmed: BTreeMap<String, u64>,
+    next_seq: u64,
 }
 
 impl<D: OverlayDataplane> OverlayWorker<D> {
     pub fn new(cfg: AgentConfig, dp: D, metrics: Metrics) -> Self {
-        OverlayWorker { cfg, dp, metrics, reported: BTreeSet::new(), last_wait: None }
+        OverlayWorker {
+            cfg,
+            dp,
+            metrics,
+            reported: BTreeSet::new(),
+            last_wait: None,
+            programmed: BTreeMap::new(),
+            next_seq: 0,
+        }
     }
 
     fn wait(&mut self, why: String) -> Round {
@@ -98,7 +111,7 @@ impl<D: OverlayDataplane> OverlayWorker<D> {
             Ok(u) => u,
             Err(e) => return self.wait(format!("underlay interface: {e}")),
         };
-        let p = match plan(&self.cfg.overlay, own, &cluster.nodes, &underlay) {
+        let p = match plan(&self.cfg.overlay, own, &cluster.nodes, &underlay, &self.programmed) {
             Ok(p) => p,
             Err(e) => return self.wait(e.to_string()),
         };
@@ -106,23 +119,39 @@ impl<D: OverlayDataplane> OverlayWorker<D> {
 
         let mut now = BTreeSet::new();
         for s in &p.skipped {
-            let key = (false, s.node.clone(), s.reason.clone());
+            let key = (0, s.node.clone(), s.reason.clone());
             if !self.reported.contains(&key) {
                 warn!(node = %s.node, "overlay skips peer: {}", s.reason);
-                self.metrics.inc("trellis_overlay_nodes_skipped_total", &[]);
+                self.metrics.inc(metrics::OVERLAY_NODES_SKIPPED, &[]);
+            }
+            now.insert(key);
+        }
+        for c in &p.conflicts {
+            let key = (1, c.node.clone(), c.to_string());
+            if !self.reported.contains(&key) {
+                warn!(node = %c.node, owner = %c.owner, "overlay skips peer: {c}");
+                self.metrics.inc(metrics::OVERLAY_PODCIDR_CONFLICTS, &[]);
             }
             now.insert(key);
         }
         for r in &p.rejected {
-            let key = (true, r.node.clone(), r.reason.clone());
+            let key = (2, r.node.clone(), r.reason.clone());
             if !self.reported.contains(&key) {
                 error!(node = %r.node, "overlay refuses peer: {}", r.reason);
-                self.metrics.inc("trellis_overlay_peer_rejected_total", &[]);
+                self.metrics.inc(metrics::OVERLAY_PEER_REJECTED, &[]);
             }
             now.insert(key);
         }
         self.reported = now;
-        self.metrics.set("trellis_overlay_peers", &[], p.peers as f64);
+        self.metrics.set(metrics::OVERLAY_PEERS, &[], p.peers.len() as f64);
+        // Remember who was programmed first; a peer no longer programmed loses its place.
+        self.programmed.retain(|n, _| p.peers.contains(n));
+        for n in &p.peers {
+            if !self.programmed.contains_key(n) {
+                self.programmed.insert(n.clone(), self.next_seq);
+                self.next_seq += 1;
+            }
+        }
 
         let mut report =
             reconcile(&mut self.dp, &p.desired, &underlay, &self.cfg.overlay.device, cluster.synced, &self.metrics);
@@ -140,12 +169,13 @@ impl<D: OverlayDataplane> OverlayWorker<D> {
             match cniconf::write_if_changed(&c.conf_dir, &c.conf_name, &cniconf::render(&params)) {
                 Ok(true) => {
                     info!(path = %c.conf_dir.join(&c.conf_name).display(), mtu = p.pod_mtu, "CNI conflist written");
-                    self.metrics.inc("trellis_cni_conflist_writes_total", &[]);
+                    self.metrics.inc(metrics::CNI_CONFLIST_WRITES, &[]);
                 }
                 Ok(false) => {}
                 Err(e) => {
                     warn!("CNI conflist: {e}");
-                    report.errors.push(format!("conflist: {e}"));
+                    let what = c.conf_dir.join(&c.conf_name).display().to_string();
+                    report.errors.push(Failure { op: "write_conflist", what, error: e });
                 }
             }
         }
@@ -221,7 +251,7 @@ pub async fn run_control_plane(
     match src.await {
         Ok(r) => r,
         Err(e) if e.is_cancelled() => Ok(()),
-        Err(e) => Err(crate::Error::Dataplane(format!("control plane task: {e}"))),
+        Err(source) => Err(crate::Error::Task { what: "control plane task", source }),
     }
 }
 
@@ -283,10 +313,10 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.path().join("10-trellis.conflist")).unwrap()).unwrap();
         assert_eq!(conf["plugins"][0]["mtu"], 1450);
         assert_eq!(conf["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.244.1.0/24");
-        assert_eq!(m.get("trellis_cni_conflist_writes_total", &[]), 1.0);
+        assert_eq!(m.get(metrics::CNI_CONFLIST_WRITES, &[]), 1.0);
         w.round(&c);
-        assert_eq!(m.get("trellis_cni_conflist_writes_total", &[]), 1.0, "unchanged conflist is not rewritten");
-        assert_eq!(m.get("trellis_overlay_peers", &[]), 1.0);
+        assert_eq!(m.get(metrics::CNI_CONFLIST_WRITES, &[]), 1.0, "unchanged conflist is not rewritten");
+        assert_eq!(m.get(metrics::OVERLAY_PEERS, &[]), 1.0);
     }
 
     #[test]
@@ -305,12 +335,40 @@ mod tests {
         for _ in 0..3 {
             w.round(&c);
         }
-        assert_eq!(m.get("trellis_overlay_peer_rejected_total", &[]), 1.0);
-        assert_eq!(m.get("trellis_overlay_nodes_skipped_total", &[]), 1.0);
+        assert_eq!(m.get(metrics::OVERLAY_PEER_REJECTED, &[]), 1.0);
+        assert_eq!(m.get(metrics::OVERLAY_NODES_SKIPPED, &[]), 1.0);
         assert!(w.dp.routes.is_empty(), "no black-hole route");
         let conf: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.path().join("10-trellis.conflist")).unwrap()).unwrap();
         assert_eq!(conf["plugins"][0]["mtu"], 1500);
+    }
+
+    #[test]
+    fn a_newcomer_claiming_a_programmed_podcidr_never_moves_it() {
+        for dup in ["aaa-dup", "zzz-dup"] {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Metrics::new();
+            let mut w = OverlayWorker::new(cfg(dir.path(), Mode::HostGw), FakeDataplane::new(underlay()), m.clone());
+            let mut nodes: Vec<(&str, &[&str], &[&str])> =
+                vec![("a", &["10.244.1.0/24"], &["192.168.50.1"]), ("node1", &["10.244.0.0/24"], &["192.168.50.11"])];
+            w.round(&cluster(&nodes, true));
+            let want = vec!["10.244.0.0/24 via 192.168.50.11 oif 2".to_string()];
+            let routes =
+                |w: &OverlayWorker<FakeDataplane>| w.dp.routes.values().map(|r| r.to_string()).collect::<Vec<_>>();
+            assert_eq!(routes(&w), want);
+            nodes.push((dup, &["10.244.0.0/24"], &["192.168.50.99"]));
+            for _ in 0..3 {
+                let r = w.round(&cluster(&nodes, true));
+                assert!(matches!(&r, Round::Reconciled(rep) if rep.ok() && rep.added == 0), "{dup}: {r:?}");
+                assert_eq!(routes(&w), want, "{dup}");
+            }
+            assert_eq!(m.get(metrics::OVERLAY_PODCIDR_CONFLICTS, &[]), 1.0, "{dup}: counted once while it stands");
+            assert_eq!(m.get(metrics::OVERLAY_PEERS, &[]), 1.0);
+            // node1 goes away: the newcomer gets the CIDR.
+            nodes.remove(1);
+            w.round(&cluster(&nodes, true));
+            assert_eq!(routes(&w), vec!["10.244.0.0/24 via 192.168.50.99 oif 2".to_string()], "{dup}");
+        }
     }
 
     /// A dataplane that forwards to a shared fake, so a test can inspect and vandalise it while
@@ -339,7 +397,7 @@ mod tests {
     fn wait_for(shared: &Arc<std::sync::Mutex<FakeDataplane>>, what: &str, f: impl Fn(&FakeDataplane) -> bool) {
         let t0 = std::time::Instant::now();
         while !f(&shared.lock().unwrap()) {
-            assert!(t0.elapsed() < Duration::from_secs(5), "timed out waiting for {what}");
+            assert!(t0.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -400,11 +458,11 @@ mod tests {
         // Several repair rounds (50 ms) pass; the unknown route must survive them.
         std::thread::sleep(Duration::from_millis(300));
         assert!(shared.lock().unwrap().routes.contains_key(&stale.dst), "pruned before sync");
-        assert_eq!(m.get("trellis_controlplane_synced", &[]), 0.0);
+        assert_eq!(m.get(metrics::CONTROLPLANE_SYNCED, &[]), 0.0);
         release.send(()).unwrap();
         wait_for(&shared, "stale route pruned after sync", |d| !d.routes.contains_key(&stale.dst));
         assert!(shared.lock().unwrap().routes.contains_key(&"10.244.2.0/24".parse().unwrap()));
-        assert_eq!(m.get("trellis_controlplane_synced", &[]), 1.0);
+        assert_eq!(m.get(metrics::CONTROLPLANE_SYNCED, &[]), 1.0);
         drop(h);
     }
 

@@ -1,7 +1,7 @@
 //! `trellis-agent`: the Trellis node agent. Run one per node, inside the node's network
 //! namespace. It watches Nodes (Kubernetes API or a manifests directory), keeps the node-to-node
 //! overlay (VXLAN or host-gw) programmed and repaired, writes the node's CNI conflist, and serves
-//! Prometheus metrics.
+//! Prometheus metrics. The service proxy and network policy come next, in this same agent.
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use trellis_agent::overlay::{Mode, OverlayConfig};
 enum Source {
     /// The Kubernetes API (in-cluster config, or a kubeconfig).
     Kube,
-    /// A directory of Kubernetes manifests (YAML/JSON), polled for changes.
+    /// A directory of Kubernetes manifests (YAML/JSON), watched for changes (inotify).
     Files,
 }
 
@@ -42,6 +42,15 @@ struct Args {
     /// Manifests directory for `--source files` (multi-document YAML, JSON, `kind: List`).
     #[arg(long, required_if_eq("source", "files"))]
     manifests_dir: Option<PathBuf>,
+
+    /// With `--source files`: watch the directory with inotify; false polls only.
+    #[arg(long, action = ArgAction::Set, default_value_t = true)]
+    manifests_inotify: bool,
+
+    /// With `--source files`: milliseconds between fallback polls of the directory (the only
+    /// polls with `--manifests-inotify false`).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
+    manifests_poll_ms: u64,
 
     /// Kubeconfig for `--source kube` (default: in-cluster, then $KUBECONFIG or ~/.kube/config).
     #[arg(long)]
@@ -139,7 +148,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let source: Box<dyn ControlPlane> = match args.source {
         Source::Files => {
             let dir = args.manifests_dir.clone().context("--manifests-dir is required with --source files")?;
-            Box::new(controlplane::files::FilesSource::new(dir, metrics.clone()))
+            let mut src = controlplane::files::FilesSource::new(dir, metrics.clone());
+            src.inotify = args.manifests_inotify;
+            src.interval = Duration::from_millis(args.manifests_poll_ms);
+            Box::new(src)
         }
         Source::Kube => {
             let client = controlplane::kube::client(args.kubeconfig.as_deref()).await?;

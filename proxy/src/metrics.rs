@@ -14,6 +14,61 @@ pub enum MetricType {
 
 type Labels = Vec<(String, String)>;
 
+/// One metric family. Only the constants below exist (the fields are private), so every call
+/// site names a declared family: a typo is a compile error, never a new series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Metric {
+    name: &'static str,
+    kind: MetricType,
+    help: &'static str,
+}
+
+impl Metric {
+    const fn new(name: &'static str, kind: MetricType, help: &'static str) -> Self {
+        Metric { name, kind, help }
+    }
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+    pub fn kind(&self) -> MetricType {
+        self.kind
+    }
+}
+
+/// Declares each metric once: a constant per family, and [`CATALOG`] listing them all.
+macro_rules! declare_metrics {
+    ($($id:ident = $kind:ident $name:literal, $help:literal;)*) => {
+        $(pub const $id: Metric = Metric::new($name, MetricType::$kind, $help);)*
+        /// Every metric the agent exports, so /metrics shows them even at zero.
+        pub const CATALOG: &[Metric] = &[$($id),*];
+    };
+}
+
+declare_metrics! {
+    CONTROLPLANE_EVENTS = Counter "trellis_controlplane_events_total",
+        "Control plane events received, by source and kind.";
+    CONTROLPLANE_INVALID_OBJECTS = Counter "trellis_controlplane_invalid_objects_total",
+        "Control plane objects or documents that could not be used and were skipped.";
+    CONTROLPLANE_SYNCED = Gauge "trellis_controlplane_synced",
+        "1 once the control plane source finished its initial list.";
+    OVERLAY_NODES_SKIPPED = Counter "trellis_overlay_nodes_skipped_total",
+        "Peer nodes skipped by the overlay because they lack a podCIDR or InternalIP.";
+    OVERLAY_PODCIDR_CONFLICTS = Counter "trellis_overlay_podcidr_conflicts_total",
+        "Peer pod CIDRs not programmed because they overlap one an older (or earlier programmed) node holds.";
+    OVERLAY_PEER_REJECTED = Counter "trellis_overlay_peer_rejected_total",
+        "Peers refused by host-gw because they are not on the underlay's L2 segment.";
+    OVERLAY_PEERS = Gauge "trellis_overlay_peers",
+        "Peer nodes currently programmed.";
+    OVERLAY_RECONCILES = Counter "trellis_overlay_reconciles_total",
+        "Overlay reconcile rounds.";
+    OVERLAY_RECONCILE_ERRORS = Counter "trellis_overlay_reconcile_errors_total",
+        "Failed dataplane operations during overlay reconcile, by operation.";
+    OVERLAY_CHANGES = Counter "trellis_overlay_changes_total",
+        "Kernel entries added or removed by the overlay reconciler, by object and action.";
+    CNI_CONFLIST_WRITES = Counter "trellis_cni_conflist_writes_total",
+        "Times the CNI conflist was (re)written.";
+}
+
 #[derive(Default)]
 struct Family {
     help: &'static str,
@@ -27,49 +82,15 @@ pub struct Metrics {
     inner: Arc<Mutex<BTreeMap<&'static str, Family>>>,
 }
 
-/// Every metric the agent exports, declared once so /metrics shows them even at zero.
-pub const CATALOG: &[(&str, MetricType, &str)] = &[
-    ("trellis_controlplane_events_total", MetricType::Counter, "Control plane events received, by source and kind."),
-    (
-        "trellis_controlplane_invalid_objects_total",
-        MetricType::Counter,
-        "Control plane objects or documents that could not be used and were skipped.",
-    ),
-    ("trellis_controlplane_synced", MetricType::Gauge, "1 once the control plane source finished its initial list."),
-    (
-        "trellis_overlay_nodes_skipped_total",
-        MetricType::Counter,
-        "Peer nodes skipped by the overlay because they lack a podCIDR or InternalIP.",
-    ),
-    (
-        "trellis_overlay_peer_rejected_total",
-        MetricType::Counter,
-        "Peers refused by host-gw because they are not on the underlay's L2 segment.",
-    ),
-    ("trellis_overlay_peers", MetricType::Gauge, "Peer nodes currently programmed."),
-    ("trellis_overlay_reconciles_total", MetricType::Counter, "Overlay reconcile rounds."),
-    (
-        "trellis_overlay_reconcile_errors_total",
-        MetricType::Counter,
-        "Failed dataplane operations during overlay reconcile, by operation.",
-    ),
-    (
-        "trellis_overlay_changes_total",
-        MetricType::Counter,
-        "Kernel entries added or removed by the overlay reconciler, by object and action.",
-    ),
-    ("trellis_cni_conflist_writes_total", MetricType::Counter, "Times the CNI conflist was (re)written."),
-];
-
 impl Metrics {
     pub fn new() -> Self {
         let m = Metrics::default();
         {
             let mut g = m.lock();
-            for (name, kind, help) in CATALOG {
-                let f = g.entry(name).or_default();
-                f.help = help;
-                f.kind = Some(*kind);
+            for m in CATALOG {
+                let f = g.entry(m.name).or_default();
+                f.help = m.help;
+                f.kind = Some(m.kind);
             }
         }
         m
@@ -85,36 +106,40 @@ impl Metrics {
     }
 
     /// Add `by` to a counter.
-    pub fn add(&self, name: &'static str, labels: &[(&str, &str)], by: f64) {
+    pub fn add(&self, m: Metric, labels: &[(&str, &str)], by: f64) {
+        debug_assert_eq!(m.kind, MetricType::Counter, "{} is not a counter", m.name);
         let mut g = self.lock();
-        let f = g.entry(name).or_default();
-        f.kind.get_or_insert(MetricType::Counter);
+        let f = g.entry(m.name).or_default();
+        f.help = m.help;
+        f.kind = Some(m.kind);
         *f.series.entry(Self::labels(labels)).or_insert(0.0) += by;
     }
 
     /// Increment a counter by one.
-    pub fn inc(&self, name: &'static str, labels: &[(&str, &str)]) {
-        self.add(name, labels, 1.0);
+    pub fn inc(&self, m: Metric, labels: &[(&str, &str)]) {
+        self.add(m, labels, 1.0);
     }
 
     /// Set a gauge.
-    pub fn set(&self, name: &'static str, labels: &[(&str, &str)], value: f64) {
+    pub fn set(&self, m: Metric, labels: &[(&str, &str)], value: f64) {
+        debug_assert_eq!(m.kind, MetricType::Gauge, "{} is not a gauge", m.name);
         let mut g = self.lock();
-        let f = g.entry(name).or_default();
-        f.kind.get_or_insert(MetricType::Gauge);
+        let f = g.entry(m.name).or_default();
+        f.help = m.help;
+        f.kind = Some(m.kind);
         f.series.insert(Self::labels(labels), value);
     }
 
     /// Current value of a series (0 when never touched); for tests and logs.
-    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub fn get(&self, m: Metric, labels: &[(&str, &str)]) -> f64 {
         let g = self.lock();
-        g.get(name).and_then(|f| f.series.get(&Self::labels(labels))).copied().unwrap_or(0.0)
+        g.get(m.name).and_then(|f| f.series.get(&Self::labels(labels))).copied().unwrap_or(0.0)
     }
 
     /// Sum of all series of a family.
-    pub fn total(&self, name: &str) -> f64 {
+    pub fn total(&self, m: Metric) -> f64 {
         let g = self.lock();
-        g.get(name).map(|f| f.series.values().sum()).unwrap_or(0.0)
+        g.get(m.name).map(|f| f.series.values().sum()).unwrap_or(0.0)
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -201,9 +226,9 @@ mod tests {
     #[test]
     fn renders_counters_gauges_and_labels() {
         let m = Metrics::new();
-        m.inc("trellis_overlay_peer_rejected_total", &[("node", "n\"2")]);
-        m.inc("trellis_overlay_peer_rejected_total", &[("node", "n\"2")]);
-        m.set("trellis_overlay_peers", &[], 3.0);
+        m.inc(OVERLAY_PEER_REJECTED, &[("node", "n\"2")]);
+        m.inc(OVERLAY_PEER_REJECTED, &[("node", "n\"2")]);
+        m.set(OVERLAY_PEERS, &[], 3.0);
         let text = m.render();
         assert!(text.contains("# TYPE trellis_overlay_peer_rejected_total counter"), "{text}");
         assert!(text.contains("trellis_overlay_peer_rejected_total{node=\"n\\\"2\"} 2"), "{text}");
@@ -211,15 +236,28 @@ mod tests {
         assert!(text.contains("trellis_overlay_peers 3"), "{text}");
         // Untouched families still show up at zero.
         assert!(text.contains("trellis_cni_conflist_writes_total 0"), "{text}");
-        assert_eq!(m.get("trellis_overlay_peer_rejected_total", &[("node", "n\"2")]), 2.0);
-        assert_eq!(m.total("trellis_overlay_peer_rejected_total"), 2.0);
+        assert_eq!(m.get(OVERLAY_PEER_REJECTED, &[("node", "n\"2")]), 2.0);
+        assert_eq!(m.total(OVERLAY_PEER_REJECTED), 2.0);
+    }
+
+    #[test]
+    fn catalog_names_are_unique_and_rendered() {
+        let names: std::collections::BTreeSet<_> = CATALOG.iter().map(|m| m.name()).collect();
+        assert_eq!(names.len(), CATALOG.len(), "a metric name is declared twice");
+        let text = Metrics::new().render();
+        for m in CATALOG {
+            assert!(m.name().starts_with("trellis_"), "{}", m.name());
+            let kind = if m.kind() == MetricType::Gauge { "gauge" } else { "counter" };
+            assert!(text.contains(&format!("# TYPE {} {kind}", m.name())), "{text}");
+            assert!(m.kind() == MetricType::Gauge || m.name().ends_with("_total"), "counter {} lacks _total", m.name());
+        }
     }
 
     #[tokio::test]
     async fn serves_metrics_over_http() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let m = Metrics::new();
-        m.inc("trellis_overlay_reconciles_total", &[]);
+        m.inc(OVERLAY_RECONCILES, &[]);
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let task = tokio::spawn(serve(l, m));

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Node;
 use tracing::warn;
 
 use crate::controlplane::{Event, Kind, ObjectKey, Resource};
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 
 /// What the overlay needs to know about a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,6 +18,9 @@ pub struct NodeInfo {
     pub internal_ips: Vec<IpAddr>,
     /// Pod CIDRs (at most one per family), IPv4 first if both.
     pub pod_cidrs: Vec<IpNet>,
+    /// metadata.creationTimestamp in nanoseconds since the epoch: the older node keeps a
+    /// contested podCIDR. None when the manifest has none (files source).
+    pub created: Option<i128>,
 }
 
 impl NodeInfo {
@@ -73,7 +76,8 @@ pub fn node_info(node: &Node) -> Result<NodeInfo, String> {
             internal_ips.push(ip);
         }
     }
-    Ok(NodeInfo { name, internal_ips, pod_cidrs })
+    let created = node.metadata.creation_timestamp.as_ref().map(|t| t.0.as_nanosecond());
+    Ok(NodeInfo { name, internal_ips, pod_cidrs, created })
 }
 
 /// Cluster state as far as the agent needs it.
@@ -112,7 +116,7 @@ impl Model {
             }
             Event::Synced => self.cluster.synced = true,
         }
-        self.metrics.set("trellis_controlplane_synced", &[], if self.cluster.synced { 1.0 } else { 0.0 });
+        self.metrics.set(metrics::CONTROLPLANE_SYNCED, &[], if self.cluster.synced { 1.0 } else { 0.0 });
         self.cluster != before
     }
 
@@ -133,10 +137,8 @@ impl Model {
                 Err(why) => {
                     let name = n.metadata.name.clone().unwrap_or_default();
                     warn!(node = %name, "skipping invalid Node: {why}");
-                    self.metrics.inc(
-                        "trellis_controlplane_invalid_objects_total",
-                        &[("source", self.source), ("reason", "node")],
-                    );
+                    self.metrics
+                        .inc(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", self.source), ("reason", "node")]);
                     // Whatever we knew of it is no longer trustworthy.
                     self.cluster.nodes.remove(&name);
                 }
@@ -149,6 +151,7 @@ impl Model {
 pub(crate) mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     pub fn node(name: &str, cidrs: &[&str], ips: &[&str]) -> Node {
         Node {
@@ -182,6 +185,10 @@ pub(crate) mod tests {
         assert_eq!(i.pod_cidrs[0].to_string(), "10.244.1.0/24", "IPv4 first");
         assert_eq!(i.internal_ip_v4().unwrap().to_string(), "192.168.1.1");
         assert_eq!(i.internal_ip_v6().unwrap().to_string(), "fd00::1");
+        assert_eq!(i.created, None);
+        let mut n = n;
+        n.metadata.creation_timestamp = Some(Time("2024-01-02T03:04:05Z".parse().unwrap()));
+        assert_eq!(node_info(&n).unwrap().created, Some(1_704_164_645_000_000_000));
     }
 
     #[test]
@@ -214,13 +221,10 @@ pub(crate) mod tests {
         // b turns bad: it is dropped and counted; a stays.
         assert!(model.apply(Event::Applied(Resource::Node(Box::new(node("b", &["nope"], &["192.168.1.2"]))))));
         assert_eq!(model.cluster.nodes.keys().collect::<Vec<_>>(), vec!["a"]);
-        assert_eq!(
-            m.get("trellis_controlplane_invalid_objects_total", &[("source", "files"), ("reason", "node")]),
-            1.0
-        );
+        assert_eq!(m.get(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", "files"), ("reason", "node")]), 1.0);
         assert!(!model.cluster.synced);
         assert!(model.apply(Event::Synced));
-        assert_eq!(m.get("trellis_controlplane_synced", &[]), 1.0);
+        assert_eq!(m.get(metrics::CONTROLPLANE_SYNCED, &[]), 1.0);
         // A relist replaces the kind wholesale.
         model.apply(Event::Relisted(
             Kind::Node,

@@ -61,5 +61,5 @@ fn agent_command_line_follows_the_contract() {
     assert_eq!(after("--repair-interval-secs"), "2");
     assert_eq!(after("--cni-conf-dir"), "/run/trellis-lab/default/nodes/node2/cni");
     assert_eq!(after("--manifests-dir"), "/run/trellis-lab/default/manifests");
-    assert_eq!(after("--metrics-addr"), "");
+    assert_eq!(after("--metrics-addr"), "127.0.0.1:9962");
 }

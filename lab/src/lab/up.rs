@@ -154,7 +154,7 @@ pub fn agent_command(st: &LabState, node: &str) -> Command {
         .args(["--cni-conf-name", CONFLIST_NAME])
         .arg("--ipam-data-dir")
         .arg(dirs.ipam_dir(node))
-        .args(["--metrics-addr", ""]);
+        .args(["--metrics-addr", "127.0.0.1:9962"]); // each node netns has its own loopback
     if let Some(s) = st.repair_interval_secs {
         cmd.arg("--repair-interval-secs").arg(s.to_string());
     }

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{ControlPlane, Event, Kind, ObjectKey, Resource};
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::{Error, Result};
 
 const SOURCE: &str = "kube";
@@ -34,13 +34,11 @@ const SOURCE: &str = "kube";
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
     let config = match kubeconfig {
         Some(p) => {
-            let kc = kube::config::Kubeconfig::read_from(p)
-                .map_err(|e| Error::KubeConfig(format!("{}: {e}", p.display())))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| Error::KubeConfig(format!("{}: {e}", p.display())))?
+            let bad = |e: kube::config::KubeconfigError| Error::KubeConfig { path: Some(p.into()), source: e.into() };
+            let kc = kube::config::Kubeconfig::read_from(p).map_err(bad)?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await.map_err(bad)?
         }
-        None => kube::Config::infer().await.map_err(|e| Error::KubeConfig(e.to_string()))?,
+        None => kube::Config::infer().await.map_err(|e| Error::KubeConfig { path: None, source: e.into() })?,
     };
     Ok(Client::try_from(config)?)
 }
@@ -96,11 +94,11 @@ where
                     vec![]
                 }
                 Ok(watcher::Event::InitDone) => {
-                    metrics.inc("trellis_controlplane_events_total", &[("source", SOURCE), ("kind", kind.as_str())]);
+                    metrics.inc(metrics::CONTROLPLANE_EVENTS, &[("source", SOURCE), ("kind", kind.as_str())]);
                     vec![Msg::Event(Event::Relisted(kind, std::mem::take(&mut buffer))), Msg::ListDone(kind)]
                 }
                 Ok(watcher::Event::Apply(o)) => {
-                    metrics.inc("trellis_controlplane_events_total", &[("source", SOURCE), ("kind", kind.as_str())]);
+                    metrics.inc(metrics::CONTROLPLANE_EVENTS, &[("source", SOURCE), ("kind", kind.as_str())]);
                     vec![Msg::Event(Event::Applied(wrap(o)))]
                 }
                 Ok(watcher::Event::Delete(o)) => {
@@ -115,8 +113,7 @@ where
                     // The backoff wrapper retries; an object the API returns that we cannot
                     // decode also lands here.
                     warn!(kind = kind.as_str(), error = %e, "watch error; retrying with backoff");
-                    metrics
-                        .inc("trellis_controlplane_invalid_objects_total", &[("source", SOURCE), ("reason", "watch")]);
+                    metrics.inc(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", SOURCE), ("reason", "watch")]);
                     vec![]
                 }
             };
@@ -271,10 +268,7 @@ mod tests {
         send.send_response(Response::new(Body::from(serde_json::to_vec(&list).unwrap())));
         assert!(matches!(next(&mut rx).await, Event::Relisted(Kind::Node, v) if v.len() == 1));
         assert_eq!(next(&mut rx).await, Event::Synced);
-        assert!(
-            metrics.get("trellis_controlplane_invalid_objects_total", &[("source", "kube"), ("reason", "watch")])
-                >= 1.0
-        );
+        assert!(metrics.get(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", "kube"), ("reason", "watch")]) >= 1.0);
         task.abort();
     }
 }

@@ -1,6 +1,6 @@
 //! Kernel access for the overlay, behind a trait: a real implementation over
-//! `trellis-netlink` ([`super::netlink`]), an in-memory fake ([`super::fake`]) and a
-//! fault-injecting wrapper ([`super::faulty`]).
+//! `trellis-netlink` ([`super::netlink`]); tests add an in-memory fake and a
+//! fault-injecting wrapper (`fake.rs`, `faulty.rs`, compiled for tests only).
 use std::net::IpAddr;
 
 use super::{FdbEntry, KernelRoute, NeighEntry, Underlay, VxlanDevice};

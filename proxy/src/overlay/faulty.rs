@@ -1,6 +1,8 @@
-//! Fault injection: wraps a dataplane and fails chosen calls, to prove the reconciler keeps
-//! going and retries.
+//! Fault injection (tests only): wraps a dataplane and fails chosen calls, counted by the
+//! workspace's one fail-at-step-N counter, to prove the reconciler keeps going and retries.
 use std::net::IpAddr;
+
+use trellis_test_support::Faults;
 
 use super::dataplane::OverlayDataplane;
 use super::{FdbEntry, KernelRoute, NeighEntry, Underlay, VxlanDevice};
@@ -8,34 +10,19 @@ use crate::{Error, Result};
 
 pub struct FaultyDataplane<D> {
     pub inner: D,
-    /// Calls made so far (all operations), 1-based numbering for `fail_nth`.
-    pub calls: usize,
-    /// Fail the call with this number.
-    pub fail_nth: Option<usize>,
-    /// Fail calls of this operation ("add_fdb", "replace_route", ...) this many more times.
-    pub fail_op: Option<(&'static str, usize)>,
-    pub failures: usize,
+    pub faults: Faults,
 }
 
 impl<D> FaultyDataplane<D> {
-    pub fn new(inner: D) -> Self {
-        FaultyDataplane { inner, calls: 0, fail_nth: None, fail_op: None, failures: 0 }
+    pub fn new(inner: D, faults: Faults) -> Self {
+        FaultyDataplane { inner, faults }
     }
 
     fn check(&mut self, op: &'static str) -> Result<()> {
-        self.calls += 1;
-        let mut fail = self.fail_nth == Some(self.calls);
-        if let Some((o, n)) = &mut self.fail_op {
-            if *o == op && *n > 0 {
-                *n -= 1;
-                fail = true;
-            }
+        match self.faults.hit(op) {
+            Some(what) => Err(Error::Injected(what)),
+            None => Ok(()),
         }
-        if fail {
-            self.failures += 1;
-            return Err(Error::Injected(format!("{op} (call {})", self.calls)));
-        }
-        Ok(())
     }
 }
 

@@ -7,8 +7,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::IpNet;
 
 pub mod dataplane;
-pub mod fake;
-pub mod faulty;
+#[cfg(test)]
+pub(crate) mod fake;
+#[cfg(test)]
+pub(crate) mod faulty;
 pub mod netlink;
 pub mod plan;
 pub mod reconcile;

@@ -11,7 +11,7 @@ use crate::{Error, Result};
 
 fn nl(op: impl Into<String>) -> impl FnOnce(trellis_netlink::Error) -> Error {
     let op = op.into();
-    move |e| Error::Netlink { op, message: e.to_string() }
+    move |source| Error::Netlink { op, source }
 }
 
 pub struct NetlinkDataplane {

@@ -1,5 +1,11 @@
 //! Pure planning: nodes in, desired VXLAN device / FDB / neighbour / route set out, plus the
-//! peers skipped (missing data) or rejected (host-gw peer off our L2 segment).
+//! peers skipped (missing data), rejected (host-gw peer off our L2 segment) or losing a podCIDR
+//! conflict.
+//!
+//! PodCIDR conflicts: the incumbent keeps its CIDR. Peers claim their CIDRs in order of
+//! seniority (see [`seniority`]): our own node first, then the older Node (creationTimestamp),
+//! then the one this agent programmed first, then the name. A claim overlapping one already
+//! taken is refused, so a newcomer claiming a CIDR in use never moves existing traffic.
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -29,6 +35,48 @@ pub struct Omission {
     pub reason: String,
 }
 
+/// A pod CIDR left out because `owner` holds an overlapping one.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Conflict {
+    pub node: String,
+    pub cidr: IpNet,
+    pub owner: String,
+    pub owner_cidr: IpNet,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "podCIDR {} overlaps {} held by {}, which keeps it", self.cidr, self.owner_cidr, self.owner)
+    }
+}
+
+/// The order in which peers claim pod CIDRs: older Node first (one without creationTimestamp
+/// counts as newest), then the one programmed first (`programmed`: node -> the sequence number
+/// this agent programmed it at), then name.
+pub fn seniority<'a>(node: &'a NodeInfo, programmed: &BTreeMap<String, u64>) -> (bool, i128, bool, u64, &'a str) {
+    let prog = programmed.get(&node.name).copied();
+    (node.created.is_none(), node.created.unwrap_or(0), prog.is_none(), prog.unwrap_or(0), node.name.as_str())
+}
+
+/// Whether two prefixes share any address (one contains the other's network address).
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// CIDRs claimed so far, by whom.
+struct Claims(Vec<(IpNet, String)>);
+
+impl Claims {
+    /// Take `cidr` for `node`, or name the claim it overlaps.
+    fn claim(&mut self, cidr: IpNet, node: &str) -> Result<(), Conflict> {
+        if let Some((held, owner)) = self.0.iter().find(|(t, _)| overlaps(t, &cidr)) {
+            return Err(Conflict { node: node.to_string(), cidr, owner: owner.clone(), owner_cidr: *held });
+        }
+        self.0.push((cidr, node.to_string()));
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     pub desired: Desired,
@@ -36,8 +84,11 @@ pub struct Plan {
     pub skipped: Vec<Omission>,
     /// host-gw peers not on our L2 segment (`trellis_overlay_peer_rejected_total`).
     pub rejected: Vec<Omission>,
+    /// Pod CIDRs refused because a more senior node holds an overlapping one
+    /// (`trellis_overlay_podcidr_conflicts_total`).
+    pub conflicts: Vec<Conflict>,
     /// Peers with at least one route.
-    pub peers: usize,
+    pub peers: BTreeSet<String>,
     /// MTU for pods (the conflist): underlay MTU minus encapsulation overhead.
     pub pod_mtu: u32,
 }
@@ -67,19 +118,22 @@ fn on_link(underlay: &Underlay, ip: IpAddr) -> bool {
     underlay.addrs.iter().any(|n| n.contains(&ip) && n.addr() != ip)
 }
 
-/// Nodes in, desired state out. `own` names this node; `nodes` is every known node.
+/// Nodes in, desired state out. `own` names this node; `nodes` is every known node;
+/// `programmed` the peers this agent has programmed and in which order (see [`seniority`]).
 pub fn plan(
     cfg: &OverlayConfig,
     own: &str,
     nodes: &BTreeMap<String, NodeInfo>,
     underlay: &Underlay,
+    programmed: &BTreeMap<String, u64>,
 ) -> Result<Plan, NotReady> {
     let me = nodes.get(own).ok_or_else(|| NotReady::OwnNodeUnknown(own.to_string()))?;
     let my_ip = own_underlay_ip(cfg, me)?;
     let mut desired = Desired::default();
     let mut skipped = Vec::new();
     let mut rejected = Vec::new();
-    let mut peers = 0;
+    let mut conflicts = Vec::new();
+    let mut peers = BTreeSet::new();
     let pod_mtu = match cfg.mode {
         Mode::Vxlan => underlay.mtu.saturating_sub(VXLAN_OVERHEAD),
         Mode::HostGw => underlay.mtu,
@@ -108,10 +162,12 @@ pub fn plan(
         });
     }
 
-    // CIDRs already taken (ours first), so two nodes claiming overlapping ranges cannot make
-    // the reconciler flip a route back and forth.
-    let mut taken: Vec<(IpNet, String)> = me.pod_cidrs.iter().map(|n| (*n, own.to_string())).collect();
-    for node in nodes.values().filter(|n| n.name != own) {
+    // CIDRs already taken (ours first, then by seniority), so two nodes claiming overlapping
+    // ranges cannot make the reconciler flip a route back and forth, and the incumbent keeps it.
+    let mut taken = Claims(me.pod_cidrs.iter().map(|n| (*n, own.to_string())).collect());
+    let mut peer_nodes: Vec<&NodeInfo> = nodes.values().filter(|n| n.name != own).collect();
+    peer_nodes.sort_by_key(|n| seniority(n, programmed));
+    for node in peer_nodes {
         let skip =
             |skipped: &mut Vec<Omission>, reason: String| skipped.push(Omission { node: node.name.clone(), reason });
         if node.pod_cidrs.is_empty() {
@@ -127,13 +183,10 @@ pub fn plan(
                 };
                 let mac = vxlan_mac(peer_ip);
                 for cidr in &node.pod_cidrs {
-                    if let Some((_, owner)) =
-                        taken.iter().find(|(t, _)| t.contains(&cidr.network()) || cidr.contains(&t.network()))
-                    {
-                        skip(&mut skipped, format!("podCIDR {cidr} overlaps {owner}'s"));
+                    if let Err(c) = taken.claim(*cidr, &node.name) {
+                        conflicts.push(c);
                         continue;
                     }
-                    taken.push((*cidr, node.name.clone()));
                     let gw = cidr.network();
                     desired.neigh.insert(NeighEntry { ip: gw, mac });
                     desired.routes.insert(RouteEntry { dst: *cidr, gateway: gw, dev: RouteDev::Vxlan, onlink: true });
@@ -161,13 +214,10 @@ pub fn plan(
                         });
                         continue;
                     }
-                    if let Some((_, owner)) =
-                        taken.iter().find(|(t, _)| t.contains(&cidr.network()) || cidr.contains(&t.network()))
-                    {
-                        skip(&mut skipped, format!("podCIDR {cidr} overlaps {owner}'s"));
+                    if let Err(c) = taken.claim(*cidr, &node.name) {
+                        conflicts.push(c);
                         continue;
                     }
-                    taken.push((*cidr, node.name.clone()));
                     desired.routes.insert(RouteEntry {
                         dst: *cidr,
                         gateway: gw,
@@ -180,10 +230,14 @@ pub fn plan(
             }
         }
         if any {
-            peers += 1;
+            peers.insert(node.name.clone());
         }
     }
-    Ok(Plan { desired, skipped, rejected, peers, pod_mtu })
+    // Reported in name order, whatever order the claims were made in.
+    skipped.sort_by(|a, b| a.node.cmp(&b.node));
+    rejected.sort_by(|a, b| a.node.cmp(&b.node));
+    conflicts.sort_by(|a, b| a.node.cmp(&b.node));
+    Ok(Plan { desired, skipped, rejected, conflicts, peers, pod_mtu })
 }
 
 #[cfg(test)]
@@ -196,7 +250,17 @@ mod tests {
             name: name.into(),
             internal_ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
             pod_cidrs: cidrs.iter().map(|s| s.parse().unwrap()).collect(),
+            created: None,
         }
+    }
+
+    fn aged(mut n: NodeInfo, created: i128) -> NodeInfo {
+        n.created = Some(created);
+        n
+    }
+
+    fn none() -> BTreeMap<String, u64> {
+        BTreeMap::new()
     }
 
     fn nodes(v: Vec<NodeInfo>) -> BTreeMap<String, NodeInfo> {
@@ -235,7 +299,7 @@ mod tests {
             ni("b", &["10.244.2.0/24"], &["192.168.50.2"]),
             ni("c", &["10.244.3.0/24"], &["192.168.60.3"]), // another subnet is fine for VXLAN
         ]);
-        let p = plan(&vx(), "a", &n, &underlay(&["192.168.50.1/24"])).unwrap();
+        let p = plan(&vx(), "a", &n, &underlay(&["192.168.50.1/24"]), &none()).unwrap();
         let dev = p.desired.device.as_ref().unwrap();
         assert_eq!(dev.name, "trellis.1");
         assert_eq!((dev.vni, dev.port, dev.underlay_ifindex, dev.mtu), (1, 8472, 7, 1450));
@@ -250,7 +314,7 @@ mod tests {
             routes(&p),
             vec!["10.244.2.0/24 via 10.244.2.0 Vxlan onlink", "10.244.3.0/24 via 10.244.3.0 Vxlan onlink"]
         );
-        assert_eq!(p.peers, 2);
+        assert_eq!(p.peers.len(), 2);
         assert!(p.skipped.is_empty() && p.rejected.is_empty());
         assert!(!p.desired.ipv6);
     }
@@ -258,15 +322,15 @@ mod tests {
     #[test]
     fn own_node_is_excluded_and_required() {
         let n = nodes(vec![ni("a", &["10.244.1.0/24"], &["192.168.50.1"])]);
-        let p = plan(&vx(), "a", &n, &underlay(&["192.168.50.1/24"])).unwrap();
+        let p = plan(&vx(), "a", &n, &underlay(&["192.168.50.1/24"]), &none()).unwrap();
         assert!(p.desired.routes.is_empty() && p.desired.fdb.is_empty() && p.desired.neigh.is_empty());
-        assert_eq!(p.peers, 0);
-        assert_eq!(plan(&vx(), "zz", &n, &underlay(&[])), Err(NotReady::OwnNodeUnknown("zz".into())));
+        assert!(p.peers.is_empty());
+        assert_eq!(plan(&vx(), "zz", &n, &underlay(&[]), &none()), Err(NotReady::OwnNodeUnknown("zz".into())));
         let v6only = nodes(vec![ni("a", &["10.244.1.0/24"], &["fd00::1"])]);
-        assert_eq!(plan(&vx(), "a", &v6only, &underlay(&[])), Err(NotReady::NoIpv4InternalIp("a".into())));
+        assert_eq!(plan(&vx(), "a", &v6only, &underlay(&[]), &none()), Err(NotReady::NoIpv4InternalIp("a".into())));
         // Own node without podCIDR: device without address, peers still programmed.
         let n = nodes(vec![ni("a", &[], &["192.168.50.1"]), ni("b", &["10.244.2.0/24"], &["192.168.50.2"])]);
-        let p = plan(&vx(), "a", &n, &underlay(&["192.168.50.1/24"])).unwrap();
+        let p = plan(&vx(), "a", &n, &underlay(&["192.168.50.1/24"]), &none()).unwrap();
         assert!(p.desired.device.as_ref().unwrap().addrs.is_empty());
         assert_eq!(p.desired.routes.len(), 1);
     }
@@ -280,12 +344,12 @@ mod tests {
             ni("d", &["10.244.4.0/24"], &["192.168.50.4"]),
         ]);
         for cfg in [vx(), hg()] {
-            let p = plan(&cfg, "a", &n, &underlay(&["192.168.50.1/24"])).unwrap();
+            let p = plan(&cfg, "a", &n, &underlay(&["192.168.50.1/24"]), &none()).unwrap();
             let sk: Vec<_> = p.skipped.iter().map(|s| s.node.as_str()).collect();
             assert_eq!(sk, vec!["b", "c"], "{:?}", cfg.mode);
             assert_eq!(p.desired.routes.len(), 1);
             assert_eq!(p.desired.routes.iter().next().unwrap().dst.to_string(), "10.244.4.0/24");
-            assert_eq!(p.peers, 1);
+            assert_eq!(p.peers.len(), 1);
         }
     }
 
@@ -297,11 +361,131 @@ mod tests {
             ni("c", &["10.244.2.0/23"], &["192.168.50.3"]),
             ni("d", &["10.244.1.0/24"], &["192.168.50.4"]),
         ]);
-        let p = plan(&vx(), "a", &n, &underlay(&["192.168.50.1/24"])).unwrap();
+        let p = plan(&vx(), "a", &n, &underlay(&["192.168.50.1/24"]), &none()).unwrap();
         assert_eq!(routes(&p), vec!["10.244.2.0/24 via 10.244.2.0 Vxlan onlink"]);
-        let sk: Vec<_> = p.skipped.iter().map(|s| (s.node.as_str(), s.reason.contains("overlaps"))).collect();
-        assert_eq!(sk, vec![("c", true), ("d", true)]);
+        assert!(p.skipped.is_empty(), "{:?}", p.skipped);
+        let cf: Vec<_> = p.conflicts.iter().map(|c| (c.node.as_str(), c.owner.as_str())).collect();
+        assert_eq!(cf, vec![("c", "b"), ("d", "a")]);
+        assert_eq!(
+            p.conflicts[0].to_string(),
+            "podCIDR 10.244.2.0/23 overlaps 10.244.2.0/24 held by b, which keeps it"
+        );
         assert_eq!(p.desired.fdb.len(), 1, "no FDB entry for a peer without routes");
+        assert_eq!(p.peers.iter().collect::<Vec<_>>(), vec!["b"]);
+    }
+
+    #[test]
+    fn overlap_is_checked_in_both_directions() {
+        let n = |s: &str| s.parse::<IpNet>().unwrap();
+        for (a, b, want) in [
+            ("10.244.2.0/23", "10.244.3.0/24", true),
+            ("10.244.2.0/24", "10.244.2.0/24", true),
+            ("10.244.2.0/24", "10.244.3.0/24", false),
+            ("10.0.0.0/8", "10.244.3.128/25", true),
+            ("fd00:10:244::/56", "fd00:10:244:1::/64", true),
+            ("fd00:10:244:1::/64", "fd00:10:244:2::/64", false),
+            ("10.244.0.0/16", "fd00::/8", false),
+        ] {
+            assert_eq!(overlaps(&n(a), &n(b)), want, "{a} vs {b}");
+            assert_eq!(overlaps(&n(b), &n(a)), want, "{b} vs {a}");
+        }
+        // In the planner too: the bigger CIDR held first, then the smaller one held first.
+        for (first, second) in [("10.244.2.0/23", "10.244.3.0/24"), ("10.244.3.0/24", "10.244.2.0/23")] {
+            for cfg in [vx(), hg()] {
+                let n = nodes(vec![
+                    ni("a", &["10.244.1.0/24"], &["192.168.50.1"]),
+                    aged(ni("old", &[first], &["192.168.50.2"]), 1),
+                    aged(ni("new", &[second], &["192.168.50.3"]), 2),
+                ]);
+                let p = plan(&cfg, "a", &n, &underlay(&["192.168.50.1/24"]), &none()).unwrap();
+                let dsts: Vec<_> = p.desired.routes.iter().map(|r| r.dst.to_string()).collect();
+                assert_eq!(dsts, vec![first], "{first} then {second}, {:?}", cfg.mode);
+                assert_eq!(p.conflicts.len(), 1, "{first} then {second}, {:?}", cfg.mode);
+                assert_eq!((p.conflicts[0].node.as_str(), p.conflicts[0].owner.as_str()), ("new", "old"));
+            }
+        }
+    }
+
+    /// node1 holds 10.244.0.0/24; a newcomer `dup` claims it too, with an address where nothing lives.
+    fn contested(dup: &str, node1_created: Option<i128>, dup_created: Option<i128>) -> BTreeMap<String, NodeInfo> {
+        let mut node1 = ni("node1", &["10.244.0.0/24"], &["192.168.50.11"]);
+        node1.created = node1_created;
+        let mut d = ni(dup, &["10.244.0.0/24"], &["192.168.50.99"]);
+        d.created = dup_created;
+        nodes(vec![ni("node2", &["10.244.1.0/24"], &["192.168.50.12"]), node1, d])
+    }
+
+    fn winner(p: &Plan) -> String {
+        assert_eq!(p.desired.routes.len(), 1, "{p:?}");
+        assert_eq!(p.conflicts.len(), 1, "{p:?}");
+        let r = p.desired.routes.iter().next().unwrap();
+        assert_eq!(r.dst.to_string(), "10.244.0.0/24");
+        assert_eq!(p.peers.len(), 1);
+        assert!(p.skipped.is_empty());
+        p.peers.iter().next().unwrap().clone()
+    }
+
+    #[test]
+    fn podcidr_conflict_older_node_wins_whatever_the_names() {
+        for dup in ["aaa-dup", "zzz-dup"] {
+            for cfg in [vx(), hg()] {
+                let u = underlay(&["192.168.50.12/24"]);
+                let p = plan(&cfg, "node2", &contested(dup, Some(100), Some(200)), &u, &none()).unwrap();
+                assert_eq!(winner(&p), "node1", "{dup} {:?}", cfg.mode);
+                assert_eq!(p.conflicts[0].node, dup);
+                assert_eq!(p.conflicts[0].owner, "node1");
+                // The gateway is node1's, never the newcomer's.
+                let r = p.desired.routes.iter().next().unwrap();
+                if cfg.mode == Mode::HostGw {
+                    assert_eq!(r.gateway.to_string(), "192.168.50.11");
+                } else {
+                    assert_eq!(p.desired.fdb.iter().map(|f| f.dst.to_string()).collect::<Vec<_>>(), ["192.168.50.11"]);
+                }
+                // The other way round the newcomer is the older one and keeps it.
+                let p = plan(&cfg, "node2", &contested(dup, Some(300), Some(200)), &u, &none()).unwrap();
+                assert_eq!(winner(&p), dup);
+                // A node without creationTimestamp counts as the newest.
+                let p = plan(&cfg, "node2", &contested(dup, Some(300), None), &u, &none()).unwrap();
+                assert_eq!(winner(&p), "node1");
+                let p = plan(&cfg, "node2", &contested(dup, None, Some(300)), &u, &none()).unwrap();
+                assert_eq!(winner(&p), dup);
+            }
+        }
+    }
+
+    #[test]
+    fn podcidr_conflict_without_timestamps_the_first_programmed_wins_then_the_name() {
+        let u = underlay(&["192.168.50.12/24"]);
+        for dup in ["aaa-dup", "zzz-dup"] {
+            for cfg in [vx(), hg()] {
+                // node1 was programmed before dup showed up: it keeps the CIDR in both name orders.
+                let programmed: BTreeMap<String, u64> = [("node1".to_string(), 1)].into();
+                let p = plan(&cfg, "node2", &contested(dup, None, None), &u, &programmed).unwrap();
+                assert_eq!(winner(&p), "node1", "{dup} {:?}", cfg.mode);
+                // Both programmed: the earlier one.
+                let both: BTreeMap<String, u64> = [(dup.to_string(), 5), ("node1".to_string(), 7)].into();
+                let p = plan(&cfg, "node2", &contested(dup, None, None), &u, &both).unwrap();
+                assert_eq!(winner(&p), dup);
+                // An older timestamp beats having been programmed first.
+                let p = plan(&cfg, "node2", &contested(dup, Some(1), Some(2)), &u, &both).unwrap();
+                assert_eq!(winner(&p), "node1");
+                // Nothing known: the name decides.
+                let p = plan(&cfg, "node2", &contested(dup, None, None), &u, &none()).unwrap();
+                assert_eq!(winner(&p), if dup < "node1" { dup } else { "node1" });
+            }
+        }
+    }
+
+    #[test]
+    fn own_podcidr_is_never_given_up() {
+        let n = nodes(vec![
+            ni("a", &["10.244.1.0/24"], &["192.168.50.1"]),
+            aged(ni("ancient", &["10.244.1.0/24"], &["192.168.50.2"]), 0),
+        ]);
+        let programmed: BTreeMap<String, u64> = [("ancient".to_string(), 0)].into();
+        let p = plan(&vx(), "a", &n, &underlay(&["192.168.50.1/24"]), &programmed).unwrap();
+        assert!(p.desired.routes.is_empty());
+        assert_eq!(p.conflicts[0].owner, "a");
     }
 
     #[test]
@@ -311,7 +495,7 @@ mod tests {
             ni("b", &["10.244.2.0/24"], &["192.168.50.2"]),
             ni("far", &["10.244.3.0/24"], &["192.168.99.3"]),
         ]);
-        let p = plan(&hg(), "a", &n, &underlay(&["192.168.50.1/24"])).unwrap();
+        let p = plan(&hg(), "a", &n, &underlay(&["192.168.50.1/24"]), &none()).unwrap();
         assert!(p.desired.device.is_none());
         assert!(p.desired.fdb.is_empty() && p.desired.neigh.is_empty());
         assert_eq!(routes(&p), vec!["10.244.2.0/24 via 192.168.50.2 Underlay"]);
@@ -326,7 +510,7 @@ mod tests {
         // Our own address is not a gateway to anything.
         let n2 =
             nodes(vec![ni("a", &["10.244.1.0/24"], &["192.168.50.1"]), ni("b", &["10.244.2.0/24"], &["192.168.50.1"])]);
-        let p = plan(&hg(), "a", &n2, &underlay(&["192.168.50.1/24"])).unwrap();
+        let p = plan(&hg(), "a", &n2, &underlay(&["192.168.50.1/24"]), &none()).unwrap();
         assert!(p.desired.routes.is_empty());
         assert_eq!(p.rejected.len(), 1);
     }
@@ -338,7 +522,7 @@ mod tests {
             ni("b", &["10.244.2.0/24", "fd00:10:244:2::/64"], &["192.168.50.2", "fd00:50::2"]),
             ni("c", &["10.244.3.0/24", "fd00:10:244:3::/64"], &["192.168.50.3"]),
         ]);
-        let p = plan(&vx(), "a", &n, &underlay(&["192.168.50.1/24", "fd00:50::1/64"])).unwrap();
+        let p = plan(&vx(), "a", &n, &underlay(&["192.168.50.1/24", "fd00:50::1/64"]), &none()).unwrap();
         assert_eq!(
             p.desired.device.as_ref().unwrap().addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             vec!["10.244.1.0/32", "fd00:10:244:1::/128"]
@@ -358,7 +542,7 @@ mod tests {
         assert!(p.desired.ipv6);
 
         // host-gw: each family via the peer's address of that family; c lacks IPv6 and is skipped for it.
-        let p = plan(&hg(), "a", &n, &underlay(&["192.168.50.1/24", "fd00:50::1/64"])).unwrap();
+        let p = plan(&hg(), "a", &n, &underlay(&["192.168.50.1/24", "fd00:50::1/64"]), &none()).unwrap();
         assert_eq!(
             routes(&p),
             vec![
@@ -371,6 +555,34 @@ mod tests {
             p.skipped,
             vec![Omission { node: "c".into(), reason: "no InternalIP of fd00:10:244:3::/64's family".into() }]
         );
-        assert_eq!(p.peers, 2);
+        assert_eq!(p.peers.len(), 2);
+    }
+
+    #[test]
+    fn ipv6_forwarding_is_wanted_for_an_ipv6_peer_or_own_ipv6_pods_only() {
+        let u = underlay(&["192.168.50.1/24", "fd00:50::1/64"]);
+        // Own node IPv4 only, one IPv6 peer: forwarding for IPv6 is needed, in both modes.
+        let n = nodes(vec![
+            ni("a", &["10.244.1.0/24"], &["192.168.50.1", "fd00:50::1"]),
+            ni("b", &["10.244.2.0/24"], &["192.168.50.2"]),
+            ni("c", &["10.244.3.0/24", "fd00:10:244:3::/64"], &["192.168.50.3", "fd00:50::3"]),
+        ]);
+        for cfg in [vx(), hg()] {
+            assert!(plan(&cfg, "a", &n, &u, &none()).unwrap().desired.ipv6, "{:?}", cfg.mode);
+        }
+        // Nothing IPv6 anywhere: not needed.
+        let v4 =
+            nodes(vec![ni("a", &["10.244.1.0/24"], &["192.168.50.1"]), ni("b", &["10.244.2.0/24"], &["192.168.50.2"])]);
+        for cfg in [vx(), hg()] {
+            assert!(!plan(&cfg, "a", &v4, &u, &none()).unwrap().desired.ipv6, "{:?}", cfg.mode);
+        }
+        // Own IPv6 pods, IPv4-only peers: still needed.
+        let own6 = nodes(vec![
+            ni("a", &["10.244.1.0/24", "fd00:10:244:1::/64"], &["192.168.50.1", "fd00:50::1"]),
+            ni("b", &["10.244.2.0/24"], &["192.168.50.2"]),
+        ]);
+        for cfg in [vx(), hg()] {
+            assert!(plan(&cfg, "a", &own6, &u, &none()).unwrap().desired.ipv6, "{:?}", cfg.mode);
+        }
     }
 }
