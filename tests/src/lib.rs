@@ -29,3 +29,4 @@ pub use netns::Netns;
 pub use node::Node;
 pub use node::Pod;
 pub use tempdir::TempDir;
+pub use trellis_test_support::{require_root, require_tool};
