@@ -21,6 +21,7 @@ pub mod result;
 pub mod store;
 pub mod tempdir;
 pub mod veth;
+pub mod wait;
 
 pub use bins::Bins;
 pub use cni::{CniCmd, CniError, CniOutput, Invocation};

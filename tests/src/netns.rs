@@ -63,6 +63,26 @@ impl Netns {
         Ok(self.links()?.iter().filter_map(|l| l["ifname"].as_str().map(str::to_owned)).collect())
     }
 
+    /// Pods' host veths in this namespace, live (`tr…`) and dying (`tz…`): what a leak check counts.
+    pub fn pod_links(&self) -> Result<Vec<String>> {
+        Ok(self.link_names()?.into_iter().filter(|n| crate::veth::is_pod_link(n)).collect())
+    }
+
+    /// Waits (up to [`crate::wait::DEADLINE`]) until the pod links here are exactly `expected`: a deleted pod's
+    /// `tz…` link lives on until a detached child of DEL has unregistered it.
+    pub fn wait_pod_links(&self, expected: &[String]) -> Result<()> {
+        let mut want = expected.to_vec();
+        want.sort();
+        let mut seen = Vec::new();
+        crate::wait::until("the node's pod links to settle", crate::wait::DEADLINE, || {
+            seen = self.pod_links()?;
+            seen.sort();
+            Ok(seen == want)
+        })
+        .with_context(|| format!("pod links in {}: {seen:?}, expected {want:?}", self.name))?;
+        Ok(())
+    }
+
     pub fn link(&self, name: &str) -> Result<Option<Value>> {
         Ok(self.links()?.into_iter().find(|l| l["ifname"] == name))
     }
