@@ -124,6 +124,24 @@ impl Netns {
         Ok(self.run(&["cat", &path])?.trim().to_owned())
     }
 
+    /// Runs `f` on a thread that has entered this namespace (setns affects only the calling thread), so sockets
+    /// `f` creates live here, whatever thread uses them afterwards.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(&self.path).with_context(|| format!("open {}", self.path.display()))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns on a valid namespace fd, for this (short-lived, scoped) thread only.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(anyhow::anyhow!("setns into {}: {}", self.name, std::io::Error::last_os_error()));
+                }
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in netns {} panicked", self.name))?
+        })
+    }
+
     /// `nft list ruleset` inside.
     pub fn nft_ruleset(&self) -> Result<String> {
         self.run(&["nft", "list", "ruleset"])
