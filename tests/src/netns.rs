@@ -142,6 +142,15 @@ impl Netns {
         })
     }
 
+    /// Waits until no IPv6 address here is still tentative (duplicate address detection takes a second or two;
+    /// until then the kernel will not send from it).
+    pub fn wait_ipv6_ready(&self) -> Result<()> {
+        crate::wait::until(&format!("IPv6 DAD in {}", self.name), crate::wait::DEADLINE, || {
+            Ok(self.run(&["ip", "-6", "addr", "show", "tentative"])?.trim().is_empty())
+        })?;
+        Ok(())
+    }
+
     /// `nft list ruleset` inside.
     pub fn nft_ruleset(&self) -> Result<String> {
         self.run(&["nft", "list", "ruleset"])
