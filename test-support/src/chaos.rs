@@ -110,10 +110,12 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_sequence() {
-        let a: Vec<u64> = (0..5).map({
-            let mut r = Rng::from_seed(42);
-            move |_| r.next_u64()
-        }).collect();
+        let a: Vec<u64> = (0..5)
+            .map({
+                let mut r = Rng::from_seed(42);
+                move |_| r.next_u64()
+            })
+            .collect();
         let mut r = Rng::from_seed(42);
         assert_eq!(a, (0..5).map(|_| r.next_u64()).collect::<Vec<_>>());
         assert_ne!(Rng::from_seed(43).next_u64(), a[0]);

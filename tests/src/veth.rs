@@ -15,7 +15,9 @@ pub fn dying_name(host_veth: &str) -> String {
 /// True for a pod's host veth, live (`tr…`) or dying (`tz…`): exactly what a leak check must count. Bridges
 /// (`trellis0`) and other links are not pod links.
 pub fn is_pod_link(name: &str) -> bool {
-    name.len() == 14 && (name.starts_with("tr") || name.starts_with("tz")) && name[2..].bytes().all(|b| b.is_ascii_hexdigit())
+    name.len() == 14
+        && (name.starts_with("tr") || name.starts_with("tz"))
+        && name[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[cfg(test)]
@@ -42,7 +44,8 @@ mod tests {
         assert!(is_pod_link(&live));
         assert_eq!(dying_name(&live), "tzd72e032fedd9");
         assert!(is_pod_link(&dying_name(&live)));
-        for other in ["trellis0", "trellisb", "tr", "lo", "eth0", "trd72e032fedd", "tzd72e032fedd9x", "trd72e032fedzz"] {
+        for other in ["trellis0", "trellisb", "tr", "lo", "eth0", "trd72e032fedd", "tzd72e032fedd9x", "trd72e032fedzz"]
+        {
             assert!(!is_pod_link(other), "{other}");
         }
     }

@@ -68,7 +68,21 @@ fn outside_host(node: &Netns, sources: &[(&str, &str)]) -> Netns {
     for (family, src) in sources {
         let icmp = if *family == "ip6" { "icmpv6" } else { "icmp" };
         outside
-            .run(&["nft", "add", "rule", "inet", "probe", "input", family, "saddr", src, icmp, "type", "echo-request", "counter"])
+            .run(&[
+                "nft",
+                "add",
+                "rule",
+                "inet",
+                "probe",
+                "input",
+                family,
+                "saddr",
+                src,
+                icmp,
+                "type",
+                "echo-request",
+                "counter",
+            ])
             .unwrap();
     }
     outside
