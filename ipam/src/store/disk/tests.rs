@@ -166,7 +166,7 @@ fn lock_waits_for_a_holder_that_finishes() {
     }
     released.store(true, Ordering::SeqCst);
     a.unlock().unwrap();
-    assert_eq!(t.join().unwrap().unwrap(), true, "the waiter got the lock before the holder released it");
+    assert!(t.join().unwrap().unwrap(), "the waiter got the lock before the holder released it");
 }
 
 #[test]
