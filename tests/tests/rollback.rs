@@ -29,6 +29,13 @@ fn assert_left(fx: &Fixture, pod: &Pod, live: &[&Pod], leases: &[std::net::IpAdd
     assert_eq!(names, want, "links in the pod netns after the failed ADD:\n{why}");
 }
 
+/// The failure came after IPAM reserved an address (so the rollback, not luck, released it): trellis-ipam
+/// remembers every reservation in `last_reserved_ip.0`, which a release leaves in place.
+fn assert_ipam_ran(fx: &Fixture) {
+    let marker = fx.store().dir().join("last_reserved_ip.0");
+    assert!(marker.exists(), "IPAM never reserved an address: the ADD failed before the step this test means");
+}
+
 /// `chattr +i` on a directory: not even root may create files in it. Undone on Drop, pass or fail.
 struct Immutable(PathBuf);
 
@@ -111,6 +118,7 @@ fn a_non_bridge_in_the_bridge_s_place_fails_after_ipam_and_releases_the_address(
     let c = fx.trellis("1.0.0", "10.244.44.0/24");
     let pod = Pod::new("nobr").unwrap();
     let why = add_fails(&fx, &c, &pod);
+    assert_ipam_ran(&fx);
     assert_left(&fx, &pod, &[], &[], &["lo"], &why);
     let kind = fx.node.ns.link_details(conf::BRIDGE).unwrap()["linkinfo"]["info_kind"].clone();
     assert_eq!(kind, "veth", "the rollback touched the foreign {} it did not create", conf::BRIDGE);
@@ -127,6 +135,7 @@ fn a_foreign_interface_named_ifname_fails_the_add_and_survives_it() {
     pod.ns.run(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "theirs"]).unwrap();
     pod.ns.run(&["ip", "addr", "add", "192.168.99.5/24", "dev", "eth0"]).unwrap();
     let why = add_fails(&fx, &c, &pod);
+    assert_ipam_ran(&fx);
     assert_left(&fx, &pod, &[], &[], &["lo", "eth0", "theirs"], &why);
     assert_eq!(pod.ns.addrs("eth0").unwrap(), vec!["192.168.99.5/24".to_string()], "the foreign eth0 was changed");
 }
@@ -141,6 +150,7 @@ fn a_route_the_kernel_refuses_after_the_veth_exists_rolls_the_veth_back() {
     c["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0"}, {"dst": "192.168.77.0/24", "gw": "172.31.255.1"}]);
     let pod = Pod::new("badrt").unwrap();
     let why = add_fails(&fx, &c, &pod);
+    assert_ipam_ran(&fx);
     assert!(why.contains("192.168.77.0/24"), "the failure should be the refused route:\n{why}");
     assert_left(&fx, &pod, &[], &[], &["lo"], &why);
 
@@ -169,5 +179,6 @@ fn a_masquerade_chain_in_the_way_fails_the_last_step_and_leaves_nothing() {
         .unwrap();
     let pod = Pod::new("masq").unwrap();
     let why = add_fails(&fx, &c, &pod);
+    assert_ipam_ran(&fx);
     assert_left(&fx, &pod, &[], &[], &["lo"], &why);
 }
