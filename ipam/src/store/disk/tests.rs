@@ -169,6 +169,37 @@ fn lock_waits_for_a_holder_that_finishes() {
     assert!(t.join().unwrap().unwrap(), "the waiter got the lock before the holder released it");
 }
 
+/// CPU time (user + system) of the calling thread, from /proc/thread-self/stat, in clock ticks (1/100 s).
+fn thread_cpu_ticks() -> u64 {
+    let stat = fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let after_comm = stat.rsplit_once(')').unwrap().1;
+    // Fields after the command: state is field 3 of the full line; utime and stime are fields 14 and 15.
+    let f: Vec<&str> = after_comm.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_waiter_sleeps_between_attempts_instead_of_spinning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = DiskStore::open(tmp.path(), "n").unwrap();
+    a.lock().unwrap();
+    let path = tmp.path().to_path_buf();
+    let t = std::thread::spawn(move || {
+        let mut b = DiskStore::open(&path, "n").unwrap().with_lock_timeout(Duration::from_secs(60));
+        let (cpu, wall) = (thread_cpu_ticks(), std::time::Instant::now());
+        b.lock().unwrap();
+        (thread_cpu_ticks() - cpu, wall.elapsed())
+    });
+    // Hold the lock long enough for a spinning waiter to burn many ticks (the waiter needs no wake-up from us).
+    std::thread::sleep(Duration::from_secs(1));
+    a.unlock().unwrap();
+    let (ticks, wall) = t.join().unwrap();
+    // A backoff that sleeps uses next to nothing (a tick or two at most); a busy loop uses its whole core, or a
+    // good part of one on a loaded machine. The bar (a tenth of the wait) is far from both.
+    let cpu = Duration::from_millis(ticks * 10);
+    assert!(cpu * 10 < wall, "waiting for the lock burnt {cpu:?} of CPU in {wall:?}: it spins");
+}
+
 #[test]
 fn locking_twice_is_refused_and_unlocking_an_unlocked_store_is_a_no_op() {
     let tmp = tempfile::tempdir().unwrap();
