@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 pub const LAB: &str = env!("CARGO_BIN_EXE_trellis-lab");
 
+#[allow(unused_imports)]
+pub use trellis_test_support::privileged::is_root;
+
 /// Privileged tests skip loudly when not root (and fail in CI): the workspace's one guard.
 #[macro_export]
 macro_rules! require_root {
