@@ -46,10 +46,7 @@ fn concurrent_adds_get_distinct_addresses_and_dels_leave_the_store_clean() {
 #[test]
 fn concurrent_adds_mixed_with_host_local_never_collide() {
     const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
-    if !std::path::Path::new(HOST_LOCAL).exists() {
-        eprintln!("SKIP: {HOST_LOCAL} not installed");
-        return;
-    }
+    trellis_test_support::require_tool!(HOST_LOCAL);
     let tmp = tempfile::tempdir().unwrap();
     let c = conf("1.0.0", tmp.path(), json!([[{"subnet": "10.51.0.0/24"}]]));
     let children: Vec<_> = (0..60)

@@ -176,10 +176,7 @@ fn host_local(cmd: &str, c: &serde_json::Value, id: &str) -> serde_json::Value {
 
 #[test]
 fn shares_one_store_with_host_local() {
-    if !Path::new(HOST_LOCAL).exists() {
-        eprintln!("SKIP: {HOST_LOCAL} not installed");
-        return;
-    }
+    trellis_test_support::require_tool!(HOST_LOCAL);
     let tmp = tempfile::tempdir().unwrap();
     let c = host_local_conf(tmp.path());
     // Alternate plugins: round-robin continues across them and nothing is handed out twice.

@@ -12,11 +12,7 @@ impl Drop for Ns {
 }
 
 fn root() -> bool {
-    let r = nix::unistd::geteuid().is_root();
-    if !r {
-        eprintln!("SKIPPED: privileged netlink tests need root");
-    }
-    r
+    trellis_test_support::privileged::root_or_skip(concat!(module_path!(), " (", file!(), ")"))
 }
 
 #[test]

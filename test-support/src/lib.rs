@@ -2,9 +2,11 @@
 //! - [`privileged`]: the guard in front of every test that needs root or a system tool. Where `CI` is set, a test
 //!   that cannot run fails; elsewhere it prints `SKIP` and records itself in `$TRELLIS_SKIP_LOG`, which
 //!   `scripts/test.sh` counts and reports at the end.
+//! - [`chaos`]: the kill -9 tests' replayable random source (`TRELLIS_SEED`) and how a killed child ended.
 //! - [`Faults`]: the fail-at-step-N (or fail-this-operation-K-times) counter behind every fault-injecting kernel
 //!   wrapper (the plugin's dataplane, the IPAM store, the agent's overlay and maps).
 
+pub mod chaos;
 pub mod faults;
 pub mod privileged;
 

@@ -8,6 +8,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use trellis_test_support::chaos::Ended;
 
 /// Longest a single plugin call may take before the harness kills it and fails the test.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -84,6 +85,8 @@ pub struct CniOutput {
     pub command: String,
     /// None when killed by a signal.
     pub status: Option<i32>,
+    /// How the process ended: finished, failed (its own non-zero exit), or killed by SIGKILL.
+    pub ended: Ended,
     pub stdout: String,
     pub stderr: String,
     pub elapsed: Duration,
@@ -214,6 +217,7 @@ pub fn finish(plugin: &Path, inv: &Invocation, child: Child, started: Instant) -
         plugin: plugin.to_owned(),
         command: inv.command.clone().unwrap_or_else(|| "<unset>".into()),
         status: out.status.code(),
+        ended: Ended::of(out.status),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         elapsed: started.elapsed(),

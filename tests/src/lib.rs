@@ -21,6 +21,7 @@ pub mod result;
 pub mod store;
 pub mod tempdir;
 pub mod veth;
+pub mod wait;
 
 pub use bins::Bins;
 pub use cni::{CniCmd, CniError, CniOutput, Invocation};
@@ -29,3 +30,4 @@ pub use netns::Netns;
 pub use node::Node;
 pub use node::Pod;
 pub use tempdir::TempDir;
+pub use trellis_test_support::{require_root, require_tool};

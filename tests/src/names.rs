@@ -24,27 +24,8 @@ fn nanos() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
-/// A small xorshift PRNG seeded from the clock and pid: enough for "a short random delay", no extra crate.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn seeded() -> Rng {
-        let seed = (nanos() as u64) ^ ((std::process::id() as u64) << 32) ^ 0x9e37_79b9_7f4a_7c15;
-        Rng(seed | 1)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    /// Uniform-ish in `lo..hi` (hi exclusive, hi > lo).
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo).max(1)
-    }
-}
+/// The kill tests' replayable random source (`TRELLIS_SEED`), shared with every suite.
+pub use trellis_test_support::chaos::Rng;
 
 #[cfg(test)]
 mod tests {
@@ -66,14 +47,5 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
-    }
-
-    #[test]
-    fn rng_range_stays_in_bounds() {
-        let mut r = Rng::seeded();
-        for _ in 0..1000 {
-            let v = r.range(5, 9);
-            assert!((5..9).contains(&v));
-        }
     }
 }

@@ -63,6 +63,26 @@ impl Netns {
         Ok(self.links()?.iter().filter_map(|l| l["ifname"].as_str().map(str::to_owned)).collect())
     }
 
+    /// Pods' host veths in this namespace, live (`tr…`) and dying (`tz…`): what a leak check counts.
+    pub fn pod_links(&self) -> Result<Vec<String>> {
+        Ok(self.link_names()?.into_iter().filter(|n| crate::veth::is_pod_link(n)).collect())
+    }
+
+    /// Waits (up to [`crate::wait::DEADLINE`]) until the pod links here are exactly `expected`: a deleted pod's
+    /// `tz…` link lives on until a detached child of DEL has unregistered it.
+    pub fn wait_pod_links(&self, expected: &[String]) -> Result<()> {
+        let mut want = expected.to_vec();
+        want.sort();
+        let mut seen = Vec::new();
+        crate::wait::until("the node's pod links to settle", crate::wait::DEADLINE, || {
+            seen = self.pod_links()?;
+            seen.sort();
+            Ok(seen == want)
+        })
+        .with_context(|| format!("pod links in {}: {seen:?}, expected {want:?}", self.name))?;
+        Ok(())
+    }
+
     pub fn link(&self, name: &str) -> Result<Option<Value>> {
         Ok(self.links()?.into_iter().find(|l| l["ifname"] == name))
     }
@@ -102,6 +122,33 @@ impl Netns {
     pub fn sysctl(&self, key: &str) -> Result<String> {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
         Ok(self.run(&["cat", &path])?.trim().to_owned())
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (setns affects only the calling thread), so sockets
+    /// `f` creates live here, whatever thread uses them afterwards.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(&self.path).with_context(|| format!("open {}", self.path.display()))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns on a valid namespace fd, for this (short-lived, scoped) thread only.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(anyhow::anyhow!("setns into {}: {}", self.name, std::io::Error::last_os_error()));
+                }
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in netns {} panicked", self.name))?
+        })
+    }
+
+    /// Waits until no IPv6 address here is still tentative (duplicate address detection takes a second or two;
+    /// until then the kernel will not send from it).
+    pub fn wait_ipv6_ready(&self) -> Result<()> {
+        crate::wait::until(&format!("IPv6 DAD in {}", self.name), crate::wait::DEADLINE, || {
+            Ok(self.run(&["ip", "-6", "addr", "show", "tentative"])?.trim().is_empty())
+        })?;
+        Ok(())
     }
 
     /// `nft list ruleset` inside.

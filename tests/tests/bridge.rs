@@ -90,6 +90,8 @@ fn del_removes_veth_frees_ip_and_repeats() {
     fx.node.del(&del_conf, &pod).unwrap();
     fx.node.del(&c, &pod).unwrap();
     assert!(fx.store().ips().unwrap().is_empty());
+    // The renamed (`tz…`) host end goes too, once the kernel has unregistered it.
+    fx.node.ns.wait_pod_links(&[]).unwrap();
 }
 
 #[test]
@@ -107,6 +109,7 @@ fn del_after_netns_is_gone_succeeds_and_frees_ip() {
     assert!(!fx.store().has(ip), "IP {ip} leaked when the netns was gone");
     let veth = trellis_e2e::veth::host_veth_name(&id, &ifname);
     assert!(!fx.node.ns.has_link(&veth).unwrap());
+    fx.node.ns.wait_pod_links(&[]).unwrap();
 }
 
 #[test]
@@ -161,4 +164,5 @@ fn del_without_cni_netns_frees_everything() {
     fx.node.invoke(&fx.node.bins.trellis(), &inv).unwrap().ok().unwrap();
     assert!(!fx.store().has(ip), "DEL without CNI_NETNS leaked {ip}");
     assert!(!fx.node.ns.has_link(&pod.host_veth()).unwrap(), "DEL without CNI_NETNS left the host veth");
+    fx.node.ns.wait_pod_links(&[]).unwrap();
 }

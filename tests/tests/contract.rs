@@ -84,6 +84,7 @@ fn dual_stack_pods_ping_over_v4_and_v6() {
         fx.node.del(&c, p).unwrap();
     }
     assert!(fx.store().ips().unwrap().is_empty(), "DEL left IPs: {:?}", fx.store().ips().unwrap());
+    fx.node.ns.wait_pod_links(&[]).unwrap();
 }
 
 #[test]
@@ -105,7 +106,7 @@ fn two_interfaces_of_one_container_are_independent() {
     fx.node.del(&c, &eth0).unwrap();
     assert!(!fx.store().has(ip0) && fx.store().has(ip1), "DEL of eth0 must only release eth0's IP");
     assert!(eth0.ns.has_link("eth1").unwrap() && !eth0.ns.has_link("eth0").unwrap());
-    assert!(fx.node.ns.has_link(&veth1).unwrap());
+    fx.node.ns.wait_pod_links(std::slice::from_ref(&veth1)).unwrap();
 }
 
 #[test]
@@ -151,4 +152,5 @@ fn cni_args_ip_request_is_honoured_through_trellis() {
     assert!(err.text().contains("10.244.32.50"), "error should name the address:\n{}", out.describe());
     assert_eq!(other.ns.link_names().unwrap(), vec!["lo"]);
     assert_eq!(fx.store().ips().unwrap().len(), 1);
+    fx.node.ns.wait_pod_links(&[pod.host_veth()]).unwrap();
 }

@@ -2,7 +2,7 @@
 //! the netns guard, the in-node invocation and the conflist runner before they are trusted to judge `trellis`.
 use serde_json::json;
 use trellis_e2e::bins::{Bins, REFERENCE_DIR};
-use trellis_e2e::{conf, require_root, result, CniCmd, Fixture, Netns, Pod};
+use trellis_e2e::{conf, require_root, require_tool, result, CniCmd, Fixture, Netns, Pod};
 
 fn reference_bins() -> Bins {
     // Our binaries may not exist yet; the reference plugins are enough here.
@@ -26,6 +26,8 @@ fn netns_guard_creates_and_deletes() {
 #[test]
 fn reference_bridge_host_local_through_the_harness() {
     require_root!();
+    require_tool!("/usr/lib/cni/bridge");
+    require_tool!("/usr/lib/cni/host-local");
     let fx = Fixture::with_bins(&reference_bins()).unwrap();
     let ipam = conf::host_local(fx.data.path(), "10.99.0.0/24");
     let c = conf::reference_bridge("1.0.0", &fx.network, "refbr0", ipam);
@@ -46,6 +48,9 @@ fn reference_bridge_host_local_through_the_harness() {
 #[test]
 fn conflist_runner_chains_portmap() {
     require_root!();
+    require_tool!("/usr/lib/cni/portmap");
+    require_tool!("/usr/lib/cni/bridge");
+    require_tool!("/usr/lib/cni/host-local");
     let fx = Fixture::with_bins(&reference_bins()).unwrap();
     let ipam = conf::host_local(fx.data.path(), "10.98.0.0/24");
     let mut bridge = conf::reference_bridge("1.0.0", &fx.network, "refbr1", ipam);
@@ -69,6 +74,8 @@ fn conflist_runner_chains_portmap() {
 #[test]
 fn private_podman_runs_a_container_on_a_reference_conflist() {
     require_root!();
+    require_tool!("podman");
+    require_tool!("/usr/lib/cni/bridge");
     let fx = Fixture::with_bins(&reference_bins()).unwrap();
     let ipam = conf::host_local(fx.data.path(), "10.97.0.0/24");
     let mut bridge = conf::reference_bridge("1.0.0", &fx.network, "refbr2", ipam);

@@ -1,10 +1,11 @@
 //! A real runtime: podman 4.3 (libcni 1.1.2) on a conflist using `trellis`, all state private, inside a node netns.
 use trellis_e2e::podman::Podman;
-use trellis_e2e::{conf, require_root, Fixture};
+use trellis_e2e::{conf, require_root, require_tool, Fixture};
 
 #[test]
 fn podman_container_gets_ip_pings_gateway_and_rm_releases_it() {
     require_root!();
+    require_tool!("podman");
     let fx = Fixture::new().unwrap();
     let mut plugin = fx.trellis("1.0.0", "10.244.13.0/24");
     plugin.as_object_mut().unwrap().remove("cniVersion"); // libcni writes the list's version into each plugin

@@ -104,24 +104,6 @@ pub fn leases(data_dir: &Path) -> BTreeMap<IpAddr, String> {
     store_files(data_dir).into_iter().filter_map(|(k, v)| k.parse::<IpAddr>().ok().map(|ip| (ip, v))).collect()
 }
 
-/// Tiny deterministic PRNG for the randomised tests (seed printed so a failure can be replayed).
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn from_env_or_time() -> Rng {
-        let seed = std::env::var("IPAM_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-        });
-        eprintln!("IPAM_TEST_SEED={seed}");
-        Rng(seed)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+/// The randomised tests' PRNG: seed printed, `TRELLIS_SEED` replays a run.
+#[allow(unused_imports)]
+pub use trellis_test_support::chaos::{Ended, Rng, Tally};

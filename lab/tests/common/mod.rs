@@ -9,19 +9,14 @@ use std::time::{Duration, Instant};
 
 pub const LAB: &str = env!("CARGO_BIN_EXE_trellis-lab");
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+#[allow(unused_imports)]
+pub use trellis_test_support::privileged::is_root;
 
-/// Privileged tests skip loudly when not root, and never otherwise.
+/// Privileged tests skip loudly when not root (and fail in CI): the workspace's one guard.
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !common::is_root() {
-            eprintln!("SKIPPED: {} needs root", module_path!());
-            return;
-        }
+        trellis_test_support::require_root!()
     };
 }
 
