@@ -230,10 +230,11 @@ where
     (tx, h)
 }
 
-/// Drive the model from a control plane source and feed the worker until the source ends.
+/// Drive the model from a control plane source and feed the workers (overlay, service proxy) until the
+/// source ends or a worker is gone.
 pub async fn run_control_plane(
     source: Box<dyn ControlPlane>,
-    to_worker: Sender<Arc<Cluster>>,
+    to_workers: Vec<Sender<Arc<Cluster>>>,
     metrics: Metrics,
 ) -> Result<()> {
     let (tx, mut rx) = mpsc::channel(1024);
@@ -244,8 +245,11 @@ pub async fn run_control_plane(
         while let Ok(ev) = rx.try_recv() {
             changed |= model.apply(ev);
         }
-        if changed && to_worker.send(Arc::new(model.cluster.clone())).is_err() {
-            break; // worker gone
+        if changed {
+            let snapshot = Arc::new(model.cluster.clone());
+            if to_workers.iter().any(|w| w.send(snapshot.clone()).is_err()) {
+                break; // a worker is gone
+            }
         }
     }
     match src.await {
@@ -450,7 +454,7 @@ mod tests {
             release: rx,
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let cp = rt.spawn(run_control_plane(Box::new(src), to_worker, m.clone()));
+        let cp = rt.spawn(run_control_plane(Box::new(src), vec![to_worker], m.clone()));
         std::thread::spawn(move || {
             let _ = rt.block_on(cp);
         });

@@ -15,6 +15,8 @@ use trellis_agent::controlplane::{self, ControlPlane};
 use trellis_agent::metrics::{self, Metrics};
 use trellis_agent::overlay::netlink::NetlinkDataplane;
 use trellis_agent::overlay::{Mode, OverlayConfig};
+use trellis_agent::services::{services_loop, ServiceWorker, ServicesConfig};
+use trellis_ebpf::PinDir;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Source {
@@ -104,6 +106,24 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     repair_interval_secs: u64,
 
+    /// Run the service proxy: Services and EndpointSlices load-balanced by the eBPF datapath (tc programs on
+    /// the pods' host veths and the uplink, socket LB with --cgroup). Replaces kube-proxy.
+    #[arg(long, action = ArgAction::Set, default_value_t = true)]
+    service_proxy: bool,
+
+    /// bpffs directory for this node's pinned maps and links (default: /sys/fs/bpf/trellis/<node-name>).
+    #[arg(long)]
+    bpf_dir: Option<PathBuf>,
+
+    /// cgroup (v2) whose processes get socket-level load balancing (translation once at connect()); in a
+    /// cluster the cgroup root, e.g. /sys/fs/cgroup. None: the tc path only.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+
+    /// Serve NodePorts only on the node's addresses inside these CIDRs (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    node_port_addresses: Vec<IpNet>,
+
     /// Address for Prometheus metrics (GET /metrics); empty disables.
     #[arg(long, default_value = "127.0.0.1:9962")]
     metrics_addr: String,
@@ -179,14 +199,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
         repair_interval: Duration::from_secs(args.repair_interval_secs),
     };
     info!(node = %cfg.node_name, source = source.name(), overlay = ?cfg.overlay.mode, "trellis-agent starting");
+    let services = args.service_proxy.then(|| ServicesConfig {
+        node_name: args.node_name.clone(),
+        pins: args.bpf_dir.clone().unwrap_or_else(|| PinDir::for_node(&args.node_name).path().to_path_buf()),
+        bridge: args.bridge.clone(),
+        uplink: args.underlay_iface.clone(),
+        cgroup: args.cgroup.clone(),
+        node_port_cidrs: args.node_port_addresses.clone(),
+        repair_interval: Duration::from_secs(args.repair_interval_secs),
+    });
     // The worker opens its netlink socket on its own thread, in this (the node's) netns.
     let (to_worker, worker) = agent::spawn_worker(cfg, NetlinkDataplane::new, metrics.clone());
+    let mut to_workers = vec![to_worker];
+    if let Some(scfg) = services {
+        // The service proxy works on its own thread too: its netlink and bpf calls stay in this netns.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let w = ServiceWorker::new(scfg, metrics.clone());
+        std::thread::Builder::new().name("services".into()).spawn(move || services_loop(w, rx))?;
+        to_workers.push(tx);
+    }
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // The worker only ends on its own when it cannot start (no netlink socket, not root...).
     let worker_done = tokio::task::spawn_blocking(move || worker.join());
     tokio::select! {
-        r = agent::run_control_plane(source, to_worker, metrics) => r.context("control plane"),
+        r = agent::run_control_plane(source, to_workers, metrics) => r.context("control plane"),
         w = worker_done => match w {
             Ok(Ok(Ok(()))) => bail!("overlay worker stopped"),
             Ok(Ok(Err(e))) => {

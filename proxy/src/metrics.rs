@@ -67,6 +67,22 @@ declare_metrics! {
         "Kernel entries added or removed by the overlay reconciler, by object and action.";
     CNI_CONFLIST_WRITES = Counter "trellis_cni_conflist_writes_total",
         "Times the CNI conflist was (re)written.";
+    SERVICES = Gauge "trellis_services",
+        "Services the service proxy serves.";
+    SERVICE_FRONTEND_CONFLICTS = Gauge "trellis_service_frontend_conflicts",
+        "Frontends (address, port, protocol) claimed by more than one Service; the first by namespace/name keeps it.";
+    SERVICE_SYNCS = Counter "trellis_service_syncs_total",
+        "Rounds that wrote the Service maps.";
+    SERVICE_SYNC_ERRORS = Counter "trellis_service_sync_errors_total",
+        "Service map rounds that failed (retried with backoff).";
+    SERVICE_MAP_CHANGES = Counter "trellis_service_map_changes_total",
+        "Service map entries written or deleted, by action (put, delete, ct_purge).";
+    DATAPATH_UP = Gauge "trellis_datapath_up",
+        "1 when the eBPF datapath is loaded and its maps are open.";
+    DATAPATH_ATTACHED = Gauge "trellis_datapath_attached",
+        "Interfaces and cgroups the datapath programs are attached to, by kind (pod, uplink, cgroup).";
+    DATAPATH_PACKETS = Gauge "trellis_datapath_counter",
+        "The datapath's own per-CPU counters, summed, by name (translated, reject_no_backend, ...).";
 }
 
 #[derive(Default)]

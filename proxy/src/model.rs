@@ -84,6 +84,10 @@ pub fn node_info(node: &Node) -> Result<NodeInfo, String> {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Cluster {
     pub nodes: BTreeMap<String, NodeInfo>,
+    /// Services the proxy serves, by `namespace/name`.
+    pub services: BTreeMap<String, trellis_svc::ServiceModel>,
+    /// EndpointSlices by `namespace/name`: (owning Service `namespace/name`, endpoints).
+    pub slices: BTreeMap<String, (String, Vec<trellis_svc::Endpoint>)>,
     /// The source finished its initial list: absent objects are really absent.
     pub synced: bool,
 }
@@ -109,6 +113,8 @@ impl Model {
             Event::Relisted(kind, objects) => {
                 match kind {
                     Kind::Node => self.cluster.nodes.clear(),
+                    Kind::Service => self.cluster.services.clear(),
+                    Kind::EndpointSlice => self.cluster.slices.clear(),
                 }
                 for r in objects.into_iter().filter(|r| r.kind() == kind) {
                     self.upsert(r);
@@ -125,11 +131,46 @@ impl Model {
             Kind::Node => {
                 self.cluster.nodes.remove(&key.name);
             }
+            Kind::Service => {
+                self.cluster.services.remove(&key.path());
+            }
+            Kind::EndpointSlice => {
+                self.cluster.slices.remove(&key.path());
+            }
         }
     }
 
+    /// A bad object: logged, counted, and whatever we knew of it forgotten (no longer trustworthy).
+    fn invalid(&mut self, key: &ObjectKey, reason: &'static str, why: &dyn std::fmt::Display) {
+        warn!(kind = key.kind.as_str(), object = %key.path(), "skipping invalid object: {why}");
+        self.metrics.inc(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", self.source), ("reason", reason)]);
+        self.remove(key);
+    }
+
     fn upsert(&mut self, r: Resource) {
+        let Some(key) = r.key() else {
+            warn!(kind = r.kind().as_str(), "skipping object without a name");
+            self.metrics.inc(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", self.source), ("reason", "no name")]);
+            return;
+        };
         match r {
+            Resource::Service(s) => match trellis_svc::model::service(&s) {
+                Ok(Some(m)) => {
+                    self.cluster.services.insert(key.path(), m);
+                }
+                // Not for us (ExternalName, headless, another proxy's): as if it did not exist.
+                Ok(None) => self.remove(&key),
+                Err(e) => self.invalid(&key, "service", &e),
+            },
+            Resource::EndpointSlice(s) => match trellis_svc::model::slice_owner(&s) {
+                None => self.remove(&key),
+                Some((ns, svc)) => match trellis_svc::model::endpoints(&s) {
+                    Ok(eps) => {
+                        self.cluster.slices.insert(key.path(), (format!("{ns}/{svc}"), eps));
+                    }
+                    Err(e) => self.invalid(&key, "endpointslice", &e),
+                },
+            },
             Resource::Node(n) => match node_info(&n) {
                 Ok(info) => {
                     self.cluster.nodes.insert(info.name.clone(), info);

@@ -210,3 +210,191 @@ mod tests {
         assert_eq!(first.v4.rev_nat.keys().copied().collect::<Vec<_>>(), vec![77]);
     }
 }
+
+/// How the service proxy runs on this node.
+#[derive(Clone, Debug)]
+pub struct ServicesConfig {
+    pub node_name: String,
+    /// Where the maps and links are pinned (`/sys/fs/bpf/trellis/<node>`).
+    pub pins: std::path::PathBuf,
+    /// The pods' bridge: its `tr…` ports are pod host veths.
+    pub bridge: String,
+    /// The uplink (default: the interface holding the node's InternalIP).
+    pub uplink: Option<String>,
+    /// Socket-level load balancing for this cgroup (v2) and below; none: the tc path only.
+    pub cgroup: Option<std::path::PathBuf>,
+    /// NodePorts are served on the node's InternalIPs inside these CIDRs (empty: on all of them).
+    pub node_port_cidrs: Vec<ipnet::IpNet>,
+    pub repair_interval: std::time::Duration,
+}
+
+/// The service proxy's worker: one round per cluster snapshot, and a repair round (attachments) every
+/// `repair_interval`. Runs on its own thread, in the node's network namespace.
+pub struct ServiceWorker {
+    cfg: ServicesConfig,
+    proxy: Option<ServiceProxy>,
+    metrics: crate::metrics::Metrics,
+    last_error: Option<String>,
+}
+
+impl ServiceWorker {
+    pub fn new(cfg: ServicesConfig, metrics: crate::metrics::Metrics) -> Self {
+        ServiceWorker { cfg, proxy: None, metrics, last_error: None }
+    }
+
+    fn report(&mut self, what: &str, e: &dyn std::fmt::Display) {
+        let msg = format!("{what}: {e}");
+        if self.last_error.as_deref() != Some(msg.as_str()) {
+            tracing::error!("service proxy: {msg}");
+            self.last_error = Some(msg);
+        }
+    }
+
+    /// One round; false when something failed (the caller retries sooner).
+    pub fn round(&mut self, cluster: &crate::model::Cluster) -> bool {
+        use crate::metrics as m;
+        if self.proxy.is_none() {
+            let node = NodeContext { name: self.cfg.node_name.clone(), node_port_addresses: vec![] };
+            match ServiceProxy::open(PinDir::at(&self.cfg.pins), node) {
+                Ok(p) => {
+                    tracing::info!(pins = %self.cfg.pins.display(), "eBPF datapath loaded");
+                    self.proxy = Some(p);
+                }
+                Err(e) => {
+                    self.metrics.set(m::DATAPATH_UP, &[], 0.0);
+                    self.report("loading the eBPF datapath", &e);
+                    return false;
+                }
+            }
+        }
+        self.metrics.set(m::DATAPATH_UP, &[], 1.0);
+        let mut ok = true;
+        let me = cluster.nodes.get(&self.cfg.node_name);
+        let addrs: Vec<IpAddr> = me
+            .map(|n| n.internal_ips.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|ip| self.cfg.node_port_cidrs.is_empty() || self.cfg.node_port_cidrs.iter().any(|c| c.contains(ip)))
+            .collect();
+        if let Err(e) = self.attach(me.map(|n| n.internal_ips.as_slice()).unwrap_or(&[])) {
+            self.report("attaching the datapath", &e);
+            ok = false;
+        }
+        let proxy = self.proxy.as_mut().expect("opened above");
+        proxy.node.node_port_addresses = addrs;
+        proxy.state.services = cluster.services.clone();
+        proxy.state.slices = cluster.slices.clone();
+        // Before the first complete list, a missing Service only means "not listed yet": write nothing (the
+        // pinned maps keep serving what the previous agent wrote).
+        if !cluster.synced {
+            return ok;
+        }
+        match proxy.sync() {
+            Ok(st) => {
+                self.metrics.inc(m::SERVICE_SYNCS, &[]);
+                for (action, n) in [("put", st.puts), ("delete", st.deletes), ("ct_purge", st.ct_purged)] {
+                    if n > 0 {
+                        self.metrics.add(m::SERVICE_MAP_CHANGES, &[("action", action)], n as f64);
+                    }
+                }
+                if st.puts + st.deletes > 0 {
+                    tracing::info!(
+                        puts = st.puts,
+                        deletes = st.deletes,
+                        ct_purged = st.ct_purged,
+                        "service maps synced"
+                    );
+                }
+            }
+            Err(e) => {
+                self.metrics.inc(m::SERVICE_SYNC_ERRORS, &[]);
+                let e = e.to_string();
+                self.report("writing the Service maps", &e);
+                ok = false;
+            }
+        }
+        let proxy = self.proxy.as_ref().expect("opened above");
+        self.metrics.set(m::SERVICES, &[], proxy.state.services.len() as f64);
+        if proxy.conflicts.len() as f64 != self.metrics.get(m::SERVICE_FRONTEND_CONFLICTS, &[]) {
+            for c in &proxy.conflicts {
+                tracing::warn!("service frontend conflict: {c}");
+            }
+        }
+        self.metrics.set(m::SERVICE_FRONTEND_CONFLICTS, &[], proxy.conflicts.len() as f64);
+        if let Ok(c) = trellis_ebpf::tables::read_counters(proxy.datapath.pins()) {
+            for (i, name) in trellis_ebpf::common::counter::NAMES.iter().enumerate() {
+                self.metrics.set(m::DATAPATH_PACKETS, &[("name", name)], c[i] as f64);
+            }
+        }
+        if ok {
+            self.last_error = None;
+        }
+        ok
+    }
+
+    /// Pod veths on the bridge, the uplink, the cgroup: attached (idempotent).
+    fn attach(&mut self, node_ips: &[IpAddr]) -> std::result::Result<(), String> {
+        use crate::metrics as m;
+        let proxy = self.proxy.as_mut().expect("opened");
+        let mut h = trellis_netlink::Handle::new().map_err(|e| e.to_string())?;
+        let links = h.links().map_err(|e| e.to_string())?;
+        let bridge = links.iter().find(|l| l.name == self.cfg.bridge).map(|l| l.index);
+        let veths: Vec<String> = links
+            .iter()
+            .filter(|l| bridge.is_some() && l.master == bridge && l.name.starts_with("tr"))
+            .map(|l| l.name.clone())
+            .collect();
+        proxy.ensure_pods_attached(&veths).map_err(|e| e.to_string())?;
+        self.metrics.set(m::DATAPATH_ATTACHED, &[("kind", "pod")], veths.len() as f64);
+        let uplink = match &self.cfg.uplink {
+            Some(name) => links.iter().find(|l| &l.name == name),
+            None => {
+                let addrs = h.addrs(None).map_err(|e| e.to_string())?;
+                addrs
+                    .iter()
+                    .find(|(_, net)| node_ips.contains(&net.addr()))
+                    .and_then(|(idx, _)| links.iter().find(|l| l.index == *idx))
+            }
+        };
+        if let Some(up) = uplink {
+            let ip4 = node_ips.iter().find_map(|ip| match ip {
+                IpAddr::V4(a) => Some(a.octets()),
+                _ => None,
+            });
+            let ip6 = node_ips.iter().find_map(|ip| match ip {
+                IpAddr::V6(a) => Some(a.octets()),
+                _ => None,
+            });
+            proxy.ensure_uplink(&up.name, up.index, ip4, ip6).map_err(|e| e.to_string())?;
+            self.metrics.set(m::DATAPATH_ATTACHED, &[("kind", "uplink")], 1.0);
+        }
+        if let Some(cg) = &self.cfg.cgroup {
+            proxy.ensure_cgroup(cg).map_err(|e| e.to_string())?;
+            self.metrics.set(m::DATAPATH_ATTACHED, &[("kind", "cgroup")], 1.0);
+        }
+        Ok(())
+    }
+}
+
+/// Runs the service worker on the current thread until the sender is dropped: a round per snapshot (a burst
+/// coalesced), a repair round every `repair_interval`, sooner (1 s at most) after a failure.
+pub fn services_loop(mut w: ServiceWorker, rx: std::sync::mpsc::Receiver<std::sync::Arc<crate::model::Cluster>>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let repair = w.cfg.repair_interval.max(std::time::Duration::from_millis(10));
+    let retry = repair.min(std::time::Duration::from_secs(1));
+    let mut cluster = std::sync::Arc::new(crate::model::Cluster::default());
+    let mut wait = repair;
+    loop {
+        match rx.recv_timeout(wait) {
+            Ok(c) => {
+                cluster = c;
+                while let Ok(c) = rx.try_recv() {
+                    cluster = c;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        wait = if w.round(&cluster) { repair } else { retry };
+    }
+}

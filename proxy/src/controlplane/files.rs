@@ -73,7 +73,7 @@ pub fn decode(text: &str) -> Decoded {
 fn decode_value(v: serde_json::Value, at: &str, out: &mut Decoded) {
     let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
     match kind.as_str() {
-        "List" | "NodeList" => match v.get("items").and_then(|i| i.as_array()) {
+        "List" | "NodeList" | "ServiceList" | "EndpointSliceList" => match v.get("items").and_then(|i| i.as_array()) {
             Some(items) => {
                 for (j, item) in items.iter().enumerate() {
                     decode_value(item.clone(), &format!("{at} item {}", j + 1), out);
@@ -99,8 +99,37 @@ fn decode_value(v: serde_json::Value, at: &str, out: &mut Decoded) {
                 Err(e) => out.invalid.push(format!("{at}: bad Node: {e}")),
             }
         }
+        "Service" => typed(v, at, "v1", "Service", |s| Resource::Service(Box::new(s)), out),
+        "EndpointSlice" => {
+            typed(v, at, "discovery.k8s.io/v1", "EndpointSlice", |s| Resource::EndpointSlice(Box::new(s)), out)
+        }
         "" => out.invalid.push(format!("{at}: object without kind")),
         other => debug!(kind = other, "{at}: ignoring kind the agent does not use"),
+    }
+}
+
+/// Decodes one object of a typed kind (apiVersion defaulted as for Nodes).
+fn typed<K: serde::de::DeserializeOwned>(
+    mut v: serde_json::Value,
+    at: &str,
+    api_version: &str,
+    kind: &str,
+    wrap: fn(K) -> Resource,
+    out: &mut Decoded,
+) {
+    if v.get("apiVersion").is_none() {
+        v["apiVersion"] = serde_json::Value::String(api_version.into());
+    }
+    match serde_json::from_value::<K>(v) {
+        Ok(o) => {
+            let r = wrap(o);
+            if r.key().is_some() {
+                out.objects.push(r);
+            } else {
+                out.invalid.push(format!("{at}: {kind} without metadata.name"));
+            }
+        }
+        Err(e) => out.invalid.push(format!("{at}: bad {kind}: {e}")),
     }
 }
 
