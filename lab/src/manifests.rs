@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use crate::error::{LabError, Result};
 use crate::names::{manifest_file_name, LabDirs};
 use crate::plan::{NodePlan, PodPlan};
+use crate::topology::PortSpec;
 
 pub fn node_object(node: &NodePlan) -> Value {
     json!({
@@ -25,7 +26,8 @@ pub fn node_object(node: &NodePlan) -> Value {
     })
 }
 
-pub fn pod_object(pod: &PodPlan, ip: Option<Ipv4Addr>) -> Value {
+/// A pod's object as the agents read it; `ready` is its Ready condition once it has an IP.
+pub fn pod_object(pod: &PodPlan, ip: Option<Ipv4Addr>, ready: bool) -> Value {
     let ports: Vec<Value> = pod
         .ports
         .iter()
@@ -43,7 +45,7 @@ pub fn pod_object(pod: &PodPlan, ip: Option<Ipv4Addr>) -> Value {
     if let Some(ip) = ip {
         status["podIP"] = json!(ip.to_string());
         status["podIPs"] = json!([{"ip": ip.to_string()}]);
-        status["conditions"] = json!([{"type": "Ready", "status": "True"}]);
+        status["conditions"] = json!([{"type": "Ready", "status": if ready { "True" } else { "False" }}]);
     }
     json!({
         "apiVersion": "v1",
@@ -123,10 +125,85 @@ fn labels_match(selector: &serde_json::Map<String, Value>, labels: &BTreeMap<Str
 pub struct EndpointPod<'a> {
     pub plan: &'a PodPlan,
     pub ip: Ipv4Addr,
+    /// Readiness (`trellis-lab ready`).
+    pub ready: bool,
+    /// Inside its grace period after `delete pod/NAME`.
+    pub terminating: bool,
 }
 
-/// The endpoints controller: one EndpointSlice per Service with a selector, listing the ready pods of the
-/// Service's namespace whose labels match. `targetPort` may be a number or a pod port name.
+impl EndpointPod<'_> {
+    /// EndpointSlice conditions as the Kubernetes controller sets them: a terminating pod is not ready but
+    /// still serving while its readiness holds.
+    pub fn conditions(&self) -> Value {
+        json!({"ready": self.ready && !self.terminating, "serving": self.ready, "terminating": self.terminating})
+    }
+}
+
+/// A `kind: Pod` manifest the lab creates at runtime: where it runs and what its server listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPod {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<PortSpec>,
+}
+
+/// Reads `spec.nodeName`, `metadata.labels` and `spec.containers[].ports[]` (`containerPort`, `name`); a pod
+/// without ports gets the lab's default port. Ports listed for TCP and UDP are one port (the server answers both).
+pub fn parse_pod(obj: &Value) -> Result<NewPod> {
+    let (kind, ns, name) = object_key(obj)?;
+    let bad = |reason: String| LabError::Manifest { file: format!("Pod {name}"), reason };
+    if kind != "Pod" {
+        return Err(bad(format!("kind {kind} is not Pod")));
+    }
+    crate::topology::validate_dns_label("pod name", &name).map_err(|e| bad(e.to_string()))?;
+    let node = obj
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("spec.nodeName is required: the lab does not schedule".into()))?
+        .to_string();
+    let labels: BTreeMap<String, String> = match obj.pointer("/metadata/labels") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(l) => serde_json::from_value(l.clone()).map_err(|e| bad(format!("metadata.labels: {e}")))?,
+    };
+    let mut ports: Vec<PortSpec> = Vec::new();
+    let containers = obj.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
+    for c in &containers {
+        for p in c.get("ports").and_then(Value::as_array).cloned().unwrap_or_default() {
+            let n = p
+                .get("containerPort")
+                .and_then(Value::as_u64)
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|&n| n > 0)
+                .ok_or_else(|| bad(format!("containerPort of {p} is not a port")))?;
+            let pname = p.get("name").and_then(Value::as_str).map(str::to_string);
+            if let Some(pn) = &pname {
+                crate::topology::validate_dns_label("port name", pn).map_err(|e| bad(e.to_string()))?;
+            }
+            match ports.iter_mut().find(|q| q.port() == n) {
+                Some(q) if q.name().is_none() && pname.is_some() => *q = PortSpec::Named { port: n, name: pname },
+                Some(q) if pname.is_some() && q.name() != pname.as_deref() => {
+                    return Err(bad(format!("port {n} has two names")))
+                }
+                Some(_) => {}
+                None => ports.push(match pname {
+                    Some(pn) => PortSpec::Named { port: n, name: Some(pn) },
+                    None => PortSpec::Number(n),
+                }),
+            }
+        }
+    }
+    if ports.is_empty() {
+        ports.push(PortSpec::Number(crate::topology::DEFAULT_POD_PORT));
+    }
+    Ok(NewPod { namespace: ns.unwrap_or_else(|| "default".into()), name, node, labels, ports })
+}
+
+/// The endpoints controller: one EndpointSlice per Service with a selector, listing every pod of the Service's
+/// namespace whose labels match, with its conditions (ready, serving, terminating) and `nodeName`; not-ready pods
+/// stay in the slice, so a Service with `publishNotReadyAddresses` is the proxy's to decide. `targetPort` may be
+/// a number or a pod port name.
 pub fn endpoint_slice(service: &Value, pods: &[EndpointPod<'_>]) -> Option<Value> {
     let (_, ns, name) = object_key(service).ok()?;
     let ns = ns?;
@@ -180,7 +257,7 @@ pub fn endpoint_slice(service: &Value, pods: &[EndpointPod<'_>]) -> Option<Value
         .map(|(_, m)| {
             json!({
                 "addresses": [m.ip.to_string()],
-                "conditions": {"ready": true, "serving": true, "terminating": false},
+                "conditions": m.conditions(),
                 "nodeName": m.plan.node,
                 "targetRef": {"kind": "Pod", "name": m.plan.name, "namespace": m.plan.namespace}
             })
@@ -284,11 +361,14 @@ mod tests {
     #[test]
     fn pod_object_has_ip_node_and_labels() {
         let p = plan(&Topology::default_topology(), None).unwrap();
-        let o = pod_object(&p.pods[0], Some(Ipv4Addr::new(10, 244, 0, 5)));
+        let o = pod_object(&p.pods[0], Some(Ipv4Addr::new(10, 244, 0, 5)), true);
+        assert_eq!(o["status"]["conditions"][0]["status"], "True");
+        let unready = pod_object(&p.pods[0], Some(Ipv4Addr::new(10, 244, 0, 5)), false);
+        assert_eq!(unready["status"]["conditions"][0]["status"], "False");
         assert_eq!(o["status"]["podIP"], "10.244.0.5");
         assert_eq!(o["spec"]["nodeName"], "node1");
         assert_eq!(o["metadata"]["labels"]["app"], "web");
-        assert_eq!(pod_object(&p.pods[0], None)["status"]["phase"], "Pending");
+        assert_eq!(pod_object(&p.pods[0], None, true)["status"]["phase"], "Pending");
     }
 
     #[test]
@@ -316,7 +396,12 @@ mod tests {
             .pods
             .iter()
             .enumerate()
-            .map(|(i, plan)| EndpointPod { plan, ip: Ipv4Addr::new(10, 244, 0, 10 + i as u8) })
+            .map(|(i, plan)| EndpointPod {
+                plan,
+                ip: Ipv4Addr::new(10, 244, 0, 10 + i as u8),
+                ready: true,
+                terminating: false,
+            })
             .collect();
         let svc = parse_documents(
             "kind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{name: h, port: 80, targetPort: http}]\n",
@@ -336,6 +421,82 @@ mod tests {
         assert_eq!(endpoint_slice(&other, &pods).unwrap()["endpoints"].as_array().unwrap().len(), 0);
         let none = json!({"kind": "Service", "metadata": {"name": "ext"}, "spec": {}});
         assert!(endpoint_slice(&none, &pods).is_none());
+    }
+
+    #[test]
+    fn endpoint_conditions_follow_readiness_and_termination() {
+        let p = plan(&Topology::default_topology(), None).unwrap();
+        let web: Vec<&PodPlan> =
+            p.pods.iter().filter(|x| x.labels.get("app").map(String::as_str) == Some("web")).collect();
+        let ep =
+            |ready, terminating| EndpointPod { plan: web[0], ip: Ipv4Addr::new(10, 244, 0, 2), ready, terminating };
+        let c = |ready, terminating| ep(ready, terminating).conditions();
+        assert_eq!(c(true, false), json!({"ready": true, "serving": true, "terminating": false}));
+        assert_eq!(c(false, false), json!({"ready": false, "serving": false, "terminating": false}));
+        assert_eq!(c(true, true), json!({"ready": false, "serving": true, "terminating": true}));
+        // Not-ready and terminating pods stay in the slice with their conditions, and every endpoint has nodeName.
+        let pods = [
+            ep(false, false),
+            EndpointPod { plan: web[1], ip: Ipv4Addr::new(10, 244, 1, 2), ready: true, terminating: true },
+        ];
+        let svc = json!({"kind": "Service", "metadata": {"name": "web"}, "spec": {
+            "selector": {"app": "web"}, "publishNotReadyAddresses": true, "ports": [{"port": 80, "targetPort": 8080}]}});
+        let s = endpoint_slice(&svc, &pods).unwrap();
+        let eps = s["endpoints"].as_array().unwrap();
+        assert_eq!(eps.len(), 2);
+        assert_eq!(eps[0]["conditions"]["ready"], false);
+        assert_eq!(eps[0]["nodeName"], web[0].node);
+        assert_eq!(eps[1]["conditions"]["terminating"], true);
+        assert_eq!(eps[1]["nodeName"], web[1].node);
+        assert_ne!(web[0].node, web[1].node);
+    }
+
+    #[test]
+    fn pods_parse_from_manifests() {
+        let docs = parse_documents(
+            "kind: Pod\nmetadata: {name: web-3, labels: {app: web}}\nspec:\n  nodeName: node2\n  containers:\n  - name: c\n    ports:\n    - {containerPort: 8080, name: http, protocol: TCP}\n    - {containerPort: 8080, name: http, protocol: UDP}\n    - {containerPort: 9090}\n",
+            "f",
+        )
+        .unwrap();
+        let p = parse_pod(&docs[0]).unwrap();
+        assert_eq!(p.node, "node2");
+        assert_eq!(p.namespace, "default");
+        assert_eq!(p.labels["app"], "web");
+        assert_eq!(p.ports.len(), 2);
+        assert_eq!(p.ports[0].name(), Some("http"));
+        assert_eq!(p.ports[1].port(), 9090);
+        let bare = parse_pod(&json!({"kind": "Pod", "metadata": {"name": "x"}, "spec": {"nodeName": "n"}})).unwrap();
+        assert_eq!(bare.ports, vec![PortSpec::Number(crate::topology::DEFAULT_POD_PORT)]);
+        let e = |v: Value| parse_pod(&v).unwrap_err().to_string();
+        assert!(e(json!({"kind": "Pod", "metadata": {"name": "x"}, "spec": {}})).contains("nodeName"));
+        assert!(e(json!({"kind": "Pod", "metadata": {"name": "x"}, "spec": {"nodeName": "n",
+            "containers": [{"ports": [{"containerPort": 0}]}]}}))
+        .contains("containerPort"));
+        assert!(e(json!({"kind": "Pod", "metadata": {"name": "x"}, "spec": {"nodeName": "n",
+            "containers": [{"ports": [{"containerPort": 80, "name": "a"}, {"containerPort": 80, "name": "b"}]}]}}))
+        .contains("two names"));
+    }
+
+    #[test]
+    fn named_target_ports_resolve_per_pod_and_unresolvable_pods_are_left_out() {
+        let p = plan(&Topology::default_topology(), None).unwrap();
+        let mut plain = p.pods[1].clone();
+        plain.name = "plain".into();
+        plain.ports = vec![PortSpec::Number(8080)];
+        let a = &p.pods[0];
+        let pods = [
+            EndpointPod { plan: a, ip: Ipv4Addr::new(10, 244, 0, 2), ready: true, terminating: false },
+            EndpointPod { plan: &plain, ip: Ipv4Addr::new(10, 244, 1, 3), ready: true, terminating: false },
+        ];
+        let svc = json!({"kind": "Service", "metadata": {"name": "web"}, "spec": {
+            "selector": {"app": "web"}, "ports": [{"name": "h", "port": 80, "targetPort": "http"}]}});
+        let s = endpoint_slice(&svc, &pods).unwrap();
+        // web-1 names 8080 "http"; the pod without the name is not an endpoint of this port.
+        assert_eq!(s["ports"][0]["port"], 8080);
+        assert_eq!(s["ports"][0]["name"], "h");
+        let names: Vec<&str> =
+            s["endpoints"].as_array().unwrap().iter().map(|e| e["targetRef"]["name"].as_str().unwrap()).collect();
+        assert_eq!(names, [a.name.as_str()]);
     }
 
     #[test]

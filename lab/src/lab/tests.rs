@@ -46,6 +46,19 @@ fn endpoints_are_pods_or_nodes() {
     assert!(n.is_node);
     assert_eq!(n, endpoint(&st, "node1").unwrap());
     assert!(endpoint(&st, "node9").is_err());
+    let x = endpoint(&st, "external").unwrap();
+    assert_eq!(x.netns, "tl-default-ext");
+    assert!(!x.is_node);
+}
+
+#[test]
+fn targets_resolve_nodes_and_the_external_host() {
+    let st = state();
+    assert_eq!(resolve_target(&st, "node/node2", &[]).unwrap(), std::net::Ipv4Addr::new(172, 30, 0, 3));
+    assert_eq!(resolve_target(&st, "external", &[]).unwrap(), std::net::Ipv4Addr::new(172, 30, 0, 254));
+    assert!(resolve_target(&st, "node/node9", &[]).is_err());
+    let svc = serde_json::json!({"kind": "Service", "metadata": {"name": "web"}, "spec": {"clusterIP": "10.96.0.7"}});
+    assert_eq!(resolve_target(&st, "svc/web", &[svc]).unwrap(), std::net::Ipv4Addr::new(10, 96, 0, 7));
 }
 
 #[test]
@@ -61,5 +74,6 @@ fn agent_command_line_follows_the_contract() {
     assert_eq!(after("--repair-interval-secs"), "2");
     assert_eq!(after("--cni-conf-dir"), "/run/trellis-lab/default/nodes/node2/cni");
     assert_eq!(after("--manifests-dir"), "/run/trellis-lab/default/manifests");
-    assert_eq!(after("--metrics-addr"), "");
+    // Each node netns has its own loopback, so every agent serves metrics on the same address.
+    assert_eq!(after("--metrics-addr"), "127.0.0.1:9962");
 }
