@@ -157,6 +157,14 @@ impl Attempt {
         }
     }
 
+    /// [`Attempt::to_json`] on one line, keys in the documented order (`ok` first).
+    pub fn to_json_line(&self) -> String {
+        let j = self.to_json();
+        let keys: &[&str] = if self.result.is_ok() { &["ok", "pod", "client", "ms"] } else { &["ok", "error", "ms"] };
+        let fields: Vec<String> = keys.iter().map(|k| format!("\"{k}\": {}", j[*k])).collect();
+        format!("{{{}}}", fields.join(", "))
+    }
+
     /// The text form: the pod's name, or the error.
     pub fn to_text(&self) -> String {
         match &self.result {
@@ -379,6 +387,9 @@ mod tests {
             assert_eq!(j["client"], "127.0.0.1");
             assert!(j["ms"].as_f64().unwrap() >= 0.0);
             assert_eq!(j.as_object().unwrap().len(), 4, "{j}");
+            let line = a.to_json_line();
+            assert!(line.starts_with("{\"ok\": true, \"pod\": \"pod-b\", \"client\": \"127.0.0.1\", \"ms\": "), "{line}");
+            assert_eq!(serde_json::from_str::<serde_json::Value>(&line).unwrap(), j);
         }
     }
 
@@ -425,6 +436,7 @@ mod tests {
             assert_eq!(j["ok"], false, "{j}");
             assert_eq!(j["error"], "refused", "{proto}: {j}");
             assert_eq!(j.as_object().unwrap().len(), 3, "{j}");
+            assert!(a.to_json_line().starts_with("{\"ok\": false, \"error\": \"refused\", \"ms\": "));
         }
         // A UDP socket that never answers: timeout.
         let mute = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -248,7 +248,7 @@ fn run() -> Result<ExitCode> {
             };
             let failed = lab::probe_each(&st, &from, &target, port, opts, |a| {
                 if json {
-                    println!("{}", a.to_json());
+                    println!("{}", a.to_json_line());
                 } else if a.result.is_ok() {
                     println!("{}", a.to_text());
                 } else {

@@ -200,11 +200,27 @@ pub fn parse_pod(obj: &Value) -> Result<NewPod> {
     Ok(NewPod { namespace: ns.unwrap_or_else(|| "default".into()), name, node, labels, ports })
 }
 
-/// The endpoints controller: one EndpointSlice per Service with a selector, listing every pod of the Service's
-/// namespace whose labels match, with its conditions (ready, serving, terminating) and `nodeName`; not-ready pods
-/// stay in the slice, so a Service with `publishNotReadyAddresses` is the proxy's to decide. `targetPort` may be
-/// a number or a pod port name.
-pub fn endpoint_slice(service: &Value, pods: &[EndpointPod<'_>]) -> Option<Value> {
+/// A Service port's `targetPort` as one pod resolves it: a number, or the number of the pod's port of that name.
+pub fn resolve_target_port(service_port: &Value, pod: &PodPlan) -> Option<u16> {
+    let port = service_port.get("port").and_then(Value::as_u64).and_then(|n| u16::try_from(n).ok());
+    match service_port.get("targetPort") {
+        None | Some(Value::Null) => port,
+        Some(Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+        Some(Value::String(s)) => match s.parse::<u16>() {
+            Ok(n) => Some(n),
+            Err(_) => pod.ports.iter().find(|p| p.name() == Some(s.as_str())).map(|p| p.port()),
+        },
+        Some(_) => None,
+    }
+}
+
+/// The endpoints controller for one Service with a selector: every pod of the Service's namespace whose labels
+/// match, with its conditions (ready, serving, terminating) and `nodeName`. Not-ready pods stay in the slice, so
+/// a Service with `publishNotReadyAddresses` is the proxy's to decide. A named `targetPort` is resolved per pod
+/// (`containers[].ports[].name`): pods that resolve the ports alike share a slice, as with the Kubernetes
+/// controller, and a pod without the name is no endpoint of that port. The first slice is `<service>-lab`, the
+/// others `<service>-lab-2`, ... None for a Service without a selector.
+pub fn endpoint_slices(service: &Value, pods: &[EndpointPod<'_>]) -> Option<Vec<Value>> {
     let (_, ns, name) = object_key(service).ok()?;
     let ns = ns?;
     let selector = service.pointer("/spec/selector")?.as_object()?;
@@ -213,68 +229,70 @@ pub fn endpoint_slice(service: &Value, pods: &[EndpointPod<'_>]) -> Option<Value
     }
     let svc_ports: Vec<&Value> =
         service.pointer("/spec/ports").and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default();
-    let members: Vec<&EndpointPod> =
-        pods.iter().filter(|p| p.plan.namespace == ns && labels_match(selector, &p.plan.labels)).collect();
-    // Slice ports come from the first member that can resolve them (named ports may differ per pod; the lab
-    // keeps it simple: one slice, resolved against each pod, pods that cannot resolve a named port are left out).
-    let mut ports = Vec::new();
-    let mut resolved_for: Vec<BTreeSet<usize>> = Vec::new();
-    for sp in &svc_ports {
-        let port = sp.get("port").and_then(Value::as_u64).unwrap_or(0);
-        let target = sp.get("targetPort").cloned().unwrap_or(json!(port));
-        let protocol = sp.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
-        let mut number = None;
-        let mut ok = BTreeSet::new();
-        for (i, m) in members.iter().enumerate() {
-            let n = match &target {
-                Value::Number(n) => n.as_u64(),
-                Value::String(s) => match s.parse::<u64>() {
-                    Ok(n) => Some(n),
-                    Err(_) => m.plan.ports.iter().find(|p| p.name() == Some(s.as_str())).map(|p| u64::from(p.port())),
-                },
-                _ => None,
-            };
-            if let Some(n) = n {
-                if number.is_none() || number == Some(n) {
-                    number = Some(n);
-                    ok.insert(i);
-                }
-            }
+    let members = pods.iter().filter(|p| p.plan.namespace == ns && labels_match(selector, &p.plan.labels));
+    // Group members by how they resolve the ports: (service port index, number) for each port they resolve.
+    let mut groups: BTreeMap<Vec<(usize, u16)>, Vec<&EndpointPod>> = BTreeMap::new();
+    for m in members {
+        let key: Vec<(usize, u16)> =
+            svc_ports.iter().enumerate().filter_map(|(i, sp)| resolve_target_port(sp, m.plan).map(|n| (i, n))).collect();
+        if key.is_empty() && !svc_ports.is_empty() {
+            continue;
         }
-        let mut p = json!({"port": number.unwrap_or(port), "protocol": protocol});
-        if let Some(n) = sp.get("name").and_then(Value::as_str) {
-            p["name"] = json!(n);
-        } else {
-            p["name"] = json!("");
-        }
-        ports.push(p);
-        resolved_for.push(ok);
+        groups.entry(key).or_default().push(m);
     }
-    let endpoints: Vec<Value> = members
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| resolved_for.iter().all(|ok| ok.contains(i)))
-        .map(|(_, m)| {
-            json!({
-                "addresses": [m.ip.to_string()],
-                "conditions": m.conditions(),
-                "nodeName": m.plan.node,
-                "targetRef": {"kind": "Pod", "name": m.plan.name, "namespace": m.plan.namespace}
+    let port_json = |i: usize, number: u16| {
+        let sp = svc_ports[i];
+        let protocol = sp.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+        let pname = sp.get("name").and_then(Value::as_str).unwrap_or("");
+        json!({"name": pname, "port": number, "protocol": protocol})
+    };
+    let slice = |suffix: String, ports: Vec<Value>, endpoints: Vec<Value>| {
+        json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": format!("{name}-lab{suffix}"),
+                "namespace": ns,
+                "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": "trellis-lab"}
+            },
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": ports
+        })
+    };
+    if groups.is_empty() {
+        // No endpoint: one empty slice, its ports as far as they resolve without a pod.
+        let ports = svc_ports
+            .iter()
+            .enumerate()
+            .map(|(i, sp)| {
+                let n = sp.get("targetPort").and_then(|t| t.as_u64().or_else(|| t.as_str()?.parse().ok()));
+                let n = n.or_else(|| sp.get("port").and_then(Value::as_u64)).unwrap_or(0);
+                port_json(i, u16::try_from(n).unwrap_or(0))
             })
+            .collect();
+        return Some(vec![slice(String::new(), ports, Vec::new())]);
+    }
+    let out = groups
+        .into_iter()
+        .enumerate()
+        .map(|(g, (key, members))| {
+            let ports = key.iter().map(|&(i, n)| port_json(i, n)).collect();
+            let endpoints = members
+                .iter()
+                .map(|m| {
+                    json!({
+                        "addresses": [m.ip.to_string()],
+                        "conditions": m.conditions(),
+                        "nodeName": m.plan.node,
+                        "targetRef": {"kind": "Pod", "name": m.plan.name, "namespace": m.plan.namespace}
+                    })
+                })
+                .collect();
+            slice(if g == 0 { String::new() } else { format!("-{}", g + 1) }, ports, endpoints)
         })
         .collect();
-    Some(json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": format!("{name}-lab"),
-            "namespace": ns,
-            "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": "trellis-lab"}
-        },
-        "addressType": "IPv4",
-        "endpoints": endpoints,
-        "ports": ports
-    }))
+    Some(out)
 }
 
 /// Picks the lowest free address of the service CIDR (skipping network and .1, like the apiserver's first IP
@@ -409,7 +427,7 @@ mod tests {
         )
         .unwrap()
         .remove(0);
-        let s = endpoint_slice(&svc, &pods).unwrap();
+        let s = endpoint_slices(&svc, &pods).unwrap().remove(0);
         let eps = s["endpoints"].as_array().unwrap();
         assert_eq!(eps.len(), 2);
         assert_eq!(s["ports"][0]["port"], 8080);
@@ -418,9 +436,9 @@ mod tests {
         assert_eq!(names, ["web-1", "web-2"]);
         // Another namespace: nothing selected. No selector: no slice.
         let other = json!({"kind": "Service", "metadata": {"name": "web", "namespace": "x"}, "spec": {"selector": {"app": "web"}}});
-        assert_eq!(endpoint_slice(&other, &pods).unwrap()["endpoints"].as_array().unwrap().len(), 0);
+        assert_eq!(endpoint_slices(&other, &pods).unwrap()[0]["endpoints"].as_array().unwrap().len(), 0);
         let none = json!({"kind": "Service", "metadata": {"name": "ext"}, "spec": {}});
-        assert!(endpoint_slice(&none, &pods).is_none());
+        assert!(endpoint_slices(&none, &pods).is_none());
     }
 
     #[test]
@@ -441,7 +459,7 @@ mod tests {
         ];
         let svc = json!({"kind": "Service", "metadata": {"name": "web"}, "spec": {
             "selector": {"app": "web"}, "publishNotReadyAddresses": true, "ports": [{"port": 80, "targetPort": 8080}]}});
-        let s = endpoint_slice(&svc, &pods).unwrap();
+        let s = endpoint_slices(&svc, &pods).unwrap().remove(0);
         let eps = s["endpoints"].as_array().unwrap();
         assert_eq!(eps.len(), 2);
         assert_eq!(eps[0]["conditions"]["ready"], false);
@@ -478,25 +496,34 @@ mod tests {
     }
 
     #[test]
-    fn named_target_ports_resolve_per_pod_and_unresolvable_pods_are_left_out() {
+    fn named_target_ports_resolve_per_pod_into_one_slice_per_mapping() {
         let p = plan(&Topology::default_topology(), None).unwrap();
-        let mut plain = p.pods[1].clone();
+        let web = p.pods.iter().find(|x| x.name == "web-1").unwrap();
+        assert_eq!(web.ports[0].name(), Some("http"));
+        let mut other = web.clone();
+        other.name = "web-9".into();
+        other.ports = vec![PortSpec::Named { port: 9090, name: Some("http".into()) }];
+        let mut plain = web.clone();
         plain.name = "plain".into();
         plain.ports = vec![PortSpec::Number(8080)];
-        let a = &p.pods[0];
-        let pods = [
-            EndpointPod { plan: a, ip: Ipv4Addr::new(10, 244, 0, 2), ready: true, terminating: false },
-            EndpointPod { plan: &plain, ip: Ipv4Addr::new(10, 244, 1, 3), ready: true, terminating: false },
-        ];
+        let ep = |plan, d| EndpointPod { plan, ip: Ipv4Addr::new(10, 244, 0, d), ready: true, terminating: false };
+        let pods = [ep(web, 2), ep(&other, 3), ep(&plain, 4)];
         let svc = json!({"kind": "Service", "metadata": {"name": "web"}, "spec": {
             "selector": {"app": "web"}, "ports": [{"name": "h", "port": 80, "targetPort": "http"}]}});
-        let s = endpoint_slice(&svc, &pods).unwrap();
-        // web-1 names 8080 "http"; the pod without the name is not an endpoint of this port.
-        assert_eq!(s["ports"][0]["port"], 8080);
-        assert_eq!(s["ports"][0]["name"], "h");
-        let names: Vec<&str> =
-            s["endpoints"].as_array().unwrap().iter().map(|e| e["targetRef"]["name"].as_str().unwrap()).collect();
-        assert_eq!(names, [a.name.as_str()]);
+        let slices = endpoint_slices(&svc, &pods).unwrap();
+        assert_eq!(slices.len(), 2, "{slices:?}");
+        let by_port = |port: u64| {
+            let s = slices.iter().find(|s| s["ports"][0]["port"] == port).unwrap();
+            assert_eq!(s["ports"][0]["name"], "h");
+            s["endpoints"].as_array().unwrap().iter().map(|e| e["targetRef"]["name"].as_str().unwrap()).collect::<Vec<_>>()
+        };
+        assert_eq!(by_port(8080), ["web-1"]);
+        assert_eq!(by_port(9090), ["web-9"]);
+        let names: BTreeSet<&str> = slices.iter().map(|s| s["metadata"]["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["web-lab", "web-lab-2"].into());
+        assert_eq!(resolve_target_port(&json!({"port": 80}), &plain), Some(80));
+        assert_eq!(resolve_target_port(&json!({"port": 80, "targetPort": "8081"}), &plain), Some(8081));
+        assert_eq!(resolve_target_port(&json!({"port": 80, "targetPort": "http"}), &plain), None);
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub fn run_endpoints_controller(st: &LabState) -> Result<Vec<String>> {
         .collect();
     let mut written = BTreeSet::new();
     for (_, obj) in all.iter().filter(|(_, o)| o["kind"] == "Service") {
-        if let Some(slice) = manifests::endpoint_slice(obj, &pods) {
+        for slice in manifests::endpoint_slices(obj, &pods).unwrap_or_default() {
             written.insert(store.write(&slice)?);
         }
     }
