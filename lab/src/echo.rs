@@ -388,7 +388,10 @@ mod tests {
             assert!(j["ms"].as_f64().unwrap() >= 0.0);
             assert_eq!(j.as_object().unwrap().len(), 4, "{j}");
             let line = a.to_json_line();
-            assert!(line.starts_with("{\"ok\": true, \"pod\": \"pod-b\", \"client\": \"127.0.0.1\", \"ms\": "), "{line}");
+            assert!(
+                line.starts_with("{\"ok\": true, \"pod\": \"pod-b\", \"client\": \"127.0.0.1\", \"ms\": "),
+                "{line}"
+            );
             assert_eq!(serde_json::from_str::<serde_json::Value>(&line).unwrap(), j);
         }
     }

@@ -233,8 +233,11 @@ pub fn endpoint_slices(service: &Value, pods: &[EndpointPod<'_>]) -> Option<Vec<
     // Group members by how they resolve the ports: (service port index, number) for each port they resolve.
     let mut groups: BTreeMap<Vec<(usize, u16)>, Vec<&EndpointPod>> = BTreeMap::new();
     for m in members {
-        let key: Vec<(usize, u16)> =
-            svc_ports.iter().enumerate().filter_map(|(i, sp)| resolve_target_port(sp, m.plan).map(|n| (i, n))).collect();
+        let key: Vec<(usize, u16)> = svc_ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, sp)| resolve_target_port(sp, m.plan).map(|n| (i, n)))
+            .collect();
         if key.is_empty() && !svc_ports.is_empty() {
             continue;
         }
@@ -515,7 +518,12 @@ mod tests {
         let by_port = |port: u64| {
             let s = slices.iter().find(|s| s["ports"][0]["port"] == port).unwrap();
             assert_eq!(s["ports"][0]["name"], "h");
-            s["endpoints"].as_array().unwrap().iter().map(|e| e["targetRef"]["name"].as_str().unwrap()).collect::<Vec<_>>()
+            s["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["targetRef"]["name"].as_str().unwrap())
+                .collect::<Vec<_>>()
         };
         assert_eq!(by_port(8080), ["web-1"]);
         assert_eq!(by_port(9090), ["web-9"]);
