@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use trellis_lab::echo::Proto;
 use trellis_lab::lab::{self, UpOptions};
-use trellis_lab::state::{resolve_lab_name, LabState};
+use trellis_lab::state::{resolve_lab_name, LabState, StateLock};
 use trellis_lab::topology::{Mode, Topology};
 
 #[derive(Parser)]
@@ -221,6 +221,7 @@ fn run() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Apply { name, files } => {
+            let _lock = StateLock::acquire(&resolve_lab_name(name.as_deref())?)?;
             let mut st = load(name.as_deref())?;
             lab::apply(&mut st, &files, &mut out)?;
             Ok(ExitCode::SUCCESS)
@@ -263,6 +264,7 @@ fn run() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::RestartAgent { name, node, kill } => {
+            let _lock = StateLock::acquire(&resolve_lab_name(name.as_deref())?)?;
             let mut st = load(name.as_deref())?;
             lab::restart_agent(&mut st, &node, kill, &mut out)?;
             Ok(ExitCode::SUCCESS)

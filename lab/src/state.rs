@@ -96,6 +96,36 @@ impl LabState {
     }
 }
 
+/// An exclusive lock on a lab's state: commands that read, change and write state.json hold it, so a `ready`
+/// during a `delete pod --grace-secs` does not undo the other's write. Released on drop.
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    pub fn acquire(lab: &str) -> Result<StateLock> {
+        use std::os::fd::AsRawFd;
+        let dirs = LabDirs::new(lab);
+        if !dirs.root.is_dir() {
+            // The same error `load` gives for a lab that is not there.
+            let e = std::io::Error::from(std::io::ErrorKind::NotFound);
+            return Err(LabError::io("reading lab state", dirs.state_file(), e));
+        }
+        let path = dirs.root.join("state.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| LabError::io("locking lab state", &path, e))?;
+        // SAFETY: flock on an fd we own; the lock goes with the file.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(LabError::io("locking lab state", &path, std::io::Error::last_os_error()));
+        }
+        Ok(StateLock { _file: file })
+    }
+}
+
 /// The labs that have a state dir.
 pub fn labs_present() -> Vec<String> {
     let Ok(rd) = std::fs::read_dir(names::STATE_ROOT) else {

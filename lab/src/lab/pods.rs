@@ -9,7 +9,7 @@ use super::up::{add_pod, start_agent, start_server, wait_server, write_pid};
 use super::*;
 use crate::manifests::{self, ManifestStore, NewPod};
 use crate::plan::PodPlan;
-use crate::state::pod_key;
+use crate::state::{pod_key, StateLock};
 
 fn conflist(st: &LabState, node: &str) -> Result<Value> {
     let path = st.dirs().cni_conf_dir(node).join(CONFLIST_NAME);
@@ -92,6 +92,7 @@ fn find_pod(st: &LabState, namespace: &str, name: &str) -> Result<PodPlan> {
 /// its server still answering), then its server stops, CNI DEL releases it and its netns goes. Blocks for the
 /// grace period, like a kubelet does for the pod.
 pub fn delete_pod(lab: &str, namespace: &str, name: &str, grace: Duration, out: &mut dyn std::io::Write) -> Result<()> {
+    let lock = StateLock::acquire(lab)?;
     let mut st = LabState::load(lab)?;
     let pod = find_pod(&st, namespace, name)?;
     let key = pod_key(namespace, name);
@@ -101,9 +102,11 @@ pub fn delete_pod(lab: &str, namespace: &str, name: &str, grace: Duration, out: 
     run_endpoints_controller(&st)?;
     let _ = writeln!(out, "pod/{name} terminating for {}s", grace.as_secs());
     let _ = out.flush();
+    drop(lock);
     std::thread::sleep(grace);
 
     // Other commands (ready, apply) may have written the state meanwhile.
+    let _lock = StateLock::acquire(lab)?;
     let mut st = LabState::load(lab)?;
     let mut warnings = Vec::new();
     if let Some(&pid) = st.servers.get(&key) {
@@ -144,6 +147,7 @@ pub fn delete_pod(lab: &str, namespace: &str, name: &str, grace: Duration, out: 
 
 /// `ready POD true|false`: the pod's readiness, which its endpoints' ready and serving conditions follow.
 pub fn set_ready(lab: &str, pod: &str, ready: bool, out: &mut dyn std::io::Write) -> Result<()> {
+    let _lock = StateLock::acquire(lab)?;
     let mut st = LabState::load(lab)?;
     let p = st.pod(pod).cloned().ok_or_else(|| LabError::Probe(format!("{pod:?} is no pod of lab {lab}")))?;
     let key = pod_key(&p.namespace, &p.name);
