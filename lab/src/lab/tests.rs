@@ -77,3 +77,18 @@ fn agent_command_line_follows_the_contract() {
     // Each node netns has its own loopback, so every agent serves metrics on the same address.
     assert_eq!(after("--metrics-addr"), "127.0.0.1:9962");
 }
+
+#[test]
+fn status_shows_readiness_and_termination() {
+    let mut st = state();
+    st.pod_ips.insert("default/web-2".into(), Ipv4Addr::new(10, 244, 1, 2));
+    st.not_ready.insert("default/web-1".into());
+    st.terminating.insert("default/web-2".into());
+    let mut out = Vec::new();
+    print_status(&st, &mut out);
+    let text = String::from_utf8(out).unwrap();
+    let row = |pod: &str| text.lines().find(|l| l.starts_with(pod)).unwrap().split_whitespace().nth(4).unwrap();
+    assert_eq!(row("default/web-1"), "false", "{text}");
+    assert_eq!(row("default/web-2"), "terminating", "{text}");
+    assert_eq!(row("default/client-1"), "true", "{text}");
+}
