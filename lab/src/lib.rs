@@ -13,6 +13,7 @@ pub mod names;
 pub mod net;
 pub mod nsexec;
 pub mod plan;
+pub mod services;
 pub mod state;
 pub mod topology;
 pub mod underlay;

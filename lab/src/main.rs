@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use trellis_lab::echo::Proto;
 use trellis_lab::lab::{self, UpOptions};
-use trellis_lab::state::{resolve_lab_name, LabState};
+use trellis_lab::state::{resolve_lab_name, LabState, StateLock};
 use trellis_lab::topology::{Mode, Topology};
 
 #[derive(Parser)]
@@ -48,14 +48,16 @@ enum Cmd {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Add or change manifests (Services, NetworkPolicies, Namespaces, pod labels) in the lab's control plane.
+    /// Add or change manifests (Services, NetworkPolicies, Namespaces, pod labels) in the lab's control plane;
+    /// a `kind: Pod` that does not exist is created on its spec.nodeName.
     Apply {
         #[arg(long)]
         name: Option<String>,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Remove an object from the control plane: node/NAME, service/NAME, networkpolicy/NAME, ...
+    /// Remove an object from the control plane: node/NAME, service/NAME, networkpolicy/NAME, ...; pod/NAME
+    /// deletes the pod (terminating for --grace-secs, then CNI DEL).
     Delete {
         #[arg(long)]
         name: Option<String>,
@@ -63,8 +65,11 @@ enum Cmd {
         object: String,
         #[arg(long, short = 'n', default_value = "default")]
         namespace: String,
+        /// pod/NAME only: seconds the pod stays terminating (still answering) before it goes.
+        #[arg(long, default_value_t = 0)]
+        grace_secs: u64,
     },
-    /// Connect from a pod (or node/NAME) to a pod, IP or Service; prints who answered.
+    /// Connect from a pod, node/NAME or `external` to a pod, IP, node/NAME or Service; prints who answered.
     Probe {
         #[arg(long)]
         name: Option<String>,
@@ -75,6 +80,31 @@ enum Cmd {
         proto: String,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        /// Attempts, each a fresh connection (TCP) or a fresh socket's datagram (UDP, unless --sport).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Fixed client source port (UDP: one socket for every attempt, one long-lived flow).
+        #[arg(long)]
+        sport: Option<u16>,
+        /// `json`: one object per attempt per line.
+        #[arg(long = "output", short = 'o', default_value = "text")]
+        output: String,
+    },
+    /// Set a pod's readiness: its endpoints' ready and serving conditions follow.
+    Ready {
+        #[arg(long)]
+        name: Option<String>,
+        pod: String,
+        #[arg(action = clap::ArgAction::Set)]
+        ready: bool,
+    },
+    /// Stop a node's agent (SIGTERM and wait; SIGKILL with --kill) and start it again with the same arguments.
+    RestartAgent {
+        #[arg(long)]
+        name: Option<String>,
+        node: String,
+        #[arg(long)]
+        kill: bool,
     },
     /// Probe every pod pair and node -> pod; exit 0 only if the matrix is as expected.
     Check {
@@ -132,6 +162,8 @@ fn needs_root(cmd: &Cmd) -> Option<&'static str> {
         Cmd::Probe { .. } => "probe",
         Cmd::Check { .. } => "check",
         Cmd::Exec { .. } => "exec",
+        Cmd::Ready { .. } => "ready",
+        Cmd::RestartAgent { .. } => "restart-agent",
         Cmd::Bench { .. } => "bench",
         Cmd::Status { .. } | Cmd::Serve { .. } => return None,
     })
@@ -189,28 +221,53 @@ fn run() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Apply { name, files } => {
+            let _lock = StateLock::acquire(&resolve_lab_name(name.as_deref())?)?;
             let mut st = load(name.as_deref())?;
             lab::apply(&mut st, &files, &mut out)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Delete { name, object, namespace } => {
+        Cmd::Delete { name, object, namespace, grace_secs } => {
             let st = load(name.as_deref())?;
-            lab::delete(&st, &object, &namespace, &mut out)?;
+            lab::delete(&st, &object, &namespace, Duration::from_secs(grace_secs), &mut out)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Probe { name, from, target, port, proto, timeout_ms } => {
+        Cmd::Probe { name, from, target, port, proto, timeout_ms, count, sport, output } => {
             let st = load(name.as_deref())?;
-            let proto: Proto = proto.parse()?;
-            match lab::probe(&st, &from, &target, port, proto, Duration::from_millis(timeout_ms)) {
-                Ok(who) => {
-                    println!("{who}");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    Ok(ExitCode::from(1))
-                }
+            let json = match output.as_str() {
+                "json" => true,
+                "text" => false,
+                o => bail!("-o {o:?}: expected json or text"),
+            };
+            if count == 0 {
+                bail!("--count must be at least 1");
             }
+            let opts = lab::ProbeOptions {
+                proto: proto.parse::<Proto>()?,
+                timeout: Duration::from_millis(timeout_ms),
+                count,
+                sport,
+            };
+            let failed = lab::probe_each(&st, &from, &target, port, opts, |a| {
+                if json {
+                    println!("{}", a.to_json_line());
+                } else if a.result.is_ok() {
+                    println!("{}", a.to_text());
+                } else {
+                    eprintln!("probe: {}", a.to_text());
+                }
+            })?;
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Cmd::Ready { name, pod, ready } => {
+            let lab = resolve_lab_name(name.as_deref())?;
+            lab::set_ready(&lab, &pod, ready, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::RestartAgent { name, node, kill } => {
+            let _lock = StateLock::acquire(&resolve_lab_name(name.as_deref())?)?;
+            let mut st = load(name.as_deref())?;
+            lab::restart_agent(&mut st, &node, kill, &mut out)?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Check { name, timeout_ms } => {
             let st = load(name.as_deref())?;

@@ -14,6 +14,10 @@ pub fn netns_prefix(lab: &str) -> String {
 pub fn underlay_netns(lab: &str) -> String {
     format!("tl-{lab}-ul")
 }
+/// The `external` host: on the underlay, no node, no route into the pod network.
+pub fn external_netns(lab: &str) -> String {
+    format!("tl-{lab}-ext")
+}
 pub fn node_netns(lab: &str, node: &str) -> String {
     format!("tl-{lab}-node-{node}")
 }

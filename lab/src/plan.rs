@@ -14,6 +14,8 @@ use crate::topology::{Mode, PortSpec, Topology};
 pub const NODE_UPLINK: &str = "eth0";
 pub const UNDERLAY_BRIDGE: &str = "br0";
 pub const POD_IFNAME: &str = "eth0";
+/// The `external` host's port on the underlay bridge (node ports are `n<i>`).
+pub const EXTERNAL_PORT: &str = "x0";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabPlan {
@@ -25,6 +27,9 @@ pub struct LabPlan {
     pub underlay_mtu: u32,
     /// netns holding the underlay bridge.
     pub underlay_netns: String,
+    /// The `external` host's netns and its underlay address (the underlay's last host, never a node's).
+    pub external_netns: String,
+    pub external_ip: Ipv4Addr,
     pub nodes: Vec<NodePlan>,
     pub pods: Vec<PodPlan>,
 }
@@ -62,6 +67,7 @@ pub fn plan(t: &Topology, mode: Option<Mode>) -> Result<LabPlan> {
     t.validate()?;
     let cidrs = allocate_pod_cidrs(t)?;
     let ips = underlay_ips(t.underlay_cidr, t.nodes.len())?;
+    let external_ip = external_ip(t.underlay_cidr, &ips)?;
     let nodes = t
         .nodes
         .iter()
@@ -95,6 +101,8 @@ pub fn plan(t: &Topology, mode: Option<Mode>) -> Result<LabPlan> {
         underlay_cidr: t.underlay_cidr,
         underlay_mtu: t.underlay_mtu,
         underlay_netns: names::underlay_netns(&t.name),
+        external_netns: names::external_netns(&t.name),
+        external_ip,
         nodes,
         pods,
     })
@@ -139,6 +147,15 @@ pub fn underlay_ips(underlay: Ipv4Net, count: usize) -> Result<Vec<Ipv4Addr>> {
     Ok(hosts)
 }
 
+/// The `external` host's address: the underlay's last host, which must not be a node's.
+pub fn external_ip(underlay: Ipv4Net, nodes: &[Ipv4Addr]) -> Result<Ipv4Addr> {
+    underlay
+        .hosts()
+        .last()
+        .filter(|ip| !nodes.contains(ip))
+        .ok_or_else(|| LabError::Plan(format!("underlay {underlay} has no room for the external host")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +173,8 @@ mod tests {
         assert_eq!(p.nodes[1].internal_ip, Ipv4Addr::new(172, 30, 0, 3));
         assert_eq!(p.nodes[0].netns, "tl-default-node-node1");
         assert_eq!(p.underlay_netns, "tl-default-ul");
+        assert_eq!(p.external_netns, "tl-default-ext");
+        assert_eq!(p.external_ip, Ipv4Addr::new(172, 30, 0, 254));
         assert_eq!(p.pods[0].netns, "tl-default-pod-default_web-1");
         assert_eq!(p.mode, Mode::Vxlan);
     }
@@ -197,6 +216,9 @@ mod tests {
         assert_eq!(ips[2], Ipv4Addr::new(192, 168, 5, 4));
         assert!(underlay_ips(net, 6).is_err());
         assert_eq!(underlay_ips(net, 5).unwrap().len(), 5);
+        // The external host takes the last host, unless a node has it.
+        assert_eq!(external_ip(net, &underlay_ips(net, 4).unwrap()).unwrap(), Ipv4Addr::new(192, 168, 5, 6));
+        assert!(external_ip(net, &underlay_ips(net, 5).unwrap()).is_err());
     }
 
     #[test]

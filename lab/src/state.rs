@@ -1,7 +1,7 @@
 //! state.json: the plan plus what `up` learned while building (pod IPs, pids). Written after every step so a
 //! crashed `up` still leaves a usable record.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -24,6 +24,15 @@ pub struct LabState {
     pub servers: BTreeMap<String, i32>,
     /// True once `up` finished.
     pub ready: bool,
+    /// Pods made unready with `trellis-lab ready POD false` ("namespace/pod").
+    #[serde(default)]
+    pub not_ready: BTreeSet<String>,
+    /// Pods being deleted, inside their grace period ("namespace/pod").
+    #[serde(default)]
+    pub terminating: BTreeSet<String>,
+    /// The `trellis-lab` executable `up` ran as; re-run as `serve` in pods made later.
+    #[serde(default)]
+    pub lab_exe: Option<PathBuf>,
 }
 
 pub fn pod_key(namespace: &str, name: &str) -> String {
@@ -40,6 +49,9 @@ impl LabState {
             pod_ips: BTreeMap::new(),
             servers: BTreeMap::new(),
             ready: false,
+            not_ready: BTreeSet::new(),
+            terminating: BTreeSet::new(),
+            lab_exe: None,
         }
     }
 
@@ -72,6 +84,45 @@ impl LabState {
 
     pub fn pod_ip(&self, pod: &PodPlan) -> Option<Ipv4Addr> {
         self.pod_ips.get(&pod_key(&pod.namespace, &pod.name)).copied()
+    }
+
+    /// The pod's readiness (`trellis-lab ready`); every pod starts ready.
+    pub fn pod_ready(&self, pod: &PodPlan) -> bool {
+        !self.not_ready.contains(&pod_key(&pod.namespace, &pod.name))
+    }
+
+    pub fn pod_terminating(&self, pod: &PodPlan) -> bool {
+        self.terminating.contains(&pod_key(&pod.namespace, &pod.name))
+    }
+}
+
+/// An exclusive lock on a lab's state: commands that read, change and write state.json hold it, so a `ready`
+/// during a `delete pod --grace-secs` does not undo the other's write. Released on drop.
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    pub fn acquire(lab: &str) -> Result<StateLock> {
+        use std::os::fd::AsRawFd;
+        let dirs = LabDirs::new(lab);
+        if !dirs.root.is_dir() {
+            // The same error `load` gives for a lab that is not there.
+            let e = std::io::Error::from(std::io::ErrorKind::NotFound);
+            return Err(LabError::io("reading lab state", dirs.state_file(), e));
+        }
+        let path = dirs.root.join("state.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| LabError::io("locking lab state", &path, e))?;
+        // SAFETY: flock on an fd we own; the lock goes with the file.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(LabError::io("locking lab state", &path, std::io::Error::last_os_error()));
+        }
+        Ok(StateLock { _file: file })
     }
 }
 

@@ -250,10 +250,16 @@ impl Topology {
             if node_names.contains(p.name.as_str()) {
                 return bad(format!("pod name {:?} is also a node name", p.name));
             }
+            if p.name == EXTERNAL_HOST {
+                return bad(format!("pod name {EXTERNAL_HOST:?} is the lab's external host"));
+            }
         }
         Ok(())
     }
 }
+
+/// The name `probe` and `exec` give the external host; no pod may take it.
+pub const EXTERNAL_HOST: &str = "external";
 
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())

@@ -6,7 +6,7 @@ use ipnet::Ipv4Net;
 use crate::error::Result;
 use crate::names;
 use crate::net::LabNet;
-use crate::plan::{LabPlan, NODE_UPLINK, UNDERLAY_BRIDGE};
+use crate::plan::{LabPlan, EXTERNAL_PORT, NODE_UPLINK, UNDERLAY_BRIDGE};
 
 pub const UNDERLAY_SYSCTLS: [&str; 3] = [
     "net.bridge.bridge-nf-call-iptables",
@@ -41,6 +41,15 @@ fn try_setup(net: &mut dyn LabNet, plan: &LabPlan) -> Result<()> {
         net.add_addr(&node.netns, NODE_UPLINK, addr)?;
         net.set_up(&node.netns, NODE_UPLINK)?;
     }
+    // The external host: one more machine on the switch, with no route into the pod network.
+    let ext = &plan.external_netns;
+    net.ensure_netns(ext)?;
+    net.add_veth(ul, EXTERNAL_PORT, ext, NODE_UPLINK, plan.underlay_mtu)?;
+    net.set_master(ul, EXTERNAL_PORT, UNDERLAY_BRIDGE)?;
+    net.set_up(ul, EXTERNAL_PORT)?;
+    let addr = Ipv4Net::new(plan.external_ip, plan.underlay_cidr.prefix_len()).expect("prefix of a parsed net");
+    net.add_addr(ext, NODE_UPLINK, addr)?;
+    net.set_up(ext, NODE_UPLINK)?;
     for pod in &plan.pods {
         net.ensure_netns(&pod.netns)?;
     }
@@ -56,7 +65,7 @@ pub fn teardown_netns(net: &mut dyn LabNet, lab: &str) -> Result<Vec<String>> {
         let rest = &n[prefix.len()..];
         if rest.starts_with("pod-") {
             0
-        } else if rest.starts_with("node-") {
+        } else if rest.starts_with("node-") || rest == "ext" {
             1
         } else {
             2
@@ -108,7 +117,11 @@ mod tests {
         for pod in &p.pods {
             assert!(net.netns[&pod.netns].is_empty());
         }
-        assert_eq!(net.netns.len(), 1 + p.nodes.len() + p.pods.len());
+        let ext = &net.netns[&p.external_netns]["eth0"];
+        assert_eq!(ext.addrs, vec![Ipv4Net::new(p.external_ip, 24).unwrap()]);
+        assert_eq!(ext.peer, Some((p.underlay_netns.clone(), EXTERNAL_PORT.to_string())));
+        assert_eq!(ul[EXTERNAL_PORT].master.as_deref(), Some("br0"));
+        assert_eq!(net.netns.len(), 2 + p.nodes.len() + p.pods.len());
     }
 
     #[test]
@@ -135,7 +148,7 @@ mod tests {
         net.ensure_netns("tl-default1-ul").unwrap();
         net.ensure_netns("unrelated").unwrap();
         let removed = teardown_netns(&mut net, "default").unwrap();
-        assert_eq!(removed.len(), 1 + p.nodes.len() + p.pods.len());
+        assert_eq!(removed.len(), 2 + p.nodes.len() + p.pods.len());
         assert!(removed[0].contains("-pod-"));
         assert_eq!(removed.last().unwrap(), &p.underlay_netns);
         assert_eq!(net.list_netns().unwrap(), vec!["tl-default1-ul".to_string(), "unrelated".to_string()]);

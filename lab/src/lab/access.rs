@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::echo::{self, Proto};
+use crate::echo::{self, Attempt, Prober, Proto};
 use crate::error::{LabError, Result};
 use crate::manifests::ManifestStore;
 use crate::names;
 use crate::nsexec;
 use crate::state::LabState;
+use crate::topology::EXTERNAL_HOST;
 
 /// A probe source: a pod or a node of the lab.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +22,11 @@ pub struct Endpoint {
     pub is_node: bool,
 }
 
+/// A pod, a node (`node1`, `node/node1`), or `external`, the host on the underlay that is no node.
 pub fn endpoint(st: &LabState, name: &str) -> Result<Endpoint> {
+    if name == EXTERNAL_HOST {
+        return Ok(Endpoint { label: EXTERNAL_HOST.into(), netns: st.plan.external_netns.clone(), is_node: false });
+    }
     if let Some(p) = st.pod(name) {
         return Ok(Endpoint { label: p.name.clone(), netns: p.netns.clone(), is_node: false });
     }
@@ -32,11 +37,22 @@ pub fn endpoint(st: &LabState, name: &str) -> Result<Endpoint> {
     Err(LabError::Probe(format!("{name:?} is neither a pod nor a node of lab {}", st.plan.name)))
 }
 
-/// A probe target: an IPv4 literal, a pod (`name` or `ns/name`), or a Service (`svc/name`, `svc/ns/name`, or a
-/// bare name that is no pod) resolved to its clusterIP.
+/// A probe target: an IPv4 literal, a pod (`name` or `ns/name`), a node (`node/NAME`: its InternalIP), the
+/// `external` host, or a Service (`svc/name`, `svc/ns/name`, or a bare name that is no pod) resolved to its
+/// clusterIP.
 pub fn resolve_target(st: &LabState, target: &str, services: &[Value]) -> Result<Ipv4Addr> {
     if let Ok(ip) = target.parse::<Ipv4Addr>() {
         return Ok(ip);
+    }
+    if target == EXTERNAL_HOST {
+        return Ok(st.plan.external_ip);
+    }
+    if let Some(node) = target.strip_prefix("node/") {
+        return st
+            .plan
+            .node(node)
+            .map(|n| n.internal_ip)
+            .ok_or_else(|| LabError::Probe(format!("{node:?} is no node of lab {}", st.plan.name)));
     }
     let svc_ref = target.strip_prefix("svc/");
     if svc_ref.is_none() {
@@ -74,6 +90,42 @@ pub fn probe(st: &LabState, from: &str, target: &str, port: u16, proto: Proto, t
     let src = endpoint(st, from)?;
     let ip = resolve_target(st, target, &services(st)?)?;
     nsexec::run_in(&names::netns_path(&src.netns), || echo::probe(ip, port, proto, timeout))?
+}
+
+/// How `probe` tries: `count` attempts, each a fresh connection (TCP) or a fresh socket's datagram (UDP), unless
+/// `sport` fixes the source port (UDP: one socket, one long-lived flow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeOptions {
+    pub proto: Proto,
+    pub timeout: Duration,
+    pub count: u32,
+    pub sport: Option<u16>,
+}
+
+/// Runs every attempt from `from`'s netns, handing each to `each` as it completes (so a long run streams).
+/// Returns how many failed.
+pub fn probe_each(
+    st: &LabState,
+    from: &str,
+    target: &str,
+    port: u16,
+    opts: ProbeOptions,
+    mut each: impl FnMut(&Attempt) + Send,
+) -> Result<u32> {
+    let src = endpoint(st, from)?;
+    let ip = resolve_target(st, target, &services(st)?)?;
+    nsexec::run_in(&names::netns_path(&src.netns), move || {
+        let mut prober = Prober::new(ip, port, opts.proto, opts.timeout, opts.sport);
+        let mut failed = 0;
+        for _ in 0..opts.count {
+            let a = prober.attempt();
+            if a.result.is_err() {
+                failed += 1;
+            }
+            each(&a);
+        }
+        failed
+    })
 }
 
 /// Runs a command inside a pod's or node's netns with inherited stdio; returns its exit code.

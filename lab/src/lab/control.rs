@@ -9,17 +9,29 @@ use serde_json::{json, Value};
 use crate::error::{LabError, Result};
 use crate::manifests::{self, EndpointPod, ManifestStore};
 use crate::names;
+use crate::services;
 use crate::state::LabState;
 
 /// Rewrites the EndpointSlices of every Service with a selector; removes the lab's slices of Services gone.
 pub fn run_endpoints_controller(st: &LabState) -> Result<Vec<String>> {
     let store = ManifestStore::new(st.dirs());
     let all = store.read_all()?;
-    let pods: Vec<EndpointPod> =
-        st.plan.pods.iter().filter_map(|p| st.pod_ip(p).map(|ip| EndpointPod { plan: p, ip })).collect();
+    let pods: Vec<EndpointPod> = st
+        .plan
+        .pods
+        .iter()
+        .filter_map(|p| {
+            st.pod_ip(p).map(|ip| EndpointPod {
+                plan: p,
+                ip,
+                ready: st.pod_ready(p),
+                terminating: st.pod_terminating(p),
+            })
+        })
+        .collect();
     let mut written = BTreeSet::new();
     for (_, obj) in all.iter().filter(|(_, o)| o["kind"] == "Service") {
-        if let Some(slice) = manifests::endpoint_slice(obj, &pods) {
+        for slice in manifests::endpoint_slices(obj, &pods).unwrap_or_default() {
             written.insert(store.write(&slice)?);
         }
     }
@@ -46,30 +58,24 @@ pub fn apply(st: &mut LabState, files: &[PathBuf], out: &mut dyn std::io::Write)
         .filter(|(_, o)| o["kind"] == "Service")
         .filter_map(|(_, o)| o.pointer("/spec/clusterIP").and_then(Value::as_str)?.parse().ok())
         .collect();
+    let mut node_ports: BTreeMap<String, BTreeSet<u16>> = existing
+        .iter()
+        .filter(|(_, o)| o["kind"] == "Service")
+        .map(|(f, o)| (f.clone(), services::node_ports(o)))
+        .collect();
     // Validate all before writing any.
+    let mut new_pods = BTreeSet::new();
     for d in &docs {
         let (kind, ns, name) = manifests::object_key(d)?;
         if kind == "Pod" && st.pod(&format!("{}/{name}", ns.clone().unwrap_or_default())).is_none() {
-            return Err(LabError::Manifest {
-                file: format!("Pod {}/{name}", ns.unwrap_or_default()),
-                reason: "the lab creates pods at `up`; apply can only change their labels".into(),
-            });
+            let new = manifests::parse_pod(d)?;
+            super::pods::check_new_pod(st, &new)?;
+            if !new_pods.insert(new.name.clone()) {
+                return Err(LabError::Manifest { file: format!("Pod {name}"), reason: "given twice".into() });
+            }
         }
         if kind == "Service" {
-            if let Some(ip) = d.pointer("/spec/clusterIP").and_then(Value::as_str) {
-                if ip != "None" && !ip.is_empty() {
-                    let ip: Ipv4Addr = ip.parse().map_err(|_| LabError::Manifest {
-                        file: format!("Service {name}"),
-                        reason: format!("clusterIP {ip:?} is not an IPv4 address"),
-                    })?;
-                    if !st.plan.service_cidr.contains(&ip) {
-                        return Err(LabError::Manifest {
-                            file: format!("Service {name}"),
-                            reason: format!("clusterIP {ip} is outside serviceCIDR {}", st.plan.service_cidr),
-                        });
-                    }
-                }
-            }
+            services::validate_service(d, st.plan.service_cidr)?;
         }
     }
     for mut d in docs {
@@ -78,6 +84,10 @@ pub fn apply(st: &mut LabState, files: &[PathBuf], out: &mut dyn std::io::Write)
             d["metadata"]["namespace"] = json!(ns);
         }
         match kind.as_str() {
+            "Pod" if st.pod(&format!("{}/{name}", ns.clone().unwrap_or_default())).is_none() => {
+                super::pods::create_pod(st, &manifests::parse_pod(&d)?, out)?;
+                continue;
+            }
             "Pod" => {
                 let ns = ns.unwrap_or_default();
                 let labels: BTreeMap<String, String> = d
@@ -89,19 +99,35 @@ pub fn apply(st: &mut LabState, files: &[PathBuf], out: &mut dyn std::io::Write)
                 pod.labels = labels;
                 let pod = pod.clone();
                 let ip = st.pod_ip(&pod);
-                store.write(&manifests::pod_object(&pod, ip))?;
+                store.write(&manifests::pod_object(&pod, ip, st.pod_ready(&pod)))?;
                 let _ = writeln!(out, "pod/{name} labels updated");
                 continue;
             }
             "Service" => {
                 let file = names::manifest_file_name(&kind, ns.as_deref(), &name);
-                let current = existing
-                    .iter()
-                    .find(|(f, _)| *f == file)
-                    .and_then(|(_, o)| o.pointer("/spec/clusterIP").and_then(Value::as_str))
-                    .map(str::to_string);
-                let given = d.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
+                let previous = existing.iter().find(|(f, _)| *f == file).map(|(_, o)| o);
+                let current =
+                    previous.and_then(|o| o.pointer("/spec/clusterIP").and_then(Value::as_str)).map(str::to_string);
+                let mut given = d.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
+                let listed: Vec<Value> =
+                    d.pointer("/spec/clusterIPs").and_then(Value::as_array).cloned().unwrap_or_default();
                 if given.is_empty() {
+                    if let Some(first) = listed.first().and_then(Value::as_str) {
+                        given = first.to_string();
+                        d["spec"]["clusterIP"] = json!(first);
+                    }
+                }
+                if let Ok(ip) = given.parse::<Ipv4Addr>() {
+                    taken.insert(ip);
+                    if listed.is_empty() {
+                        d["spec"]["clusterIPs"] = json!([given]);
+                    }
+                }
+                let taken_ports: BTreeSet<u16> =
+                    node_ports.iter().filter(|(f, _)| **f != file).flat_map(|(_, p)| p.iter().copied()).collect();
+                let mine = services::allocate_node_ports(&mut d, previous, &taken_ports)?;
+                node_ports.insert(file.clone(), mine);
+                if given.is_empty() && services::service_type(&d) != "ExternalName" {
                     let ip = match current.and_then(|c| c.parse::<Ipv4Addr>().ok()) {
                         Some(ip) => ip,
                         None => manifests::allocate_cluster_ip(st.plan.service_cidr, &taken).ok_or_else(|| {
@@ -110,7 +136,10 @@ pub fn apply(st: &mut LabState, files: &[PathBuf], out: &mut dyn std::io::Write)
                     };
                     taken.insert(ip);
                     d["spec"]["clusterIP"] = json!(ip.to_string());
-                    d["spec"]["clusterIPs"] = json!([ip.to_string()]);
+                    // A second family's address given in clusterIPs stays behind the allocated one.
+                    let mut ips = vec![json!(ip.to_string())];
+                    ips.extend(listed.iter().skip(1).cloned());
+                    d["spec"]["clusterIPs"] = json!(ips);
                 }
             }
             "Namespace" => {
@@ -129,8 +158,14 @@ pub fn apply(st: &mut LabState, files: &[PathBuf], out: &mut dyn std::io::Write)
 }
 
 /// `delete KIND/NAME`: removes an object from the control plane (e.g. `node/node2`: the other agents drop its
-/// routes). Pods stay: the lab created them at `up`.
-pub fn delete(st: &LabState, what: &str, namespace: &str, out: &mut dyn std::io::Write) -> Result<()> {
+/// routes). `pod/NAME` deletes the pod itself after `grace` (see [`super::delete_pod`]).
+pub fn delete(
+    st: &LabState,
+    what: &str,
+    namespace: &str,
+    grace: std::time::Duration,
+    out: &mut dyn std::io::Write,
+) -> Result<()> {
     let (kind, name) = what.split_once('/').ok_or_else(|| LabError::Manifest {
         file: what.into(),
         reason: "expected KIND/NAME, e.g. node/node2 or service/web".into(),
@@ -140,10 +175,7 @@ pub fn delete(st: &LabState, what: &str, namespace: &str, out: &mut dyn std::io:
     manifests::object_key(&probe)?;
     let kind = kind.to_ascii_lowercase();
     if kind == "pod" {
-        return Err(LabError::Manifest {
-            file: what.into(),
-            reason: "pods live as long as the lab; change their labels with apply".into(),
-        });
+        return super::pods::delete_pod(&st.plan.name, namespace, name, grace, out);
     }
     let cluster_scoped = ["node", "namespace", "clusterrole", "clusterrolebinding", "customresourcedefinition"];
     let ns = (!cluster_scoped.contains(&kind.as_str())).then_some(namespace);

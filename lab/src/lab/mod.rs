@@ -4,15 +4,17 @@
 mod access;
 mod control;
 mod down;
+mod pods;
 mod status;
 mod up;
 
 #[cfg(test)]
 mod tests;
 
-pub use access::{endpoint, exec, probe, resolve_target, services, Endpoint};
+pub use access::{endpoint, exec, probe, probe_each, resolve_target, services, Endpoint, ProbeOptions};
 pub use control::{apply, delete, run_endpoints_controller};
 pub use down::{down, DownReport};
+pub use pods::{create_pod, delete_pod, restart_agent, set_ready};
 pub use status::print_status;
 pub use up::{agent_command, up, UpOptions};
 
@@ -32,6 +34,8 @@ pub const IPAM_BIN: &str = "trellis-ipam";
 pub const AGENT_BIN: &str = "trellis-agent";
 pub const CONFLIST_NAME: &str = "10-trellis.conflist";
 pub const SYSTEM_CNI_DIR: &str = "/usr/lib/cni";
+/// Every agent serves metrics here, on its own node's loopback.
+pub const AGENT_METRICS_ADDR: &str = "127.0.0.1:9962";
 
 /// The directory holding the binaries: `--bin-dir`, else the one `trellis-lab` runs from.
 pub fn default_bin_dir() -> Result<PathBuf> {
@@ -59,6 +63,11 @@ pub fn lab_exists(lab: &str) -> Result<bool> {
 fn log_file(dirs: &LabDirs, name: &str) -> Result<File> {
     let p = dirs.logs().join(name);
     File::create(&p).map_err(|e| LabError::io("creating log", &p, e))
+}
+
+fn log_file_append(dirs: &LabDirs, name: &str) -> Result<File> {
+    let p = dirs.logs().join(name);
+    std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(|e| LabError::io("opening log", &p, e))
 }
 
 fn tail(path: &Path, lines: usize) -> String {

@@ -33,7 +33,11 @@ pub fn print_status(st: &LabState, out: &mut dyn std::io::Write) {
             n.netns
         );
     }
-    let _ = writeln!(out, "{:<24} {:<12} {:<15} {:<10} {:<20} labels", "POD", "NODE", "IP", "SERVER", "PORTS");
+    let _ = writeln!(
+        out,
+        "{:<24} {:<12} {:<15} {:<10} {:<12} {:<20} labels",
+        "POD", "NODE", "IP", "SERVER", "READY", "PORTS"
+    );
     for pod in &p.pods {
         let key = pod_key(&pod.namespace, &pod.name);
         let ip = st.pod_ips.get(&key).map(|i| i.to_string()).unwrap_or_else(|| "-".into());
@@ -44,13 +48,19 @@ pub fn print_status(st: &LabState, out: &mut dyn std::io::Write) {
         };
         let ports: Vec<String> = pod.ports.iter().map(|p| p.port().to_string()).collect();
         let labels: Vec<String> = pod.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let ready = match (st.pod_terminating(pod), st.pod_ready(pod)) {
+            (true, _) => "terminating",
+            (false, true) => "true",
+            (false, false) => "false",
+        };
         let _ = writeln!(
             out,
-            "{:<24} {:<12} {:<15} {:<10} {:<20} {}",
+            "{:<24} {:<12} {:<15} {:<10} {:<12} {:<20} {}",
             key,
             pod.node,
             ip,
             server,
+            ready,
             ports.join(","),
             labels.join(",")
         );

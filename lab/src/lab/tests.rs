@@ -46,6 +46,19 @@ fn endpoints_are_pods_or_nodes() {
     assert!(n.is_node);
     assert_eq!(n, endpoint(&st, "node1").unwrap());
     assert!(endpoint(&st, "node9").is_err());
+    let x = endpoint(&st, "external").unwrap();
+    assert_eq!(x.netns, "tl-default-ext");
+    assert!(!x.is_node);
+}
+
+#[test]
+fn targets_resolve_nodes_and_the_external_host() {
+    let st = state();
+    assert_eq!(resolve_target(&st, "node/node2", &[]).unwrap(), std::net::Ipv4Addr::new(172, 30, 0, 3));
+    assert_eq!(resolve_target(&st, "external", &[]).unwrap(), std::net::Ipv4Addr::new(172, 30, 0, 254));
+    assert!(resolve_target(&st, "node/node9", &[]).is_err());
+    let svc = serde_json::json!({"kind": "Service", "metadata": {"name": "web"}, "spec": {"clusterIP": "10.96.0.7"}});
+    assert_eq!(resolve_target(&st, "svc/web", &[svc]).unwrap(), std::net::Ipv4Addr::new(10, 96, 0, 7));
 }
 
 #[test]
@@ -61,5 +74,21 @@ fn agent_command_line_follows_the_contract() {
     assert_eq!(after("--repair-interval-secs"), "2");
     assert_eq!(after("--cni-conf-dir"), "/run/trellis-lab/default/nodes/node2/cni");
     assert_eq!(after("--manifests-dir"), "/run/trellis-lab/default/manifests");
+    // Each node netns has its own loopback, so every agent serves metrics on the same address.
     assert_eq!(after("--metrics-addr"), "127.0.0.1:9962");
+}
+
+#[test]
+fn status_shows_readiness_and_termination() {
+    let mut st = state();
+    st.pod_ips.insert("default/web-2".into(), Ipv4Addr::new(10, 244, 1, 2));
+    st.not_ready.insert("default/web-1".into());
+    st.terminating.insert("default/web-2".into());
+    let mut out = Vec::new();
+    print_status(&st, &mut out);
+    let text = String::from_utf8(out).unwrap();
+    let row = |pod: &str| text.lines().find(|l| l.starts_with(pod)).unwrap().split_whitespace().nth(4).unwrap();
+    assert_eq!(row("default/web-1"), "false", "{text}");
+    assert_eq!(row("default/web-2"), "terminating", "{text}");
+    assert_eq!(row("default/client-1"), "true", "{text}");
 }

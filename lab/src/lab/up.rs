@@ -83,6 +83,7 @@ fn build(opts: &UpOptions, plan: plan::LabPlan, out: &mut dyn std::io::Write) ->
         state::ensure_dir(&dirs.ipam_dir(&n.name))?;
     }
     let mut st = LabState::new(plan.clone(), opts.bin_dir.clone(), opts.repair_interval_secs);
+    st.lab_exe = Some(opts.lab_exe.clone());
     st.save()?;
 
     underlay::setup_skeleton(&mut NetlinkNet::default(), &plan)?;
@@ -99,7 +100,7 @@ fn build(opts: &UpOptions, plan: plan::LabPlan, out: &mut dyn std::io::Write) ->
     }
 
     for n in &plan.nodes {
-        let pid = start_agent(&st, &n.name)?;
+        let pid = start_agent(&st, &n.name, false)?;
         st.agents.insert(n.name.clone(), pid);
         write_pid(&dirs, &format!("agent-{}", n.name), pid)?;
         st.save()?;
@@ -114,7 +115,7 @@ fn build(opts: &UpOptions, plan: plan::LabPlan, out: &mut dyn std::io::Write) ->
         let ip = add_pod(&st, pod, &conflists[&pod.node])?;
         st.pod_ips.insert(pod_key(&pod.namespace, &pod.name), ip);
         st.save()?;
-        store.write(&manifests::pod_object(pod, Some(ip)))?;
+        store.write(&manifests::pod_object(pod, Some(ip), true))?;
         let pid = start_server(&st, pod, &opts.lab_exe)?;
         st.servers.insert(pod_key(&pod.namespace, &pod.name), pid);
         write_pid(&dirs, &format!("serve-{}_{}", pod.namespace, pod.name), pid)?;
@@ -133,7 +134,7 @@ fn build(opts: &UpOptions, plan: plan::LabPlan, out: &mut dyn std::io::Write) ->
     Ok(st)
 }
 
-fn write_pid(dirs: &LabDirs, what: &str, pid: i32) -> Result<()> {
+pub(super) fn write_pid(dirs: &LabDirs, what: &str, pid: i32) -> Result<()> {
     let p = dirs.pids().join(format!("{what}.pid"));
     std::fs::write(&p, format!("{pid}\n")).map_err(|e| LabError::io("writing pid", &p, e))
 }
@@ -154,16 +155,18 @@ pub fn agent_command(st: &LabState, node: &str) -> Command {
         .args(["--cni-conf-name", CONFLIST_NAME])
         .arg("--ipam-data-dir")
         .arg(dirs.ipam_dir(node))
-        .args(["--metrics-addr", "127.0.0.1:9962"]); // each node netns has its own loopback
+        .args(["--metrics-addr", AGENT_METRICS_ADDR]);
     if let Some(s) = st.repair_interval_secs {
         cmd.arg("--repair-interval-secs").arg(s.to_string());
     }
     cmd
 }
 
-fn start_agent(st: &LabState, node: &str) -> Result<i32> {
+/// Starts the node's agent; `append` keeps the log of an agent before it (restart-agent).
+pub(super) fn start_agent(st: &LabState, node: &str, append: bool) -> Result<i32> {
     let dirs = st.dirs();
-    let log = log_file(&dirs, &format!("agent-{node}.log"))?;
+    let name = format!("agent-{node}.log");
+    let log = if append { log_file_append(&dirs, &name)? } else { log_file(&dirs, &name)? };
     let log2 = log.try_clone().map_err(|e| LabError::io("log", dirs.logs(), e))?;
     let mut cmd = agent_command(st, node);
     cmd.env("NODE_NAME", node)
@@ -205,7 +208,7 @@ fn wait_conflist(st: &LabState, node: &str, timeout: Duration) -> Result<Value> 
     }
 }
 
-fn add_pod(st: &LabState, pod: &PodPlan, conflist: &Value) -> Result<Ipv4Addr> {
+pub(super) fn add_pod(st: &LabState, pod: &PodPlan, conflist: &Value) -> Result<Ipv4Addr> {
     let node = st.plan.node(&pod.node).expect("validated");
     let inv = invocation(st, pod, "ADD");
     let result = cni::add(conflist, &inv, &names::netns_path(&node.netns), &st.plan.name)?;
@@ -216,7 +219,7 @@ fn add_pod(st: &LabState, pod: &PodPlan, conflist: &Value) -> Result<Ipv4Addr> {
     })
 }
 
-fn start_server(st: &LabState, pod: &PodPlan, lab_exe: &Path) -> Result<i32> {
+pub(super) fn start_server(st: &LabState, pod: &PodPlan, lab_exe: &Path) -> Result<i32> {
     let dirs = st.dirs();
     let log = log_file(&dirs, &format!("serve-{}_{}.log", pod.namespace, pod.name))?;
     let log2 = log.try_clone().map_err(|e| LabError::io("log", dirs.logs(), e))?;
@@ -230,7 +233,7 @@ fn start_server(st: &LabState, pod: &PodPlan, lab_exe: &Path) -> Result<i32> {
     Ok(child.id() as i32)
 }
 
-fn wait_server(pod: &PodPlan) -> Result<()> {
+pub(super) fn wait_server(pod: &PodPlan) -> Result<()> {
     let port = pod.ports[0].port();
     let deadline = Instant::now() + Duration::from_secs(10);
     let path = names::netns_path(&pod.netns);
