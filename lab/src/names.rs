@@ -36,11 +36,21 @@ pub fn netns_path(name: &str) -> PathBuf {
 #[derive(Debug, Clone)]
 pub struct LabDirs {
     pub root: PathBuf,
+    /// `BPF_ROOT/<lab>`: the nodes' bpffs directories.
+    pub bpf: PathBuf,
 }
+
+/// bpffs is global (not per network namespace): every lab node's datapath pins its maps and links in a
+/// directory of its own under this one.
+pub const BPF_ROOT: &str = "/sys/fs/bpf/trellis-lab";
 
 impl LabDirs {
     pub fn new(lab: &str) -> LabDirs {
-        LabDirs { root: PathBuf::from(STATE_ROOT).join(lab) }
+        LabDirs { root: PathBuf::from(STATE_ROOT).join(lab), bpf: PathBuf::from(BPF_ROOT).join(lab) }
+    }
+    /// The node's pinned eBPF maps and links (the agent's `--bpf-dir`).
+    pub fn bpf_dir(&self, node: &str) -> PathBuf {
+        self.bpf.join(node)
     }
     pub fn state_file(&self) -> PathBuf {
         self.root.join("state.json")

@@ -80,6 +80,12 @@ pub fn down(lab: &str) -> Result<DownReport> {
             Err(e) => errors.push(format!("{}: {e}", dirs.root.display())),
         }
     }
+    // The nodes' pinned maps and links (the links went with their interfaces; the pins hold the maps).
+    if dirs.bpf.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&dirs.bpf) {
+            errors.push(format!("{}: {e}", dirs.bpf.display()));
+        }
+    }
     let left_netns: Vec<String> = net.list_netns()?.into_iter().filter(|n| n.starts_with(&prefix)).collect();
     let left_pids: Vec<i32> = nsexec::pids_tagged(lab).into_iter().filter(|&p| nsexec::alive(p)).collect();
     if !left_netns.is_empty() {
@@ -88,8 +94,10 @@ pub fn down(lab: &str) -> Result<DownReport> {
     if !left_pids.is_empty() {
         errors.push(format!("processes {left_pids:?}"));
     }
-    if dirs.root.exists() {
-        errors.push(format!("{}", dirs.root.display()));
+    for d in [&dirs.root, &dirs.bpf] {
+        if d.exists() {
+            errors.push(format!("{}", d.display()));
+        }
     }
     if errors.is_empty() {
         Ok(report)

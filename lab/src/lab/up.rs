@@ -155,7 +155,9 @@ pub fn agent_command(st: &LabState, node: &str) -> Command {
         .args(["--cni-conf-name", CONFLIST_NAME])
         .arg("--ipam-data-dir")
         .arg(dirs.ipam_dir(node))
-        .args(["--metrics-addr", AGENT_METRICS_ADDR]);
+        .args(["--metrics-addr", AGENT_METRICS_ADDR])
+        .arg("--bpf-dir")
+        .arg(dirs.bpf_dir(node));
     if let Some(s) = st.repair_interval_secs {
         cmd.arg("--repair-interval-secs").arg(s.to_string());
     }
