@@ -85,6 +85,8 @@ pub fn down(lab: &str) -> Result<DownReport> {
         if let Err(e) = std::fs::remove_dir_all(&dirs.bpf) {
             errors.push(format!("{}: {e}", dirs.bpf.display()));
         }
+        // The shared parent goes with the last lab (fails harmlessly while another lab is up).
+        let _ = std::fs::remove_dir(crate::names::BPF_ROOT);
     }
     let left_netns: Vec<String> = net.list_netns()?.into_iter().filter(|n| n.starts_with(&prefix)).collect();
     let left_pids: Vec<i32> = nsexec::pids_tagged(lab).into_iter().filter(|&p| nsexec::alive(p)).collect();
