@@ -13,6 +13,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # The root namespace as text, with what changes by itself (packet counters, timestamps, route expiry) removed.
+# No grep here: under pipefail a grep that selects nothing (an empty ruleset) would end the script.
 root_snapshot() {
     echo "== links"
     ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort
@@ -23,7 +24,7 @@ root_snapshot() {
     nft list ruleset 2>&1 | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/'
     for save in iptables-save ip6tables-save; do
         echo "== $save"
-        "$save" 2>&1 | grep -v '^#' | sed -E 's/\[[0-9]+:[0-9]+\]/[-]/g'
+        "$save" 2>&1 | sed -E '/^#/d; s/\[[0-9]+:[0-9]+\]/[-]/g'
     done
     echo "== sysctl"
     echo "net.ipv4.ip_forward=$(cat /proc/sys/net/ipv4/ip_forward)"
