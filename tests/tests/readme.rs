@@ -7,8 +7,6 @@ use trellis_e2e::{result, veth, CniCmd, Fixture, Pod};
 const GATEWAY: &str = "10.244.50.1";
 
 #[test]
-#[ignore = "product bug (cni-plugin, not owned here): DEL leaves the pod's eth0 until the detached child has deleted \
-            the tz… pair, so an ADD right after DEL fails at random with 'interface eth0 already exists ... not ours'"]
 fn del_add_del_of_one_attachment_back_to_back_leaves_nothing() {
     require_root!();
     let fx = Fixture::new().unwrap();
