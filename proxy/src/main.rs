@@ -175,7 +175,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Source::Kube => {
             let client = controlplane::kube::client(args.kubeconfig.as_deref()).await?;
-            Box::new(controlplane::kube::KubeSource::new(client, metrics.clone()))
+            let mut src = controlplane::kube::KubeSource::new(client, metrics.clone());
+            src.services = args.service_proxy;
+            Box::new(src)
         }
     };
 

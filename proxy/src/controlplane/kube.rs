@@ -14,7 +14,8 @@ use std::path::Path;
 
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, reflector, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
@@ -48,12 +49,14 @@ pub struct KubeSource {
     client: Client,
     metrics: Metrics,
     nodes: (Store<Node>, Option<reflector::store::Writer<Node>>),
+    /// Also watch Services and EndpointSlices (the service proxy is on).
+    pub services: bool,
 }
 
 impl KubeSource {
     pub fn new(client: Client, metrics: Metrics) -> Self {
         let (reader, writer) = reflector::store();
-        KubeSource { client, metrics, nodes: (reader, Some(writer)) }
+        KubeSource { client, metrics, nodes: (reader, Some(writer)), services: false }
     }
 
     /// The reflector's cache of Nodes (ready once the first list completed).
@@ -134,10 +137,10 @@ impl ControlPlane for KubeSource {
     fn run(self: Box<Self>, tx: mpsc::Sender<Event>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
             let (itx, mut irx) = mpsc::channel::<Msg>(256);
-            let kinds: BTreeSet<Kind> = [Kind::Node].into();
+            let mut kinds: BTreeSet<Kind> = [Kind::Node].into();
             let mut this = self;
             let node_writer = this.nodes.1.take().expect("run is called once");
-            let tasks = vec![spawn_watch::<Node>(
+            let mut tasks = vec![spawn_watch::<Node>(
                 Api::all(this.client.clone()),
                 node_writer,
                 Kind::Node,
@@ -145,6 +148,26 @@ impl ControlPlane for KubeSource {
                 itx.clone(),
                 this.metrics.clone(),
             )];
+            if this.services {
+                kinds.insert(Kind::Service);
+                kinds.insert(Kind::EndpointSlice);
+                tasks.push(spawn_watch::<Service>(
+                    Api::all(this.client.clone()),
+                    reflector::store().1,
+                    Kind::Service,
+                    |s| Resource::Service(Box::new(s)),
+                    itx.clone(),
+                    this.metrics.clone(),
+                ));
+                tasks.push(spawn_watch::<EndpointSlice>(
+                    Api::all(this.client.clone()),
+                    reflector::store().1,
+                    Kind::EndpointSlice,
+                    |s| Resource::EndpointSlice(Box::new(s)),
+                    itx.clone(),
+                    this.metrics.clone(),
+                ));
+            }
             drop(itx);
             let mut listed = BTreeSet::new();
             let mut synced = false;
@@ -240,6 +263,50 @@ mod tests {
             next(&mut rx).await,
             Event::Deleted(ObjectKey { kind: Kind::Node, namespace: None, name: "a".into() })
         );
+        drop(rx);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn with_the_service_proxy_services_and_slices_are_watched_and_synced_waits_for_all() {
+        let (svc, mut server): (_, ApiServer) = tower_test::mock::pair();
+        let client = Client::new(svc, "default");
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut source = KubeSource::new(client, Metrics::new());
+        source.services = true;
+        let task = tokio::spawn(Box::new(source).run(tx));
+        let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "3"},
+                             "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}});
+        let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                           "metadata": {"name": "web-1", "namespace": "shop", "resourceVersion": "4", "labels": {"kubernetes.io/service-name": "web"}},
+                           "addressType": "IPv4", "endpoints": [{"addresses": ["10.244.0.5"]}], "ports": [{"port": 8080}]});
+        // Three initial lists, in whatever order the watchers ask; Synced only after all three.
+        let mut relisted = BTreeSet::new();
+        for _ in 0..3 {
+            let (req, send) = server.next_request().await.expect("list request");
+            let uri = req.uri().to_string();
+            let (kind, item) = if uri.starts_with("/api/v1/nodes?") {
+                ("NodeList", node_json("a", "10.244.1.0/24", "192.168.1.1"))
+            } else if uri.starts_with("/api/v1/services?") {
+                ("ServiceList", service.clone())
+            } else if uri.starts_with("/apis/discovery.k8s.io/v1/endpointslices?") {
+                ("EndpointSliceList", slice.clone())
+            } else {
+                panic!("unexpected request {uri}")
+            };
+            let list =
+                json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "10"}, "items": [item]});
+            send.send_response(Response::new(Body::from(serde_json::to_vec(&list).unwrap())));
+            match next(&mut rx).await {
+                Event::Relisted(k, objs) => {
+                    assert_eq!(objs.len(), 1);
+                    relisted.insert(k);
+                }
+                other => panic!("expected a relist, got {other:?}"),
+            }
+        }
+        assert_eq!(relisted, [Kind::Node, Kind::Service, Kind::EndpointSlice].into());
+        assert_eq!(next(&mut rx).await, Event::Synced);
         drop(rx);
         task.abort();
     }
