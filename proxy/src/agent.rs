@@ -186,7 +186,15 @@ impl<D: OverlayDataplane> OverlayWorker<D> {
 /// Run the worker loop on the current thread: a round per new snapshot, and a repair round
 /// every `repair_interval` (sooner, 1 s, after a failure). Returns when the sender is dropped.
 pub fn worker_loop<D: OverlayDataplane>(mut w: OverlayWorker<D>, rx: Receiver<Arc<Cluster>>) {
-    let repair = w.cfg.repair_interval.max(Duration::from_millis(10));
+    let repair = w.cfg.repair_interval;
+    snapshot_loop(repair, rx, |c| !w.round(c).failed());
+}
+
+/// The loop every worker runs: a round per new snapshot (a burst coalesced into one round with the newest), and
+/// a repair round every `repair` (sooner, 1 s at most, after a failed round: `round` returns false). Returns when
+/// the sender is dropped.
+pub fn snapshot_loop(repair: Duration, rx: Receiver<Arc<Cluster>>, mut round: impl FnMut(&Cluster) -> bool) {
+    let repair = repair.max(Duration::from_millis(10));
     let retry = repair.min(Duration::from_secs(1));
     let mut cluster = Arc::new(Cluster::default());
     let mut wait = repair;
@@ -202,8 +210,7 @@ pub fn worker_loop<D: OverlayDataplane>(mut w: OverlayWorker<D>, rx: Receiver<Ar
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        let r = w.round(&cluster);
-        wait = if r.failed() { retry } else { repair };
+        wait = if round(&cluster) { repair } else { retry };
     }
 }
 

@@ -376,25 +376,8 @@ impl ServiceWorker {
     }
 }
 
-/// Runs the service worker on the current thread until the sender is dropped: a round per snapshot (a burst
-/// coalesced), a repair round every `repair_interval`, sooner (1 s at most) after a failure.
+/// Runs the service worker on the current thread until the sender is dropped (see `agent::snapshot_loop`).
 pub fn services_loop(mut w: ServiceWorker, rx: std::sync::mpsc::Receiver<std::sync::Arc<crate::model::Cluster>>) {
-    use std::sync::mpsc::RecvTimeoutError;
-    let repair = w.cfg.repair_interval.max(std::time::Duration::from_millis(10));
-    let retry = repair.min(std::time::Duration::from_secs(1));
-    let mut cluster = std::sync::Arc::new(crate::model::Cluster::default());
-    let mut wait = repair;
-    loop {
-        match rx.recv_timeout(wait) {
-            Ok(c) => {
-                cluster = c;
-                while let Ok(c) = rx.try_recv() {
-                    cluster = c;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
-        wait = if w.round(&cluster) { repair } else { retry };
-    }
+    let repair = w.cfg.repair_interval;
+    crate::agent::snapshot_loop(repair, rx, |c| w.round(c));
 }
