@@ -247,6 +247,11 @@ fn run() -> Result<ExitCode> {
                 count,
                 sport,
             };
+            // Act from the node's cgroup, as the node's (or pod's) own processes do: its socket load balancer
+            // applies to this probe then.
+            if let Some(cg) = lab::node_of(&st, &from).and_then(|n| st.dirs().cgroup(&n)).filter(|c| c.exists()) {
+                trellis_lab::nsexec::join_cgroup(&cg)?;
+            }
             let failed = lab::probe_each(&st, &from, &target, port, opts, |a| {
                 if json {
                     println!("{}", a.to_json_line());

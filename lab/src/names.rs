@@ -35,6 +35,7 @@ pub fn netns_path(name: &str) -> PathBuf {
 /// Paths under `/run/trellis-lab/<lab>/`.
 #[derive(Debug, Clone)]
 pub struct LabDirs {
+    pub lab: String,
     pub root: PathBuf,
     /// `BPF_ROOT/<lab>`: the nodes' bpffs directories.
     pub bpf: PathBuf,
@@ -46,7 +47,20 @@ pub const BPF_ROOT: &str = "/sys/fs/bpf/trellis-lab";
 
 impl LabDirs {
     pub fn new(lab: &str) -> LabDirs {
-        LabDirs { root: PathBuf::from(STATE_ROOT).join(lab), bpf: PathBuf::from(BPF_ROOT).join(lab) }
+        LabDirs {
+            lab: lab.to_string(),
+            root: PathBuf::from(STATE_ROOT).join(lab),
+            bpf: PathBuf::from(BPF_ROOT).join(lab),
+        }
+    }
+    /// The lab's cgroups (v2): `<cgroup2 mount>/trellis-lab/<lab>`, or None on a host without cgroup v2.
+    pub fn cgroups(&self) -> Option<PathBuf> {
+        cgroup2_root().map(|r| r.join("trellis-lab").join(&self.lab))
+    }
+    /// A node's cgroup: its pods' servers and the lab's processes acting from the node or its pods live in it,
+    /// so the node's socket load balancer (the agent's `--cgroup`) applies to them and to no other node's.
+    pub fn cgroup(&self, node: &str) -> Option<PathBuf> {
+        self.cgroups().map(|c| c.join(node))
     }
     /// The node's pinned eBPF maps and links (the agent's `--bpf-dir`).
     pub fn bpf_dir(&self, node: &str) -> PathBuf {
@@ -107,4 +121,13 @@ mod tests {
         assert_eq!(manifest_file_name("Node", None, "n1"), "node_n1.yaml");
         assert_eq!(manifest_file_name("Service", Some("default"), "web"), "service_default_web.yaml");
     }
+}
+
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+    })
 }

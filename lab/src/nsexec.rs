@@ -57,6 +57,38 @@ pub fn in_netns(cmd: &mut Command, path: &Path, detach: bool) -> Result<File> {
     Ok(file)
 }
 
+/// Makes `cmd` start in the cgroup (v2) directory `dir` (the child writes itself into `cgroup.procs` before exec).
+pub fn in_cgroup(cmd: &mut Command, dir: &Path) -> Result<File> {
+    let procs = dir.join("cgroup.procs");
+    let file = std::fs::OpenOptions::new().write(true).open(&procs).map_err(|e| LabError::io("opening", &procs, e))?;
+    let fd = file.as_raw_fd();
+    // SAFETY: write(2) is async-signal-safe; `fd` stays open in the child until exec (the caller keeps `file`).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(file)
+}
+
+/// Moves this whole process (every thread) into the cgroup directory `dir`.
+pub fn join_cgroup(dir: &Path) -> Result<()> {
+    let procs = dir.join("cgroup.procs");
+    std::fs::write(&procs, std::process::id().to_string()).map_err(|e| LabError::io("writing", &procs, e))
+}
+
+/// Spawns `cmd` inside the netns and, when given, the node's cgroup; tagged with the lab's name in its environment.
+pub fn spawn_in_node(cmd: &mut Command, netns: &Path, cgroup: Option<&Path>, lab: &str, detach: bool) -> Result<Child> {
+    let _keep = match cgroup.filter(|c| c.exists()) {
+        Some(c) => Some(in_cgroup(cmd, c)?),
+        None => None,
+    };
+    spawn_in(cmd, netns, lab, detach)
+}
+
 /// Spawns `cmd` inside the netns, tagged with the lab's name in its environment.
 pub fn spawn_in(cmd: &mut Command, netns: &Path, lab: &str, detach: bool) -> Result<Child> {
     cmd.env(names::LAB_ENV, lab);

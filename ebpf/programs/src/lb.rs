@@ -15,7 +15,7 @@ use crate::reject;
 
 /// What differs between the families: their maps and their rewrite.
 pub trait Family: 'static {
-    type A: Copy + PartialEq + Default + RouteOut;
+    type A: Copy + PartialEq + Default + RouteOut + AsRef<[u8]>;
     /// Parses into this CPU's scratch slot (kept off the 512-byte stack) and returns it.
     fn parse(ctx: &TcContext) -> Option<&'static mut Tuple<Self::A>>;
     fn services() -> &'static HashMap<LbKey<Self::A>, LbService>;
@@ -231,7 +231,15 @@ fn try_service<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, hook: Hook) -> Resul
         return Ok(verdict);
     }
     let pick = match pick::<F>(t, hook == Hook::FromPod, hook == Hook::Uplink) {
-        Pick::Pass => return Ok(TC_ACT_OK as i32),
+        Pick::Pass => {
+            // A new TCP connection that is no Service flow (pod to pod, or already translated by the socket LB)
+            // may reuse the 4-tuple of an old translated one: its reply-direction entry must not rewrite this
+            // connection's SYN-ACK into the old frontend.
+            if t.proto == proto::TCP && t.tcp_flags & (pkt::TCP_SYN | pkt::TCP_ACK) == pkt::TCP_SYN {
+                forget_reply::<F>(t);
+            }
+            return Ok(TC_ACT_OK as i32);
+        }
         Pick::Reject => {
             count(counter::REJECT_NO_BACKEND, 1);
             return F::reject(ctx, t);
@@ -249,6 +257,22 @@ fn try_service<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, hook: Hook) -> Resul
         uplink: hook == Hook::Uplink,
     };
     commit::<F>(ctx, t, &chosen)
+}
+
+/// Deletes the reply-direction entry a new connection with this 4-tuple would otherwise hit (its own frame: the
+/// 40-byte IPv6 key stays off the forward path's stack).
+#[inline(never)]
+fn forget_reply<F: Family>(t: &Tuple<F::A>) {
+    let stale = CtKey {
+        saddr: t.daddr,
+        daddr: t.saddr,
+        sport: t.dport,
+        dport: t.sport,
+        proto: t.proto,
+        dir: ct_dir::REPLY,
+        _pad: [0; 2],
+    };
+    let _ = F::conntrack().remove(&stale);
 }
 
 /// An established flow keeps its backend while that backend exists. True when the packet was translated.
@@ -339,8 +363,15 @@ pub fn pick<F: Family>(t: &Tuple<F::A>, internal: bool, external_only: bool) -> 
             }
         }
     }
-    // SAFETY: no preconditions.
-    let r = unsafe { bpf_get_prandom_u32() };
+    // A flow with a source port picks by a hash of (client, source port): the same flow lands on the same
+    // backend even from a new socket (the socket path) or after its conntrack entry aged out, as kube-proxy's
+    // 5-tuple conntrack keeps it; fresh flows (new ports) spread. No port: random.
+    let r = if t.sport != 0 {
+        flow_hash(&t.saddr, t.sport, t.dport)
+    } else {
+        // SAFETY: no preconditions.
+        unsafe { bpf_get_prandom_u32() }
+    };
     key.backend_slot = (r % svc.count as u32) as u16 + 1;
     let Some(id) = (unsafe { F::services().get(&key) }).map(|s| s.backend_id) else {
         return Pick::Reject;
@@ -359,6 +390,22 @@ struct Chosen {
     snat_unless_local: bool,
     /// The flow came in on the uplink: its replies go back out there.
     uplink: bool,
+}
+
+/// A well-mixed 32-bit hash of a client address and its ports (murmur3's finaliser over a folded sum).
+#[inline(always)]
+fn flow_hash<A: AsRef<[u8]>>(client: &A, sport: u16, dport: u16) -> u32 {
+    let mut h: u32 = 0x9e37_79b9 ^ ((sport as u32) << 16 | dport as u32);
+    for chunk in client.as_ref().chunks(4) {
+        let mut w = [0u8; 4];
+        w[..chunk.len()].copy_from_slice(chunk);
+        h = (h ^ u32::from_ne_bytes(w)).wrapping_mul(0x85eb_ca6b).rotate_left(13);
+    }
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
 }
 
 /// Records the new flow in both directions and translates its first packet.

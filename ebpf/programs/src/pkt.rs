@@ -20,6 +20,8 @@ const IP6_LEN: usize = 40;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 
 /// The 5-tuple of a TCP or UDP packet and where its headers sit.
 #[repr(C)]

@@ -102,7 +102,11 @@ pub fn forward<F: SockFamily>(ctx: &SockAddrContext) -> i32 {
     let mut rev_nat_id = 0;
     if backend.is_none() {
         let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr as *mut _) };
-        let t = Tuple { saddr: F::client(netns), daddr: addr, sport: 0, dport: port, proto, tcp_flags: 0, l4_off: 0 };
+        // A bound source port makes the flow's identity (see `pick`): the socket's, in network byte order.
+        // SAFETY: the kernel's socket of this call; read only after the null check.
+        let sk = unsafe { sa.__bindgen_anon_1.sk };
+        let sport = if sk.is_null() { 0 } else { (unsafe { (*sk).src_port } as u16).to_be() };
+        let t = Tuple { saddr: F::client(netns), daddr: addr, sport, dport: port, proto, tcp_flags: 0, l4_off: 0 };
         match pick::<F>(&t, true, false) {
             Pick::Pass => return ALLOW,
             Pick::Reject => {

@@ -37,6 +37,18 @@ pub fn endpoint(st: &LabState, name: &str) -> Result<Endpoint> {
     Err(LabError::Probe(format!("{name:?} is neither a pod nor a node of lab {}", st.plan.name)))
 }
 
+/// The node a pod or node endpoint belongs to (None for `external`).
+pub fn node_of(st: &LabState, name: &str) -> Option<String> {
+    if name == EXTERNAL_HOST {
+        return None;
+    }
+    if let Some(p) = st.pod(name) {
+        return Some(p.node.clone());
+    }
+    let node = name.strip_prefix("node/").unwrap_or(name);
+    st.plan.node(node).map(|n| n.name.clone())
+}
+
 /// A probe target: an IPv4 literal, a pod (`name` or `ns/name`), a node (`node/NAME`: its InternalIP), the
 /// `external` host, or a Service (`svc/name`, `svc/ns/name`, or a bare name that is no pod) resolved to its
 /// clusterIP.
@@ -136,7 +148,9 @@ pub fn exec(st: &LabState, target: &str, argv: &[String]) -> Result<i32> {
         .ok_or_else(|| LabError::Process { what: "exec".into(), reason: "no command given".into() })?;
     let mut cmd = Command::new(prog);
     cmd.args(args);
-    let mut child = nsexec::spawn_in(&mut cmd, &names::netns_path(&ep.netns), &st.plan.name, false)?;
+    let cg = node_of(st, target).and_then(|n| st.dirs().cgroup(&n));
+    let mut child =
+        nsexec::spawn_in_node(&mut cmd, &names::netns_path(&ep.netns), cg.as_deref(), &st.plan.name, false)?;
     let status = child.wait().map_err(|e| LabError::Process { what: prog.clone(), reason: e.to_string() })?;
     Ok(status.code().unwrap_or(128 + 9))
 }

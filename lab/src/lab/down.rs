@@ -88,6 +88,20 @@ pub fn down(lab: &str) -> Result<DownReport> {
         // The shared parent goes with the last lab (fails harmlessly while another lab is up).
         let _ = std::fs::remove_dir(crate::names::BPF_ROOT);
     }
+    // The nodes' cgroups (empty now that every process is gone), then the lab's and the shared parent.
+    if let Some(cgs) = dirs.cgroups() {
+        if let Ok(rd) = std::fs::read_dir(&cgs) {
+            for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                if let Err(err) = std::fs::remove_dir(e.path()) {
+                    errors.push(format!("cgroup {}: {err}", e.path().display()));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&cgs);
+        if let Some(parent) = cgs.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
     let left_netns: Vec<String> = net.list_netns()?.into_iter().filter(|n| n.starts_with(&prefix)).collect();
     let left_pids: Vec<i32> = nsexec::pids_tagged(lab).into_iter().filter(|&p| nsexec::alive(p)).collect();
     if !left_netns.is_empty() {

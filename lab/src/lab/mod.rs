@@ -11,7 +11,7 @@ mod up;
 #[cfg(test)]
 mod tests;
 
-pub use access::{endpoint, exec, probe, probe_each, resolve_target, services, Endpoint, ProbeOptions};
+pub use access::{endpoint, exec, node_of, probe, probe_each, resolve_target, services, Endpoint, ProbeOptions};
 pub use control::{apply, delete, run_endpoints_controller};
 pub use down::{down, DownReport};
 pub use pods::{create_pod, delete_pod, restart_agent, set_ready};

@@ -158,6 +158,11 @@ pub fn agent_command(st: &LabState, node: &str) -> Command {
         .args(["--metrics-addr", AGENT_METRICS_ADDR])
         .arg("--bpf-dir")
         .arg(dirs.bpf_dir(node));
+    // Socket-level load balancing for the node's own cgroup (its pods' servers and the lab's clients acting
+    // from the node or its pods); each agent attaches to its own node's only.
+    if let Some(cg) = dirs.cgroup(node) {
+        cmd.arg("--cgroup").arg(cg);
+    }
     if let Some(s) = st.repair_interval_secs {
         cmd.arg("--repair-interval-secs").arg(s.to_string());
     }
@@ -170,6 +175,9 @@ pub(super) fn start_agent(st: &LabState, node: &str, append: bool) -> Result<i32
     let name = format!("agent-{node}.log");
     let log = if append { log_file_append(&dirs, &name)? } else { log_file(&dirs, &name)? };
     let log2 = log.try_clone().map_err(|e| LabError::io("log", dirs.logs(), e))?;
+    if let Some(cg) = dirs.cgroup(node) {
+        std::fs::create_dir_all(&cg).map_err(|e| LabError::io("creating cgroup", &cg, e))?;
+    }
     let mut cmd = agent_command(st, node);
     cmd.env("NODE_NAME", node)
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
@@ -231,7 +239,8 @@ pub(super) fn start_server(st: &LabState, pod: &PodPlan, lab_exe: &Path) -> Resu
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
-    let child = nsexec::spawn_in(&mut cmd, &names::netns_path(&pod.netns), &st.plan.name, true)?;
+    let cg = dirs.cgroup(&pod.node);
+    let child = nsexec::spawn_in_node(&mut cmd, &names::netns_path(&pod.netns), cg.as_deref(), &st.plan.name, true)?;
     Ok(child.id() as i32)
 }
 
