@@ -184,8 +184,8 @@ fn readable(l: &TcpListener, timeout_ms: i32) -> bool {
 pub struct Cgroup(pub PathBuf);
 
 impl Cgroup {
-    pub fn new() -> Result<Cgroup> {
-        let p = PathBuf::from(format!("/sys/fs/cgroup/unified/trellis-svc-bench-{}", std::process::id()));
+    pub fn new(tag: &str) -> Result<Cgroup> {
+        let p = PathBuf::from(format!("/sys/fs/cgroup/unified/trellis-svc-bench-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
         Ok(Cgroup(p))
     }

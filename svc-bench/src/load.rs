@@ -83,6 +83,7 @@ pub fn run(ns: &Path, cgroup: Option<&Path>, to: SocketAddr, kind: Kind, secs: f
     let procs = cgroup.map(|c| c.join("cgroup.procs"));
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["__client", &to.to_string(), kind.name(), &secs.to_string()]);
+    cmd.env("RUST_BACKTRACE", "0").env("RUST_LIB_BACKTRACE", "0");
     if let Some(c) = cpu {
         cmd.args(["--cpu", &c.to_string()]);
     }

@@ -39,7 +39,8 @@ impl Mode {
         match self {
             Mode::Plain => "p",
             Mode::Conntrack => "ct",
-            Mode::Tc | Mode::Sock => "e",
+            Mode::Tc => "tc",
+            Mode::Sock => "sk",
             Mode::IptLegacy => "il",
             Mode::IptNft => "in",
             Mode::Nft => "nf",
@@ -155,8 +156,8 @@ pub fn render(rows: &[Row], prog: &[ProgRow], cross: &str, command: &str, how: &
          1-byte request/response on one TCP connection; CRR: a new TCP connection per 1-byte exchange. Every mode's \
          run is preceded by a run of (a) and reported as the median of those per-pair ratios (x (a)); rates and \
          latencies (p50 / p99 per operation, µs) are medians over the rounds. (a)'s row is the median of all its \
-         runs at that N. (b1) and (b2) share one node with both the tc programs and the socket LB attached, as the \
-         agent sets it up; the (b2) client runs in the attached cgroup.\n\n",
+         runs at that N. (b1) and (b2) each have a node with both the tc programs and the socket LB attached, as the \
+         agent sets it up; the (b2) client runs in the attached cgroup, the (b1) client outside it.\n\n",
     );
     s.push_str("![RR and CRR against the number of Services](docs/bench-services.svg)\n\n");
     s.push_str(
