@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use trellis_netlink::netns;
 
-use crate::gen::TARGET_PORT;
+use crate::gen::SERVER_PORTS;
 
 pub struct Fixture {
     pub node: String,
@@ -129,14 +129,18 @@ fn serve(ns: &std::path::Path, cpu: Option<usize>, stop: Arc<AtomicBool>) -> Res
     let fd = netns::open(ns)?;
     let (tx, rx) = std::sync::mpsc::channel();
     let h = std::thread::spawn(move || {
-        let setup = || -> std::io::Result<TcpListener> {
+        let setup = || -> std::io::Result<Vec<TcpListener>> {
             nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
             pin(cpu)?;
-            let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, TARGET_PORT))?;
-            l.set_nonblocking(true)?;
-            Ok(l)
+            let mut v = Vec::new();
+            for port in SERVER_PORTS {
+                let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
+                l.set_nonblocking(true)?;
+                v.push(l);
+            }
+            Ok(v)
         };
-        let l = match setup() {
+        let ls = match setup() {
             Ok(l) => {
                 let _ = tx.send(Ok(()));
                 l
@@ -147,9 +151,7 @@ fn serve(ns: &std::path::Path, cpu: Option<usize>, stop: Arc<AtomicBool>) -> Res
             }
         };
         while !stop.load(Ordering::SeqCst) {
-            if !readable(&l, 100) {
-                continue;
-            }
+            let Some(l) = readable(&ls, 100) else { continue };
             let Ok((mut s, _)) = l.accept() else { continue };
             let _ = s.set_nonblocking(false);
             let _ = s.set_nodelay(true);
@@ -173,11 +175,16 @@ fn serve(ns: &std::path::Path, cpu: Option<usize>, stop: Arc<AtomicBool>) -> Res
     Ok(h)
 }
 
-fn readable(l: &TcpListener, timeout_ms: i32) -> bool {
+/// The first listener with a connection waiting, if one comes within `timeout_ms`.
+fn readable(ls: &[TcpListener], timeout_ms: i32) -> Option<&TcpListener> {
     use std::os::fd::AsRawFd;
-    let mut fds = libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut fds, 1, timeout_ms) > 0 }
+    let mut fds: Vec<libc::pollfd> =
+        ls.iter().map(|l| libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    // SAFETY: valid pollfds for the duration of the call.
+    if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) } <= 0 {
+        return None;
+    }
+    fds.iter().position(|f| f.revents & libc::POLLIN != 0).map(|i| &ls[i])
 }
 
 /// A cgroup of our own under the unified hierarchy, for the socket-LB client; removed on Drop.

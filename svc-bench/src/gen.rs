@@ -8,6 +8,10 @@ use std::net::Ipv4Addr;
 
 pub const SERVICE_PORT: u16 = 80;
 pub const TARGET_PORT: u16 = 8080;
+/// The server's ports: each probed Service gets its own, so two Services never translate one client port to the
+/// same backend 4-tuple (the server's TIME_WAIT from one would refuse the other's SYN: a NAT artifact of a single
+/// client, not of the path).
+pub const SERVER_PORTS: [u16; 2] = [8080, 8081];
 /// The cluster's pod CIDR, as kube-proxy's masquerade rule names it.
 pub const CLUSTER_CIDR: &str = "10.0.0.0/8";
 /// The server pod's two addresses: the live endpoints.
@@ -32,6 +36,14 @@ impl Spec {
         }
         let base = u32::from(Ipv4Addr::new(10, 128, 0, 0)) + 2 * i as u32;
         [Ipv4Addr::from(base), Ipv4Addr::from(base + 1)]
+    }
+
+    /// The target port of Service `i`'s endpoints.
+    pub fn port(&self, i: usize) -> u16 {
+        match self.live.iter().position(|l| *l == i) {
+            Some(k) => SERVER_PORTS[k.min(1)],
+            None => TARGET_PORT,
+        }
     }
 
     pub fn name(i: usize) -> String {
@@ -97,7 +109,7 @@ pub fn iptables_restore(spec: &Spec) -> String {
     );
     for i in 0..spec.n {
         let (name, vip, svc) = (Spec::name(i), Spec::vip(i), svc_chain(i));
-        let eps = spec.endpoints(i);
+        let (eps, tp) = (spec.endpoints(i), spec.port(i));
         let _ = writeln!(
             s,
             "-A {svc} -d {vip}/32 ! -s {CLUSTER_CIDR} -p tcp -m comment --comment \"bench/{name}:http cluster IP\" \
@@ -105,14 +117,14 @@ pub fn iptables_restore(spec: &Spec) -> String {
         );
         let _ = writeln!(
             s,
-            "-A {svc} -m comment --comment \"bench/{name}:http -> {}:{TARGET_PORT}\" -m statistic --mode random \
+            "-A {svc} -m comment --comment \"bench/{name}:http -> {}:{tp}\" -m statistic --mode random \
              --probability 0.50000000000 -j {}",
             eps[0],
             sep_chain(i, 0)
         );
         let _ = writeln!(
             s,
-            "-A {svc} -m comment --comment \"bench/{name}:http -> {}:{TARGET_PORT}\" -j {}",
+            "-A {svc} -m comment --comment \"bench/{name}:http -> {}:{tp}\" -j {}",
             eps[1],
             sep_chain(i, 1)
         );
@@ -122,7 +134,7 @@ pub fn iptables_restore(spec: &Spec) -> String {
             let _ = writeln!(
                 s,
                 "-A {sep} -p tcp -m comment --comment \"bench/{name}:http\" -m tcp -j DNAT --to-destination \
-                 {ep}:{TARGET_PORT}"
+                 {ep}:{tp}"
             );
         }
     }
@@ -147,7 +159,7 @@ pub fn nft_ruleset(spec: &Spec, table: &str) -> String {
     );
     let svc = |i: usize| format!("service-{}-bench/{}/tcp/http", &hash16(&Spec::name(i))[..8], Spec::name(i));
     let ep = |i: usize, e: usize, a: Ipv4Addr| {
-        format!("endpoint-{}-bench/{}/tcp/http__{a}/{TARGET_PORT}", &hash16(&format!("{i}/{e}"))[..8], Spec::name(i))
+        format!("endpoint-{}-bench/{}/tcp/http__{a}/{}", &hash16(&format!("{i}/{e}"))[..8], Spec::name(i), spec.port(i))
     };
     for i in 0..spec.n {
         let (vip, eps) = (Spec::vip(i), spec.endpoints(i));
@@ -163,8 +175,9 @@ pub fn nft_ruleset(spec: &Spec, table: &str) -> String {
             let _ = writeln!(
                 s,
                 "\tchain {} {{\n\t\tip saddr {a} jump mark-for-masquerade\n\t\tmeta l4proto tcp dnat to \
-                 {a}:{TARGET_PORT}\n\t}}",
-                ep(i, e, *a)
+                 {a}:{}\n\t}}",
+                ep(i, e, *a),
+                spec.port(i)
             );
         }
     }
@@ -197,6 +210,7 @@ mod tests {
         assert_eq!(Spec::vip(99_999), Ipv4Addr::new(10, 97, 134, 160));
         assert_eq!(s.endpoints(7), LIVE);
         assert_eq!(s.endpoints(99_999), LIVE);
+        assert_eq!((s.port(99_999), s.port(7), s.port(8)), (8080, 8081, 8080));
         let dead = s.endpoints(8);
         assert!(!LIVE.contains(&dead[0]) && !LIVE.contains(&dead[1]) && dead[0] != dead[1]);
         assert_ne!(s.endpoints(9)[0], dead[1]);
@@ -217,6 +231,8 @@ mod tests {
         assert!(last.contains("KUBE-NODEPORTS"));
         assert_eq!(t.matches("--mode random --probability 0.50000000000").count(), 3);
         assert!(t.contains("-j DNAT --to-destination 10.0.2.3:8080"));
+        let t2 = iptables_restore(&spec(3, &[2, 0]));
+        assert!(t2.contains("-j DNAT --to-destination 10.0.2.3:8081"), "the second probe's own port");
         assert_eq!(t.matches("DNAT --to-destination").count(), 6);
         // Chain names fit the kernel's 28 characters and are unique.
         let mut names: Vec<&str> =

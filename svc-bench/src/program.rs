@@ -9,7 +9,7 @@ use trellis_ebpf::common::{Lb4Backend, Lb4Key, LbService, RevNat4, V4};
 use trellis_ebpf::tables::{KernelLbTables, MapTable};
 use trellis_svc::{translate, Desired, Endpoint, FamilyMaps, Ids, NodeContext, PortMapping, Proto, ServiceModel};
 
-use crate::gen::{Spec, SERVICE_PORT, TARGET_PORT};
+use crate::gen::{Spec, SERVICE_PORT};
 
 /// The control plane's view of `spec`.
 pub struct Model {
@@ -42,7 +42,7 @@ fn endpoints(spec: &Spec, i: usize) -> Vec<Endpoint> {
             ready: true,
             serving: true,
             terminating: false,
-            ports: [((String::new(), Proto::Tcp), TARGET_PORT)].into(),
+            ports: [((String::new(), Proto::Tcp), spec.port(i))].into(),
         })
         .collect()
 }

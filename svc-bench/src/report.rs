@@ -153,8 +153,11 @@ pub fn render(rows: &[Row], prog: &[ProgRow], cross: &str, command: &str, how: &
     s.push_str(
         "Each mode runs in a node netns of its own between a client pod and a server pod; N ClusterIP Services \
          with 2 endpoints each, only the probed one (the last in iptables order, and a random one) served. RR: \
-         1-byte request/response on one TCP connection; CRR: a new TCP connection per 1-byte exchange. Every mode's \
-         run is preceded by a run of (a) and reported as the median of those per-pair ratios (x (a)); rates and \
+         1-byte request/response on one TCP connection; CRR: a new TCP connection per 1-byte exchange (the server closes \
+         first). The two probed Services' endpoints listen on ports of their own, so one client port never maps to \
+         the same backend 4-tuple through two Services (the server's TIME_WAIT would turn the SYN away: an artifact \
+         of a single client). Client and server are pinned to one CPU each; the machine is shared, so absolute \
+         figures and tails carry noise: the ratios are what compares. Every mode's run is preceded by a run of (a) and reported as the median of those per-pair ratios (x (a)); rates and \
          latencies (p50 / p99 per operation, µs) are medians over the rounds. (a)'s row is the median of all its \
          runs at that N. (b1) and (b2) each have a node with both the tc programs and the socket LB attached, as the \
          agent sets it up; the (b2) client runs in the attached cgroup, the (b1) client outside it.\n\n",
