@@ -307,10 +307,17 @@ fn main() -> Result<()> {
 impl Ctx {
     fn args_line(&self) -> String {
         format!(
-            "{} s per run, {} interleaved pairs per probe and metric, client on CPU {:?}, server on CPU {:?}",
-            self.args.secs, self.args.rounds, self.client_cpu, self.server_cpu
+            "{} s per run, {} interleaved pairs per probe and metric, client on CPU {}, server on CPU {}",
+            self.args.secs,
+            self.args.rounds,
+            cpu_name(self.client_cpu),
+            cpu_name(self.server_cpu)
         )
     }
+}
+
+fn cpu_name(c: Option<usize>) -> String {
+    c.map(|c| c.to_string()).unwrap_or_else(|| "(unpinned)".into())
 }
 
 /// Runs `f` on drop.
