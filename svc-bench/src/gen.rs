@@ -227,7 +227,7 @@ mod tests {
         assert_eq!(dispatch.len(), 3);
         assert!(dispatch[2].contains("-d 10.96.0.3/32") && dispatch[2].contains(&svc_chain(2)));
         // The nodeports jump comes after every Service, as kube-proxy puts it.
-        let last = t.lines().filter(|l| l.starts_with("-A KUBE-SERVICES")).last().unwrap();
+        let last = t.lines().rfind(|l| l.starts_with("-A KUBE-SERVICES")).unwrap();
         assert!(last.contains("KUBE-NODEPORTS"));
         assert_eq!(t.matches("--mode random --probability 0.50000000000").count(), 3);
         assert!(t.contains("-j DNAT --to-destination 10.0.2.3:8080"));
