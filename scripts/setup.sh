@@ -4,7 +4,9 @@ set -euo pipefail
 PKGS=(iproute2 iputils-ping nftables iptables containernetworking-plugins podman runc busybox-static procps psmisc curl
     # The eBPF toolchain: Debian's rustc ships a prebuilt BPF core (rustup's toolchain has none), LLVM 22 for
     # bpf-linker, bpftool to inspect maps.
-    rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev clang libbpf-dev bpftool)
+    rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev clang libbpf-dev bpftool
+    # trellis-svc-bench cross-checks its own RR client against sockperf once per run.
+    sockperf)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

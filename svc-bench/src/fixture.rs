@@ -1,0 +1,205 @@
+//! A node netns routing between a client pod `a` (10.0.1.2) and a server pod `b` (10.0.2.2 and 10.0.2.3), each
+//! on a veth whose host end (`ha`, `hb`) sits in the node. One per mode, so the rules of one never tax another's
+//! packets. Every name carries the run's pid; everything goes on Drop.
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use trellis_netlink::netns;
+
+use crate::gen::SERVER_PORTS;
+
+pub struct Fixture {
+    pub node: String,
+    pub a: String,
+    pub b: String,
+    stop: Arc<AtomicBool>,
+    server: Option<std::thread::JoinHandle<()>>,
+}
+
+pub fn sh(argv: &[&str]) -> Result<()> {
+    let out = Command::new(argv[0]).args(&argv[1..]).output().with_context(|| format!("spawning {}", argv[0]))?;
+    if !out.status.success() {
+        bail!("{}: {}", argv.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl Fixture {
+    /// The topology, with the echo server running in `b`, pinned to `server_cpu`.
+    pub fn new(tag: &str, server_cpu: Option<usize>) -> Result<Fixture> {
+        let id = format!("{}{tag}", std::process::id());
+        let mut f = Fixture {
+            node: format!("tsbn{id}"),
+            a: format!("tsba{id}"),
+            b: format!("tsbb{id}"),
+            stop: Arc::new(AtomicBool::new(false)),
+            server: None,
+        };
+        for ns in [&f.node, &f.a, &f.b] {
+            netns::create(ns)?;
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        }
+        for (pod, host, n) in [(&f.a, "ha", 1), (&f.b, "hb", 2)] {
+            sh(&["ip", "-n", &f.node, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", pod])?;
+            sh(&["ip", "-n", &f.node, "addr", "add", &format!("10.0.{n}.1/24"), "dev", host])?;
+            sh(&["ip", "-n", &f.node, "link", "set", host, "up"])?;
+            sh(&["ip", "-n", pod, "addr", "add", &format!("10.0.{n}.2/24"), "dev", "eth0"])?;
+            sh(&["ip", "-n", pod, "link", "set", "eth0", "up"])?;
+            sh(&["ip", "-n", pod, "route", "add", "default", "via", &format!("10.0.{n}.1")])?;
+        }
+        sh(&["ip", "-n", &f.b, "addr", "add", "10.0.2.3/24", "dev", "eth0"])?;
+        // Forwarding inside the node netns only (never the root namespace).
+        netns::run_in(&netns::path_of(&f.node), || std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))??;
+        f.server = Some(serve(&netns::path_of(&f.b), server_cpu, f.stop.clone())?);
+        Ok(f)
+    }
+
+    pub fn path(ns: &str) -> PathBuf {
+        netns::path_of(ns)
+    }
+
+    /// Feeds `input` to `argv` run in the node netns; killed past `limit` (Ok(false): did not finish).
+    pub fn load(&self, argv: &[&str], input: String, limit: Duration) -> Result<bool> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.node]).args(argv);
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(input.as_bytes());
+        });
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait()? {
+                let _ = writer.join();
+                if !st.success() {
+                    let mut e = String::new();
+                    let _ = child.stderr.take().map(|mut s| s.read_to_string(&mut e));
+                    bail!("{}: {st}: {}", argv.join(" "), e.trim());
+                }
+                return Ok(true);
+            }
+            if t0.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = writer.join();
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(s) = self.server.take() {
+            let _ = s.join();
+        }
+        for ns in [&self.a, &self.b, &self.node] {
+            let _ = netns::delete(ns);
+        }
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin(cpu: Option<usize>) -> std::io::Result<()> {
+    let Some(cpu) = cpu else { return Ok(()) };
+    // SAFETY: a zeroed cpu_set_t is valid; the set names only `cpu`.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The server: one thread, one connection at a time (the client is sequential). A connection whose first byte
+/// is `c` is one CRR exchange: answer, then close first, so TIME_WAIT stays here and the client's ephemeral ports
+/// never run out. Any other byte starts RR: echo until EOF.
+fn serve(ns: &std::path::Path, cpu: Option<usize>, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>> {
+    let fd = netns::open(ns)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let setup = || -> std::io::Result<Vec<TcpListener>> {
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            pin(cpu)?;
+            let mut v = Vec::new();
+            for port in SERVER_PORTS {
+                let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
+                l.set_nonblocking(true)?;
+                v.push(l);
+            }
+            Ok(v)
+        };
+        let ls = match setup() {
+            Ok(l) => {
+                let _ = tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        while !stop.load(Ordering::SeqCst) {
+            let Some(l) = readable(&ls, 100) else { continue };
+            let Ok((mut s, _)) = l.accept() else { continue };
+            let _ = s.set_nonblocking(false);
+            let _ = s.set_nodelay(true);
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut b = [0u8; 1];
+            if !matches!(s.read(&mut b), Ok(1)) {
+                continue;
+            }
+            if b[0] == b'c' {
+                let _ = s.write_all(&b);
+                continue;
+            }
+            loop {
+                if s.write_all(&b).is_err() || !matches!(s.read(&mut b), Ok(1)) {
+                    break;
+                }
+            }
+        }
+    });
+    rx.recv().context("server thread")?.context("server")?;
+    Ok(h)
+}
+
+/// The first listener with a connection waiting, if one comes within `timeout_ms`.
+fn readable(ls: &[TcpListener], timeout_ms: i32) -> Option<&TcpListener> {
+    use std::os::fd::AsRawFd;
+    let mut fds: Vec<libc::pollfd> =
+        ls.iter().map(|l| libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    // SAFETY: valid pollfds for the duration of the call.
+    if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) } <= 0 {
+        return None;
+    }
+    fds.iter().position(|f| f.revents & libc::POLLIN != 0).map(|i| &ls[i])
+}
+
+/// A cgroup of our own under the unified hierarchy, for the socket-LB client; removed on Drop.
+pub struct Cgroup(pub PathBuf);
+
+impl Cgroup {
+    pub fn new(tag: &str) -> Result<Cgroup> {
+        let p = PathBuf::from(format!("/sys/fs/cgroup/unified/trellis-svc-bench-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(Cgroup(p))
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}

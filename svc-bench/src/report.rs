@@ -1,0 +1,300 @@
+//! The BENCHMARKS.md section: the rate table, the programming table and how they were made.
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::program::{Step, Times};
+use crate::stats::{Run, Summary};
+
+/// Section name in BENCHMARKS.md.
+pub const SECTION: &str = "svc-bench";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Plain,
+    Conntrack,
+    Tc,
+    Sock,
+    IptLegacy,
+    IptNft,
+    Nft,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 7] =
+        [Mode::Plain, Mode::Conntrack, Mode::Tc, Mode::Sock, Mode::IptLegacy, Mode::IptNft, Mode::Nft];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Plain => "(a) pod IP, no netfilter",
+            Mode::Conntrack => "(a') pod IP, conntrack",
+            Mode::Tc => "(b1) Trellis tc",
+            Mode::Sock => "(b2) Trellis socket LB",
+            Mode::IptLegacy => "(c1) iptables-legacy",
+            Mode::IptNft => "(c2) iptables-nft",
+            Mode::Nft => "(c3) nftables (kube-proxy nft)",
+        }
+    }
+    /// Short netns tag.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Mode::Plain => "p",
+            Mode::Conntrack => "ct",
+            Mode::Tc => "tc",
+            Mode::Sock => "sk",
+            Mode::IptLegacy => "il",
+            Mode::IptNft => "in",
+            Mode::Nft => "nf",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Cell {
+    Done(Summary),
+    /// Loading the rules took longer than the box.
+    Dnf,
+    /// Not in this profile (`--full`).
+    #[default]
+    Skipped,
+    Error(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub n: usize,
+    pub mode: Mode,
+    pub probe: String,
+    pub rr: Cell,
+    pub crr: Cell,
+}
+
+/// Programming at one N: the eBPF maps (times, memlock, RSS) and how long each baseline's rules took to load.
+#[derive(Clone, Debug, Default)]
+pub struct ProgRow {
+    pub n: usize,
+    pub times: Option<Times>,
+    pub memlock: Option<u64>,
+    pub rss: Option<u64>,
+    /// (mode, load time; None = did not finish).
+    pub loads: Vec<(Mode, Option<Duration>)>,
+}
+
+fn prog_row(rows: &mut Vec<ProgRow>, n: usize) -> &mut ProgRow {
+    if let Some(i) = rows.iter().position(|r| r.n == n) {
+        return &mut rows[i];
+    }
+    rows.push(ProgRow { n, ..Default::default() });
+    rows.last_mut().expect("just pushed")
+}
+
+pub fn note_load(rows: &mut Vec<ProgRow>, n: usize, mode: Mode, took: Duration) {
+    prog_row(rows, n).loads.push((mode, Some(took)));
+}
+
+pub fn note_load_dnf(rows: &mut Vec<ProgRow>, n: usize, mode: Mode) {
+    prog_row(rows, n).loads.push((mode, None));
+}
+
+pub fn set_ebpf(rows: &mut Vec<ProgRow>, n: usize, times: Option<Times>, memlock: Option<u64>, rss: Option<u64>) {
+    let r = prog_row(rows, n);
+    (r.times, r.memlock, r.rss) = (times, memlock, rss);
+}
+
+fn rate(x: f64) -> String {
+    if x >= 10_000.0 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn cell(c: &Cell) -> [String; 3] {
+    match c {
+        Cell::Done(s) => {
+            [rate(s.run.rate), format!("{:.0} / {:.0}", s.run.p50_us, s.run.p99_us), format!("{:.2}", s.ratio)]
+        }
+        Cell::Dnf => ["did not finish".into(), "".into(), "".into()],
+        Cell::Skipped => ["`--full` only".into(), "".into(), "".into()],
+        Cell::Error(e) if e.is_empty() => ["error".into(), "".into(), "".into()],
+        Cell::Error(e) => {
+            [format!("error: {}", e.replace('|', "/").chars().take(80).collect::<String>()), "".into(), "".into()]
+        }
+    }
+}
+
+/// One line for the progress log.
+pub fn brief(cells: &[Cell; 2]) -> String {
+    let [a, b] = [cell(&cells[0]), cell(&cells[1])];
+    format!("RR {} ({} µs, x{}), CRR {} ({} µs, x{})", a[0], a[1], a[2], b[0], b[1], b[2])
+}
+
+fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1e3;
+    if ms < 10.0 {
+        format!("{ms:.2}")
+    } else {
+        format!("{ms:.0}")
+    }
+}
+
+fn step(s: &Step) -> String {
+    format!("{} + {} + {} ({})", ms(s.translate), ms(s.diff), ms(s.write), s.writes)
+}
+
+fn mib(b: Option<u64>) -> String {
+    b.map(|b| format!("{:.1}", b as f64 / (1 << 20) as f64)).unwrap_or_else(|| "?".into())
+}
+
+/// The BENCHMARKS.md section.
+pub fn render(rows: &[Row], prog: &[ProgRow], cross: &str, command: &str, how: &str, took: Duration) -> String {
+    let mut s = String::new();
+    s.push_str("## Services at scale (`trellis-svc-bench`)\n\n");
+    let _ = writeln!(s, "Command (root): `{command}` ({how}; the whole run took {:.0} s).\n", took.as_secs_f64());
+    s.push_str(
+        "Each mode runs in a node netns of its own between a client pod and a server pod; N ClusterIP Services \
+         with 2 endpoints each, only the probed one (the last in iptables order, and a random one) served. RR: \
+         1-byte request/response on one TCP connection; CRR: a new TCP connection per 1-byte exchange (the server closes \
+         first). The two probed Services' endpoints listen on ports of their own, so one client port never maps to \
+         the same backend 4-tuple through two Services (the server's TIME_WAIT would turn the SYN away: an artifact \
+         of a single client). Client and server are pinned to one CPU each; the machine is shared, so absolute \
+         figures and tails carry noise: the ratios are what compares. Every mode's run is preceded by a run of (a) and reported as the median of those per-pair ratios (x (a)); rates and \
+         latencies (p50 / p99 per operation, µs) are medians over the rounds. (a)'s row is the median of all its \
+         runs at that N. (b1) and (b2) each have a node with both the tc programs and the socket LB attached, as the \
+         agent sets it up; the (b2) client runs in the attached cgroup, the (b1) client outside it.\n\n",
+    );
+    s.push_str("![RR and CRR against the number of Services](docs/bench-services.svg)\n\n");
+    s.push_str(
+        "| Services | mode | probe | RR/s | RR p50 / p99 µs | RR x (a) | CRR/s | CRR p50 / p99 µs | CRR x (a) |\n",
+    );
+    s.push_str("|---:|---|---|---:|---:|---:|---:|---:|---:|\n");
+    for r in rows {
+        let (a, b) = (cell(&r.rr), cell(&r.crr));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.n,
+            r.mode.label(),
+            r.probe,
+            a[0],
+            a[1],
+            a[2],
+            b[0],
+            b[1],
+            b[2]
+        );
+    }
+    s.push_str(
+        "\nProgramming. eBPF: the Services through `trellis_svc::translate`, diffed against the maps' entries read \
+         back, the difference written one entry per syscall through `KernelLbTables` (no batch updates yet). \
+         Empty to N = translate + write; resync = translate + read every entry back + diff (a restarted agent, \
+         nothing to write); add / delete one Service and flip one endpoint = full translate + in-memory diff + the \
+         writes (number of entries written), in ms; flip write p50 / p99: the writes alone over 20 flips. memlock: `bytes_memlock` of the node's \
+         pinned maps as bpftool shows it (hash maps are preallocated: it does not grow with N). RSS: the bench \
+         process, which holds what the agent would (model, ids, desired entries). Baselines: the time to load \
+         their rules from empty.\n\n",
+    );
+    s.push_str(
+        "| Services | empty to N (translate + write) ms | entries | resync ms | add one | delete one | flip one | flip write p50 / p99 µs | memlock MiB | RSS MiB | iptables-legacy-restore | \
+         iptables-nft-restore | nft -f |\n",
+    );
+    s.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for p in prog {
+        let load = |m: Mode| match p.loads.iter().find(|(x, _)| *x == m) {
+            Some((_, Some(d))) => format!("{} ms", ms(*d)),
+            Some((_, None)) => "did not finish".into(),
+            None => "-".into(),
+        };
+        let t = match &p.times {
+            Some(t) => format!(
+                "{} + {} | {} | {} | {} | {} | {} | {:.0} / {:.0}",
+                ms(t.fill_translate),
+                ms(t.fill_write),
+                t.fill_entries,
+                ms(t.resync),
+                step(&t.add),
+                step(&t.delete),
+                step(&t.flip),
+                t.flip_write_p50.as_secs_f64() * 1e6,
+                t.flip_write_p99.as_secs_f64() * 1e6,
+            ),
+            None => "failed | | | | | | ".into(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {t} | {} | {} | {} | {} | {} |",
+            p.n,
+            mib(p.memlock),
+            mib(p.rss),
+            load(Mode::IptLegacy),
+            load(Mode::IptNft),
+            load(Mode::Nft)
+        );
+    }
+    let _ = writeln!(s, "\nCross-check of our RR client: {cross}");
+    s
+}
+
+/// Our RR run against sockperf's ping-pong report (it prints one-way latency, half the round trip).
+pub fn cross_check_line(ours: &Run, sockperf: &str) -> String {
+    let num = |key: &str| -> Option<f64> {
+        let l = sockperf.lines().find(|l| l.contains(key))?;
+        let rest = &l[l.find(key)? + key.len()..];
+        rest.trim_start_matches([' ', '=', ':']).split(|c: char| !(c.is_ascii_digit() || c == '.')).next()?.parse().ok()
+    };
+    let p50 = num("percentile 50.000");
+    let p99 = num("percentile 99.000");
+    match (p50, p99) {
+        (Some(p50), Some(p99)) => format!(
+            "sockperf ping-pong (TCP, 14 B, 3 s, same pinning, plain path): round trip p50 {:.1} µs, p99 {:.1} µs \
+             (2 x its one-way figures), about {} round trips/s; ours on the same path: p50 {:.1} µs, p99 {:.1} µs, \
+             {}/s.",
+            2.0 * p50,
+            2.0 * p99,
+            rate(1e6 / (2.0 * p50)),
+            ours.p50_us,
+            ours.p99_us,
+            rate(ours.rate)
+        ),
+        _ => format!("sockperf gave no percentiles: {}", sockperf.lines().last().unwrap_or("").trim()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(rate: f64, ratio: f64) -> Cell {
+        Cell::Done(Summary { run: Run { rate, p50_us: 30.0, p99_us: 80.0 }, ratio })
+    }
+
+    #[test]
+    fn the_table_shows_each_cell_kind() {
+        let rows = vec![
+            Row { n: 10, mode: Mode::Plain, probe: "-".into(), rr: done(25_000.0, 1.0), crr: done(5000.0, 1.0) },
+            Row { n: 100_000, mode: Mode::IptLegacy, probe: "last".into(), rr: Cell::Dnf, crr: Cell::Dnf },
+            Row { n: 100_000, mode: Mode::Nft, probe: "last".into(), rr: Cell::Skipped, crr: Cell::Skipped },
+        ];
+        let mut prog = Vec::new();
+        note_load_dnf(&mut prog, 100_000, Mode::IptLegacy);
+        note_load(&mut prog, 100_000, Mode::Nft, Duration::from_millis(1500));
+        let s = render(&rows, &prog, "x", "cmd", "how", Duration::from_secs(1));
+        assert!(
+            s.contains("| 10 | (a) pod IP, no netfilter | - | 25.0k | 30 / 80 | 1.00 | 5000 | 30 / 80 | 1.00 |"),
+            "{s}"
+        );
+        assert!(s.contains("| 100000 | (c1) iptables-legacy | last | did not finish |"));
+        assert!(s.contains("`--full` only"));
+        assert!(s.contains("| did not finish | - | 1500 ms |"), "{s}");
+        assert!(s.contains("docs/bench-services.svg"));
+    }
+
+    #[test]
+    fn sockperf_percentiles_are_doubled_into_round_trips() {
+        let out = "sockperf: ---> percentile 99.000 =   40.250\nsockperf: ---> percentile 50.000 =   12.500\n";
+        let r = Run { rate: 30_000.0, p50_us: 26.0, p99_us: 70.0 };
+        let l = cross_check_line(&r, out);
+        assert!(l.contains("p50 25.0 µs, p99 80.5 µs"), "{l}");
+        assert!(l.contains("40.0k round trips/s"), "{l}");
+        assert!(cross_check_line(&r, "nothing").starts_with("sockperf gave no percentiles"));
+    }
+}
