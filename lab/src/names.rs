@@ -102,6 +102,15 @@ pub fn manifest_file_name(kind: &str, namespace: Option<&str>, name: &str) -> St
     }
 }
 
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,13 +130,4 @@ mod tests {
         assert_eq!(manifest_file_name("Node", None, "n1"), "node_n1.yaml");
         assert_eq!(manifest_file_name("Service", Some("default"), "web"), "service_default_web.yaml");
     }
-}
-
-/// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts).
-pub fn cgroup2_root() -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-    })
 }
