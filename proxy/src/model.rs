@@ -102,29 +102,35 @@ impl Model {
 
     /// Apply one event; true when the cluster state changed.
     pub fn apply(&mut self, ev: Event) -> bool {
-        let before = self.cluster.clone();
-        match ev {
-            Event::Applied(r) => self.upsert(r),
+        let changed = match ev {
+            // One object: compare what it touched, not the whole cluster (thousands of nodes).
+            Event::Applied(r) => {
+                let name = r.key().map(|k| k.name).unwrap_or_default();
+                let before = self.cluster.nodes.get(&name).cloned();
+                self.upsert(r);
+                self.cluster.nodes.get(&name) != before.as_ref()
+            }
             Event::Deleted(key) => self.remove(&key),
             Event::Relisted(kind, objects) => {
+                let before = self.cluster.clone();
                 match kind {
                     Kind::Node => self.cluster.nodes.clear(),
                 }
                 for r in objects.into_iter().filter(|r| r.kind() == kind) {
                     self.upsert(r);
                 }
+                self.cluster != before
             }
-            Event::Synced => self.cluster.synced = true,
-        }
+            Event::Synced => !std::mem::replace(&mut self.cluster.synced, true),
+        };
         self.metrics.set(metrics::CONTROLPLANE_SYNCED, &[], if self.cluster.synced { 1.0 } else { 0.0 });
-        self.cluster != before
+        changed
     }
 
-    fn remove(&mut self, key: &ObjectKey) {
+    /// True when something was removed.
+    fn remove(&mut self, key: &ObjectKey) -> bool {
         match key.kind {
-            Kind::Node => {
-                self.cluster.nodes.remove(&key.name);
-            }
+            Kind::Node => self.cluster.nodes.remove(&key.name).is_some(),
         }
     }
 
@@ -224,6 +230,8 @@ pub(crate) mod tests {
         assert_eq!(m.get(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", "files"), ("reason", "node")]), 1.0);
         assert!(!model.cluster.synced);
         assert!(model.apply(Event::Synced));
+        assert!(!model.apply(Event::Synced), "synced twice changes nothing");
+        assert!(!model.apply(Event::Deleted(ObjectKey { kind: Kind::Node, namespace: None, name: "zz".into() })));
         assert_eq!(m.get(metrics::CONTROLPLANE_SYNCED, &[]), 1.0);
         // A relist replaces the kind wholesale.
         model.apply(Event::Relisted(
