@@ -202,7 +202,9 @@ fn main() {
          - converge: all {NODES} files written into the running agent's directory, until {NODES} routes (proto 126) \
          are in the kernel; one change: one Node's podCIDR rewritten, until its new route is in and the old one gone\n\
          - idle CPU: user+system time of the agent over {} s with nothing changing, as a share of one core (this \
-         includes the default 10 s repair rounds, each re-reading {NODES} routes, FDB and neighbour entries)\n\n\
+         includes the default 10 s repair rounds, each re-reading {NODES} routes, FDB and neighbour entries)\n\
+         - the polling row is today's agent told to poll as the files source did before inotify; the machine is \
+         shared, so latencies carry scheduling noise (compare rows of one run)\n\n\
          | directory watched by | converge (s) | one podCIDR change (s) | idle CPU (% of a core) |\n\
          | --- | ---: | ---: | ---: |\n{rows}",
         load.join(" "),
