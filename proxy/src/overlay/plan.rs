@@ -420,6 +420,39 @@ mod tests {
         }
     }
 
+    #[test]
+    fn claims_find_every_overlap_a_linear_scan_finds() {
+        // Every prefix inside 10.0.0.0/29 (and the /28 around it, and one IPv6 net), claimed in every order of three.
+        let mut all: Vec<IpNet> = vec!["10.0.0.0/28".parse().unwrap(), "fd00::/126".parse().unwrap()];
+        for len in 29..=32u8 {
+            let step = 1u32 << (32 - len);
+            for i in 0..(8 / step) {
+                all.push(IpNet::new(std::net::Ipv4Addr::from(0x0a00_0000 + i * step).into(), len).unwrap());
+            }
+        }
+        for a in &all {
+            for b in &all {
+                for c in &all {
+                    let mut claims = Claims(BTreeMap::new());
+                    let mut held: Vec<IpNet> = Vec::new();
+                    for (i, n) in [a, b, c].into_iter().enumerate() {
+                        let naive = held.iter().find(|h| overlaps(h, n)).copied();
+                        match claims.claim(*n, &format!("n{i}")) {
+                            Ok(()) => {
+                                assert_eq!(naive, None, "{n} claimed over {naive:?} ({a} {b} {c})");
+                                held.push(*n);
+                            }
+                            Err(conflict) => {
+                                assert!(naive.is_some(), "{n} refused without overlap ({a} {b} {c})");
+                                assert!(held.contains(&conflict.owner_cidr) && overlaps(&conflict.owner_cidr, n));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// node1 holds 10.244.0.0/24; a newcomer `dup` claims it too, with an address where nothing lives.
     fn contested(dup: &str, node1_created: Option<i128>, dup_created: Option<i128>) -> BTreeMap<String, NodeInfo> {
         let mut node1 = ni("node1", &["10.244.0.0/24"], &["192.168.50.11"]);
