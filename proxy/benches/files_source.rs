@@ -93,8 +93,10 @@ fn run(label: &str, extra: &[&str], idle: Duration) -> Figures {
     let ns = Netns(format!("trbench{}{label}", std::process::id()));
     sh(&["ip", "netns", "add", &ns.0]);
     sh(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
-    sh(&["ip", "-n", &ns.0, "link", "add", "eth0", "type", "dummy"]);
+    // The underlay: one end of a veth pair whose other end stays in the same netns (no dummy driver needed).
+    sh(&["ip", "-n", &ns.0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]);
     sh(&["ip", "-n", &ns.0, "addr", "add", "172.20.0.1/16", "dev", "eth0"]);
+    sh(&["ip", "-n", &ns.0, "link", "set", "eth0p", "up"]);
     sh(&["ip", "-n", &ns.0, "link", "set", "eth0", "up"]);
     let dir = tempfile::tempdir().expect("tempdir");
     let manifests = dir.path().join("manifests");
@@ -196,11 +198,13 @@ fn main() {
         "### Agent files source: {NODES} Node manifests (inotify vs polling)\n\n\
          Command: `sudo -E cargo bench -p trellis-agent --bench files_source -- --write`\n\n\
          - machine: {cpus} CPUs, load average at start {}, trellis-agent release build, VXLAN mode, one netns with a \
-         dummy underlay; one manifest file per Node\n\
+         veth underlay; one manifest file per Node\n\
          - converge: all {NODES} files written into the running agent's directory, until {NODES} routes (proto 126) \
          are in the kernel; one change: one Node's podCIDR rewritten, until its new route is in and the old one gone\n\
          - idle CPU: user+system time of the agent over {} s with nothing changing, as a share of one core (this \
-         includes the default 10 s repair rounds, each re-reading {NODES} routes, FDB and neighbour entries)\n\n\
+         includes the default 10 s repair rounds, each re-reading {NODES} routes, FDB and neighbour entries)\n\
+         - the polling row is today's agent told to poll as the files source did before inotify; the machine is \
+         shared, so latencies carry scheduling noise (compare rows of one run)\n\n\
          | directory watched by | converge (s) | one podCIDR change (s) | idle CPU (% of a core) |\n\
          | --- | ---: | ---: | ---: |\n{rows}",
         load.join(" "),

@@ -92,6 +92,14 @@ pub struct Cluster {
     pub synced: bool,
 }
 
+/// One object's state in the cluster, for change detection.
+#[derive(PartialEq)]
+enum Entry {
+    Node(Option<NodeInfo>),
+    Service(Option<trellis_svc::ServiceModel>),
+    Slice(Option<(String, Vec<trellis_svc::Endpoint>)>),
+}
+
 /// Folds events into a [`Cluster`], rejecting malformed objects.
 pub struct Model {
     pub cluster: Cluster,
@@ -106,11 +114,22 @@ impl Model {
 
     /// Apply one event; true when the cluster state changed.
     pub fn apply(&mut self, ev: Event) -> bool {
-        let before = self.cluster.clone();
-        match ev {
-            Event::Applied(r) => self.upsert(r),
+        let changed = match ev {
+            // One object: compare what it touched, not the whole cluster (thousands of nodes).
+            Event::Applied(r) => match r.key() {
+                Some(key) => {
+                    let before = self.entry(&key);
+                    self.upsert(r);
+                    self.entry(&key) != before
+                }
+                None => {
+                    self.upsert(r);
+                    false
+                }
+            },
             Event::Deleted(key) => self.remove(&key),
             Event::Relisted(kind, objects) => {
+                let before = self.cluster.clone();
                 match kind {
                     Kind::Node => self.cluster.nodes.clear(),
                     Kind::Service => self.cluster.services.clear(),
@@ -119,24 +138,29 @@ impl Model {
                 for r in objects.into_iter().filter(|r| r.kind() == kind) {
                     self.upsert(r);
                 }
+                self.cluster != before
             }
-            Event::Synced => self.cluster.synced = true,
-        }
+            Event::Synced => !std::mem::replace(&mut self.cluster.synced, true),
+        };
         self.metrics.set(metrics::CONTROLPLANE_SYNCED, &[], if self.cluster.synced { 1.0 } else { 0.0 });
-        self.cluster != before
+        changed
     }
 
-    fn remove(&mut self, key: &ObjectKey) {
+    /// What the cluster holds for one object (to tell whether an event changed anything).
+    fn entry(&self, key: &ObjectKey) -> Entry {
         match key.kind {
-            Kind::Node => {
-                self.cluster.nodes.remove(&key.name);
-            }
-            Kind::Service => {
-                self.cluster.services.remove(&key.path());
-            }
-            Kind::EndpointSlice => {
-                self.cluster.slices.remove(&key.path());
-            }
+            Kind::Node => Entry::Node(self.cluster.nodes.get(&key.name).cloned()),
+            Kind::Service => Entry::Service(self.cluster.services.get(&key.path()).cloned()),
+            Kind::EndpointSlice => Entry::Slice(self.cluster.slices.get(&key.path()).cloned()),
+        }
+    }
+
+    /// True when something was removed.
+    fn remove(&mut self, key: &ObjectKey) -> bool {
+        match key.kind {
+            Kind::Node => self.cluster.nodes.remove(&key.name).is_some(),
+            Kind::Service => self.cluster.services.remove(&key.path()).is_some(),
+            Kind::EndpointSlice => self.cluster.slices.remove(&key.path()).is_some(),
         }
     }
 
@@ -159,11 +183,15 @@ impl Model {
                     self.cluster.services.insert(key.path(), m);
                 }
                 // Not for us (ExternalName, headless, another proxy's): as if it did not exist.
-                Ok(None) => self.remove(&key),
+                Ok(None) => {
+                    self.remove(&key);
+                }
                 Err(e) => self.invalid(&key, "service", &e),
             },
             Resource::EndpointSlice(s) => match trellis_svc::model::slice_owner(&s) {
-                None => self.remove(&key),
+                None => {
+                    self.remove(&key);
+                }
                 Some((ns, svc)) => match trellis_svc::model::endpoints(&s) {
                     Ok(eps) => {
                         self.cluster.slices.insert(key.path(), (format!("{ns}/{svc}"), eps));
@@ -265,6 +293,8 @@ pub(crate) mod tests {
         assert_eq!(m.get(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", "files"), ("reason", "node")]), 1.0);
         assert!(!model.cluster.synced);
         assert!(model.apply(Event::Synced));
+        assert!(!model.apply(Event::Synced), "synced twice changes nothing");
+        assert!(!model.apply(Event::Deleted(ObjectKey { kind: Kind::Node, namespace: None, name: "zz".into() })));
         assert_eq!(m.get(metrics::CONTROLPLANE_SYNCED, &[]), 1.0);
         // A relist replaces the kind wholesale.
         model.apply(Event::Relisted(
@@ -274,5 +304,51 @@ pub(crate) mod tests {
         assert_eq!(model.cluster.nodes.keys().collect::<Vec<_>>(), vec!["c"]);
         assert!(model.apply(Event::Deleted(ObjectKey { kind: Kind::Node, namespace: None, name: "c".into() })));
         assert!(model.cluster.nodes.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod service_tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+    fn svc(ip: &str) -> Resource {
+        Resource::Service(Box::new(
+            serde_json::from_value::<Service>(serde_json::json!({
+                "metadata": {"name": "web", "namespace": "shop"},
+                "spec": {"clusterIP": ip, "ports": [{"port": 80}]}
+            }))
+            .unwrap(),
+        ))
+    }
+
+    fn slice(addr: &str) -> Resource {
+        Resource::EndpointSlice(Box::new(
+            serde_json::from_value::<EndpointSlice>(serde_json::json!({
+                "metadata": {"name": "web-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4", "ports": [{"port": 8080}], "endpoints": [{"addresses": [addr]}]
+            }))
+            .unwrap(),
+        ))
+    }
+
+    #[test]
+    fn services_and_slices_change_the_cluster_once_and_bad_ones_are_counted_and_dropped() {
+        let m = Metrics::new();
+        let mut model = Model::new("test", m.clone());
+        assert!(model.apply(Event::Applied(svc("10.96.0.10"))), "a new Service changes the cluster");
+        assert!(!model.apply(Event::Applied(svc("10.96.0.10"))), "the same Service again does not");
+        assert!(model.apply(Event::Applied(slice("10.244.0.5"))));
+        assert_eq!(model.cluster.slices["shop/web-1"].0, "shop/web");
+        assert!(model.apply(Event::Applied(slice("10.244.0.6"))), "a changed slice changes the cluster");
+        // A bad Service: logged, counted, and what we knew of it forgotten; the slice stays.
+        assert!(model.apply(Event::Applied(svc("not-an-ip"))));
+        assert!(model.cluster.services.is_empty());
+        assert_eq!(m.get(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", "test"), ("reason", "service")]), 1.0);
+        assert_eq!(model.cluster.slices.len(), 1);
+        let key = ObjectKey { kind: Kind::EndpointSlice, namespace: Some("shop".into()), name: "web-1".into() };
+        assert!(model.apply(Event::Deleted(key.clone())));
+        assert!(!model.apply(Event::Deleted(key)), "deleting what is gone changes nothing");
     }
 }

@@ -30,6 +30,9 @@ use crate::{Error, Result};
 
 const SOURCE: &str = "files";
 
+/// The longest a burst of changes may hold back a scan.
+const MAX_SETTLE: Duration = Duration::from_millis(250);
+
 /// How often a manifests directory that does not exist is looked for again.
 const MISSING_DIR_RETRY: Duration = Duration::from_millis(250);
 
@@ -247,7 +250,7 @@ pub struct FilesSource {
     pub interval: Duration,
     /// Watch the directory with inotify (scan on change); false: poll every `interval` only.
     pub inotify: bool,
-    /// After a change event, wait this long for more before scanning, so a burst is one scan.
+    /// After a change event, scan once no further change came for this long (at most 250 ms).
     pub settle: Duration,
     pub metrics: Metrics,
 }
@@ -260,6 +263,20 @@ impl FilesSource {
             inotify: true,
             settle: Duration::from_millis(10),
             metrics,
+        }
+    }
+}
+
+/// Wait until no change arrived for `quiet` (or [`MAX_SETTLE`] passed): a burst of writes (2000
+/// files) becomes one scan and one reconcile round instead of dozens.
+async fn settle(wake: &tokio::sync::Notify, quiet: Duration) {
+    use futures::FutureExt;
+    let t0 = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(quiet).await;
+        // A stored permit means more changes came in while we slept.
+        if wake.notified().now_or_never().is_none() || t0.elapsed() >= MAX_SETTLE {
+            return;
         }
     }
 }
@@ -378,7 +395,7 @@ impl ControlPlane for FilesSource {
                     _ = tick.tick() => {}
                     _ = tokio::time::sleep(MISSING_DIR_RETRY), if missing => {}
                     _ = wake.notified() => {
-                        tokio::time::sleep(self.settle).await;
+                        settle(&wake, self.settle).await;
                         tick.reset();
                     }
                 }

@@ -63,16 +63,30 @@ pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-/// CIDRs claimed so far, by whom.
-struct Claims(Vec<(IpNet, String)>);
+/// CIDRs claimed so far, by whom; keyed by prefix, so a claim looks at its few possible
+/// neighbours instead of every claim (thousands of nodes).
+struct Claims(BTreeMap<IpNet, String>);
 
 impl Claims {
     /// Take `cidr` for `node`, or name the claim it overlaps.
     fn claim(&mut self, cidr: IpNet, node: &str) -> Result<(), Conflict> {
-        if let Some((held, owner)) = self.0.iter().find(|(t, _)| overlaps(t, &cidr)) {
+        let cidr = cidr.trunc();
+        // Claims inside `cidr` start within it; claims containing it are its supernets.
+        let (first, last) = match cidr {
+            IpNet::V4(_) => (IpNet::new(cidr.network(), 0), IpNet::new(cidr.broadcast(), 32)),
+            IpNet::V6(_) => (IpNet::new(cidr.network(), 0), IpNet::new(cidr.broadcast(), 128)),
+        };
+        let inside = match (first, last) {
+            (Ok(first), Ok(last)) => self.0.range(first..=last).next(),
+            _ => None,
+        };
+        let around = (0..cidr.prefix_len())
+            .filter_map(|len| IpNet::new(cidr.network(), len).ok().map(|n| n.trunc()))
+            .find_map(|n| self.0.get_key_value(&n));
+        if let Some((held, owner)) = inside.into_iter().chain(around).find(|(t, _)| overlaps(t, &cidr)) {
             return Err(Conflict { node: node.to_string(), cidr, owner: owner.clone(), owner_cidr: *held });
         }
-        self.0.push((cidr, node.to_string()));
+        self.0.insert(cidr, node.to_string());
         Ok(())
     }
 }
@@ -164,7 +178,7 @@ pub fn plan(
 
     // CIDRs already taken (ours first, then by seniority), so two nodes claiming overlapping
     // ranges cannot make the reconciler flip a route back and forth, and the incumbent keeps it.
-    let mut taken = Claims(me.pod_cidrs.iter().map(|n| (*n, own.to_string())).collect());
+    let mut taken = Claims(me.pod_cidrs.iter().map(|n| (n.trunc(), own.to_string())).collect());
     let mut peer_nodes: Vec<&NodeInfo> = nodes.values().filter(|n| n.name != own).collect();
     peer_nodes.sort_by_key(|n| seniority(n, programmed));
     for node in peer_nodes {
@@ -402,6 +416,39 @@ mod tests {
                 assert_eq!(dsts, vec![first], "{first} then {second}, {:?}", cfg.mode);
                 assert_eq!(p.conflicts.len(), 1, "{first} then {second}, {:?}", cfg.mode);
                 assert_eq!((p.conflicts[0].node.as_str(), p.conflicts[0].owner.as_str()), ("new", "old"));
+            }
+        }
+    }
+
+    #[test]
+    fn claims_find_every_overlap_a_linear_scan_finds() {
+        // Every prefix inside 10.0.0.0/29 (and the /28 around it, and one IPv6 net), claimed in every order of three.
+        let mut all: Vec<IpNet> = vec!["10.0.0.0/28".parse().unwrap(), "fd00::/126".parse().unwrap()];
+        for len in 29..=32u8 {
+            let step = 1u32 << (32 - len);
+            for i in 0..(8 / step) {
+                all.push(IpNet::new(std::net::Ipv4Addr::from(0x0a00_0000 + i * step).into(), len).unwrap());
+            }
+        }
+        for a in &all {
+            for b in &all {
+                for c in &all {
+                    let mut claims = Claims(BTreeMap::new());
+                    let mut held: Vec<IpNet> = Vec::new();
+                    for (i, n) in [a, b, c].into_iter().enumerate() {
+                        let naive = held.iter().find(|h| overlaps(h, n)).copied();
+                        match claims.claim(*n, &format!("n{i}")) {
+                            Ok(()) => {
+                                assert_eq!(naive, None, "{n} claimed over {naive:?} ({a} {b} {c})");
+                                held.push(*n);
+                            }
+                            Err(conflict) => {
+                                assert!(naive.is_some(), "{n} refused without overlap ({a} {b} {c})");
+                                assert!(held.contains(&conflict.owner_cidr) && overlaps(&conflict.owner_cidr, n));
+                            }
+                        }
+                    }
+                }
             }
         }
     }
