@@ -50,6 +50,19 @@ impl Topo {
             sh(&["ip", "-n", pod, "route", "add", "default", "via", &format!("10.0.{n}.1")]);
             sh(&["ip", "-n", pod, "-6", "route", "add", "default", "via", &format!("fd00:{n}::1")]);
         }
+        // A veth passes packets only once the kernel's link watcher has activated it (asynchronously after
+        // `up`): wait for every end to be operationally up, or a first SYN may vanish and cost a retransmission.
+        for (ns, dev) in [(&t.node, "ha"), (&t.node, "hb"), (&t.a, "eth0"), (&t.b, "eth0")] {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let o = Command::new("ip").args(["-n", ns, "-o", "link", "show", "dev", dev]).output().unwrap();
+                if String::from_utf8_lossy(&o.stdout).contains("state UP") {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "{ns}/{dev} never came up");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         // Forwarding inside the node netns only (never the root namespace).
         netns::run_in(&netns::path_of(&t.node), || {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
@@ -114,7 +127,8 @@ fn serve(ns: &str, port: u16) {
 
 fn tcp_get(ns: &str, to: SocketAddr) -> std::io::Result<String> {
     netns::run_in(&Topo::path(ns), || {
-        let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        // Generous: a lost first SYN is retransmitted after 1 s (and 3 s).
+        let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(6))?;
         c.set_read_timeout(Some(Duration::from_secs(2)))?;
         let mut s = String::new();
         c.read_to_string(&mut s)?;
@@ -127,10 +141,18 @@ fn udp_get(ns: &str, to: SocketAddr) -> std::io::Result<String> {
     netns::run_in(&Topo::path(ns), || {
         let bind: SocketAddr = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().unwrap();
         let s = UdpSocket::bind(bind)?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        s.send_to(b"hi", to)?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
         let mut buf = [0u8; 64];
-        let (n, from) = s.recv_from(&mut buf)?;
+        // Datagrams may be lost (the first one while neighbours resolve): a few tries.
+        let mut got = Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        for _ in 0..4 {
+            s.send_to(b"hi", to)?;
+            got = s.recv_from(&mut buf);
+            if got.is_ok() {
+                break;
+            }
+        }
+        let (n, from) = got?;
         // The reply must come from the VIP, or the client's socket would not take it (reverse NAT).
         assert_eq!(from, to, "reply source");
         Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
@@ -335,16 +357,20 @@ fn a_frontend_without_backends_is_refused_at_once_tcp_rst_and_icmp() {
 fn sock_client_helper() {
     let Ok(vip) = std::env::var("TRELLIS_SOCK_CLIENT") else { return };
     let vip: SocketAddr = vip.parse().unwrap();
-    let mut c = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).unwrap();
+    let mut c = TcpStream::connect_timeout(&vip, Duration::from_secs(6)).unwrap();
     let peer = c.peer_addr().unwrap();
     let mut tcp = String::new();
     c.read_to_string(&mut tcp).unwrap();
     let bind: SocketAddr = if vip.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().unwrap();
     let u = UdpSocket::bind(bind).unwrap();
-    u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    u.send_to(b"x", vip).unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let mut buf = [0u8; 64];
-    let (n, from) = u.recv_from(&mut buf).unwrap();
+    let (n, from) = (0..4)
+        .find_map(|_| {
+            u.send_to(b"x", vip).unwrap();
+            u.recv_from(&mut buf).ok()
+        })
+        .expect("no UDP answer in 4 tries");
     println!("RESULT tcp={tcp}|peer={peer}|udp={}|from={from}", String::from_utf8_lossy(&buf[..n]));
 }
 

@@ -109,7 +109,9 @@ impl Lab {
         if let Ok(rd) = std::fs::read_dir(self.state_dir().join("logs")) {
             for e in rd.flatten() {
                 let t = std::fs::read_to_string(e.path()).unwrap_or_default();
-                let lines: Vec<&str> = t.lines().collect();
+                // Backtrace frames are noise here; a panic's message and the last log lines are what tell.
+                let lines: Vec<&str> =
+                    t.lines().filter(|l| !l.starts_with("  ") && !l.starts_with("stack backtrace")).collect();
                 let tail = lines[lines.len().saturating_sub(15)..].join("\n");
                 s.push_str(&format!("--- {}\n{tail}\n", e.path().display()));
             }
