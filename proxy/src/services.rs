@@ -377,7 +377,20 @@ impl ServiceWorker {
 }
 
 /// Runs the service worker on the current thread until the sender is dropped (see `agent::snapshot_loop`).
+/// A panic inside a round (a bug, or a library's) is caught, logged and counted, and the datapath reopened on the
+/// next round: the agent keeps running, and the pinned maps keep serving meanwhile.
 pub fn services_loop(mut w: ServiceWorker, rx: std::sync::mpsc::Receiver<std::sync::Arc<crate::model::Cluster>>) {
     let repair = w.cfg.repair_interval;
-    crate::agent::snapshot_loop(repair, rx, |c| w.round(c));
+    crate::agent::snapshot_loop(repair, rx, |c| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.round(c))) {
+            Ok(ok) => ok,
+            Err(p) => {
+                let what = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                tracing::error!("service proxy round panicked ({}); reopening the datapath", what.unwrap_or_default());
+                w.metrics.inc(crate::metrics::SERVICE_SYNC_ERRORS, &[]);
+                w.proxy = None;
+                false
+            }
+        }
+    });
 }
