@@ -385,7 +385,8 @@ pub fn services_loop(mut w: ServiceWorker, rx: std::sync::mpsc::Receiver<std::sy
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.round(c))) {
             Ok(ok) => ok,
             Err(p) => {
-                let what = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                let what =
+                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
                 tracing::error!("service proxy round panicked ({}); reopening the datapath", what.unwrap_or_default());
                 w.metrics.inc(crate::metrics::SERVICE_SYNC_ERRORS, &[]);
                 w.proxy = None;
