@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use trellis_ebpf::common::{Lb4Backend, Lb4Key, LbService, RevNat4, V4};
 use trellis_ebpf::tables::{KernelLbTables, MapTable};
-use trellis_svc::{translate, Desired, Endpoint, FamilyMaps, Ids, NodeContext, PortMapping, Proto, ServiceModel};
+use trellis_svc::{translate, Desired, Endpoint, FamilyMaps, Ids, NodeContext, Proto, ServiceModel};
 
 use crate::gen::{Spec, SERVICE_PORT};
 
@@ -18,19 +18,7 @@ pub struct Model {
 }
 
 fn service(i: usize) -> ServiceModel {
-    ServiceModel {
-        namespace: "bench".into(),
-        name: Spec::name(i),
-        cluster_ips: vec![Spec::vip(i).into()],
-        ports: vec![PortMapping { name: String::new(), proto: Proto::Tcp, port: SERVICE_PORT, node_port: None }],
-        external_ips: vec![],
-        lb_ips: vec![],
-        node_port: false,
-        etp_local: false,
-        itp_local: false,
-        affinity: None,
-        publish_not_ready: false,
-    }
+    ServiceModel::cluster_ip("bench", &Spec::name(i), Spec::vip(i).into(), SERVICE_PORT)
 }
 
 fn endpoints(spec: &Spec, i: usize) -> Vec<Endpoint> {

@@ -80,6 +80,23 @@ pub struct ServiceModel {
 }
 
 impl ServiceModel {
+    /// A plain ClusterIP Service: one unnamed TCP port, every policy at its default.
+    pub fn cluster_ip(namespace: &str, name: &str, vip: IpAddr, port: u16) -> ServiceModel {
+        ServiceModel {
+            namespace: namespace.into(),
+            name: name.into(),
+            cluster_ips: vec![vip],
+            ports: vec![PortMapping { name: String::new(), proto: Proto::Tcp, port, node_port: None }],
+            external_ips: vec![],
+            lb_ips: vec![],
+            node_port: false,
+            etp_local: false,
+            itp_local: false,
+            affinity: None,
+            publish_not_ready: false,
+        }
+    }
+
     pub fn id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }

@@ -225,22 +225,10 @@ fn put_rev_nat(out: &mut Desired, id: u32, addr: IpAddr, port: u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Endpoint, PortMapping, Proto, ServiceModel};
+    use crate::model::{Endpoint, Proto, ServiceModel};
 
     fn svc(name: &str, vip: &str) -> ServiceModel {
-        ServiceModel {
-            namespace: "default".into(),
-            name: name.into(),
-            cluster_ips: vec![vip.parse().unwrap()],
-            ports: vec![PortMapping { name: String::new(), proto: Proto::Tcp, port: 80, node_port: None }],
-            external_ips: vec![],
-            lb_ips: vec![],
-            node_port: false,
-            etp_local: false,
-            itp_local: false,
-            affinity: None,
-            publish_not_ready: false,
-        }
+        ServiceModel::cluster_ip("default", name, vip.parse().unwrap(), 80)
     }
 
     fn ep(ip: &str, ready: bool) -> Endpoint {
