@@ -190,28 +190,38 @@ pub fn worker_loop<D: OverlayDataplane>(mut w: OverlayWorker<D>, rx: Receiver<Ar
     snapshot_loop(repair, rx, |c| !w.round(c).failed());
 }
 
-/// The loop every worker runs: a round per new snapshot (a burst coalesced into one round with the newest), and
-/// a repair round every `repair` (sooner, 1 s at most, after a failed round: `round` returns false). Returns when
-/// the sender is dropped.
-pub fn snapshot_loop(repair: Duration, rx: Receiver<Arc<Cluster>>, mut round: impl FnMut(&Cluster) -> bool) {
+/// The loop every worker runs: a round per burst of messages (all that arrived, in order), and a repair round
+/// with none every `repair` (sooner, 1 s at most, after a failed round: `round` returns false). Returns when the
+/// sender is dropped.
+pub fn update_loop<M>(repair: Duration, rx: Receiver<M>, mut round: impl FnMut(Vec<M>) -> bool) {
     let repair = repair.max(Duration::from_millis(10));
     let retry = repair.min(Duration::from_secs(1));
-    let mut cluster = Arc::new(Cluster::default());
     let mut wait = repair;
     loop {
+        let mut burst = Vec::new();
         match rx.recv_timeout(wait) {
-            Ok(c) => {
-                cluster = c;
-                // Coalesce a burst into one round with the newest snapshot.
-                while let Ok(c) = rx.try_recv() {
-                    cluster = c;
+            Ok(m) => {
+                burst.push(m);
+                while let Ok(m) = rx.try_recv() {
+                    burst.push(m);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        wait = if round(&cluster) { repair } else { retry };
+        wait = if round(burst) { repair } else { retry };
     }
+}
+
+/// [`update_loop`] for snapshots: a burst is coalesced into one round with the newest.
+pub fn snapshot_loop(repair: Duration, rx: Receiver<Arc<Cluster>>, mut round: impl FnMut(&Cluster) -> bool) {
+    let mut cluster = Arc::new(Cluster::default());
+    update_loop(repair, rx, |burst| {
+        if let Some(c) = burst.into_iter().last() {
+            cluster = c;
+        }
+        round(&cluster)
+    });
 }
 
 /// Start the overlay worker on a dedicated thread. `make_dp` runs on that thread, so a
@@ -239,23 +249,34 @@ where
 
 /// Drive the model from a control plane source and feed the workers (overlay, service proxy) until the
 /// source ends or a worker is gone.
+/// The overlay gets a snapshot when nodes (or `synced`) changed; the service proxy gets the snapshot and the
+/// Services and slices that changed, never the whole set again (a change costs its own size, even at 100k).
 pub async fn run_control_plane(
     source: Box<dyn ControlPlane>,
-    to_workers: Vec<Sender<Arc<Cluster>>>,
+    to_overlay: Sender<Arc<Cluster>>,
+    to_services: Option<Sender<crate::model::ServiceUpdate>>,
     metrics: Metrics,
 ) -> Result<()> {
     let (tx, mut rx) = mpsc::channel(1024);
     let mut model = Model::new(source.name(), metrics);
     let src = tokio::spawn(source.run(tx));
     while let Some(ev) = rx.recv().await {
-        let mut changed = model.apply(ev);
+        model.apply(ev);
         while let Ok(ev) = rx.try_recv() {
-            changed |= model.apply(ev);
+            model.apply(ev);
         }
-        if changed {
-            let snapshot = Arc::new(model.cluster.clone());
-            if to_workers.iter().any(|w| w.send(snapshot.clone()).is_err()) {
-                break; // a worker is gone
+        let cluster_changed = model.take_cluster_changed();
+        let changes = model.take_changes();
+        if !cluster_changed && changes.is_empty() {
+            continue;
+        }
+        let snapshot = Arc::new(model.cluster.clone());
+        if cluster_changed && to_overlay.send(snapshot.clone()).is_err() {
+            break; // the worker is gone
+        }
+        if let Some(s) = &to_services {
+            if s.send(crate::model::ServiceUpdate::Objects { cluster: snapshot, changes }).is_err() {
+                break;
             }
         }
     }
@@ -461,7 +482,7 @@ mod tests {
             release: rx,
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let cp = rt.spawn(run_control_plane(Box::new(src), vec![to_worker], m.clone()));
+        let cp = rt.spawn(run_control_plane(Box::new(src), to_worker, None, m.clone()));
         std::thread::spawn(move || {
             let _ = rt.block_on(cp);
         });

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{ArgAction, Parser, ValueEnum};
 use ipnet::IpNet;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use trellis_agent::agent::{self, AgentConfig, CniSettings};
 use trellis_agent::controlplane::{self, ControlPlane};
@@ -212,20 +212,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     // The worker opens its netlink socket on its own thread, in this (the node's) netns.
     let (to_worker, worker) = agent::spawn_worker(cfg, NetlinkDataplane::new, metrics.clone());
-    let mut to_workers = vec![to_worker];
+    let mut to_services = None;
     if let Some(scfg) = services {
         // The service proxy works on its own thread too: its netlink and bpf calls stay in this netns.
         let (tx, rx) = std::sync::mpsc::channel();
         let w = ServiceWorker::new(scfg, metrics.clone());
         std::thread::Builder::new().name("services".into()).spawn(move || services_loop(w, rx))?;
-        to_workers.push(tx);
+        let links = tx.clone();
+        std::thread::Builder::new().name("link-watch".into()).spawn(move || {
+            if let Err(e) = trellis_agent::services::watch_links(links) {
+                warn!("watching network interfaces: {e}; new pods are attached at the next repair round");
+            }
+        })?;
+        to_services = Some(tx);
     }
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // The worker only ends on its own when it cannot start (no netlink socket, not root...).
     let worker_done = tokio::task::spawn_blocking(move || worker.join());
     tokio::select! {
-        r = agent::run_control_plane(source, to_workers, metrics) => r.context("control plane"),
+        r = agent::run_control_plane(source, to_worker, to_services, metrics) => r.context("control plane"),
         w = worker_done => match w {
             Ok(Ok(Ok(()))) => bail!("overlay worker stopped"),
             Ok(Ok(Err(e))) => {

@@ -80,16 +80,39 @@ pub fn node_info(node: &Node) -> Result<NodeInfo, String> {
     Ok(NodeInfo { name, internal_ips, pod_cidrs, created })
 }
 
-/// Cluster state as far as the agent needs it.
+/// Cluster state as the workers see it: a snapshot, cloned on every change, so it holds only what is small
+/// (nodes). Services and slices, which can be 100k, travel as changes ([`SvcChange`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Cluster {
     pub nodes: BTreeMap<String, NodeInfo>,
-    /// Services the proxy serves, by `namespace/name`.
-    pub services: BTreeMap<String, trellis_svc::ServiceModel>,
-    /// EndpointSlices by `namespace/name`: (owning Service `namespace/name`, endpoints).
-    pub slices: BTreeMap<String, (String, Vec<trellis_svc::Endpoint>)>,
     /// The source finished its initial list: absent objects are really absent.
     pub synced: bool,
+}
+
+/// An EndpointSlice as the proxy uses it: (owning Service `namespace/name`, endpoints).
+pub type SliceInfo = (String, Vec<trellis_svc::Endpoint>);
+
+/// Services the proxy serves and EndpointSlices, by `namespace/name`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceObjects {
+    pub services: BTreeMap<String, trellis_svc::ServiceModel>,
+    pub slices: BTreeMap<String, SliceInfo>,
+}
+
+/// One Service or EndpointSlice as it is now (`None`: gone, or not one the proxy serves).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SvcChange {
+    Service(String, Option<trellis_svc::ServiceModel>),
+    Slice(String, Option<SliceInfo>),
+}
+
+/// What the service proxy is sent.
+#[derive(Clone, Debug)]
+pub enum ServiceUpdate {
+    /// The snapshot, and the Services and slices that changed since the last update.
+    Objects { cluster: std::sync::Arc<Cluster>, changes: Vec<SvcChange> },
+    /// A network interface came, went or changed (a pod's veth to attach to).
+    Links,
 }
 
 /// One object's state in the cluster, for change detection.
@@ -97,19 +120,56 @@ pub struct Cluster {
 enum Entry {
     Node(Option<NodeInfo>),
     Service(Option<trellis_svc::ServiceModel>),
-    Slice(Option<(String, Vec<trellis_svc::Endpoint>)>),
+    Slice(Option<SliceInfo>),
 }
 
-/// Folds events into a [`Cluster`], rejecting malformed objects.
+/// Folds events into a [`Cluster`] and [`ServiceObjects`], rejecting malformed objects.
 pub struct Model {
     pub cluster: Cluster,
+    pub objects: ServiceObjects,
+    /// Services and slices changed since [`Model::take_changes`].
+    changes: Vec<SvcChange>,
+    /// The snapshot part changed since [`Model::take_cluster_changed`].
+    cluster_changed: bool,
     source: &'static str,
     metrics: Metrics,
 }
 
 impl Model {
     pub fn new(source: &'static str, metrics: Metrics) -> Self {
-        Model { cluster: Cluster::default(), source, metrics }
+        Model {
+            cluster: Cluster::default(),
+            objects: ServiceObjects::default(),
+            changes: Vec::new(),
+            cluster_changed: false,
+            source,
+            metrics,
+        }
+    }
+
+    /// The Services and slices that changed since the last call, in order.
+    pub fn take_changes(&mut self) -> Vec<SvcChange> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Whether nodes or `synced` changed since the last call.
+    pub fn take_cluster_changed(&mut self) -> bool {
+        std::mem::take(&mut self.cluster_changed)
+    }
+
+    /// Records what changed about `key` (its state now).
+    fn note(&mut self, key: &ObjectKey) {
+        match key.kind {
+            Kind::Node => self.cluster_changed = true,
+            Kind::Service => {
+                let now = self.objects.services.get(&key.path()).cloned();
+                self.changes.push(SvcChange::Service(key.path(), now));
+            }
+            Kind::EndpointSlice => {
+                let now = self.objects.slices.get(&key.path()).cloned();
+                self.changes.push(SvcChange::Slice(key.path(), now));
+            }
+        }
     }
 
     /// Apply one event; true when the cluster state changed.
@@ -120,38 +180,73 @@ impl Model {
                 Some(key) => {
                     let before = self.entry(&key);
                     self.upsert(r);
-                    self.entry(&key) != before
+                    let changed = self.entry(&key) != before;
+                    if changed {
+                        self.note(&key);
+                    }
+                    changed
                 }
                 None => {
                     self.upsert(r);
                     false
                 }
             },
-            Event::Deleted(key) => self.remove(&key),
-            Event::Relisted(kind, objects) => {
-                let before = self.cluster.clone();
-                match kind {
-                    Kind::Node => self.cluster.nodes.clear(),
-                    Kind::Service => self.cluster.services.clear(),
-                    Kind::EndpointSlice => self.cluster.slices.clear(),
+            Event::Deleted(key) => {
+                let changed = self.remove(&key);
+                if changed {
+                    self.note(&key);
                 }
-                for r in objects.into_iter().filter(|r| r.kind() == kind) {
-                    self.upsert(r);
-                }
-                self.cluster != before
+                changed
             }
-            Event::Synced => !std::mem::replace(&mut self.cluster.synced, true),
+            Event::Relisted(kind, objects) => self.relist(kind, objects),
+            Event::Synced => {
+                let changed = !std::mem::replace(&mut self.cluster.synced, true);
+                self.cluster_changed |= changed;
+                changed
+            }
         };
         self.metrics.set(metrics::CONTROLPLANE_SYNCED, &[], if self.cluster.synced { 1.0 } else { 0.0 });
         changed
+    }
+
+    /// A kind listed anew: what is not in the list is gone. Rare (a watch restart), so a whole compare is fine.
+    fn relist(&mut self, kind: Kind, objects: Vec<Resource>) -> bool {
+        let objects = objects.into_iter().filter(|r| r.kind() == kind);
+        match kind {
+            Kind::Node => {
+                let before = std::mem::take(&mut self.cluster.nodes);
+                objects.for_each(|r| self.upsert(r));
+                let changed = self.cluster.nodes != before;
+                self.cluster_changed |= changed;
+                changed
+            }
+            Kind::Service => {
+                let before = std::mem::take(&mut self.objects.services);
+                objects.for_each(|r| self.upsert(r));
+                let after = &self.objects.services;
+                let changes = diff(&before, after).map(|(k, v)| SvcChange::Service(k, v));
+                let n = self.changes.len();
+                self.changes.extend(changes);
+                self.changes.len() > n
+            }
+            Kind::EndpointSlice => {
+                let before = std::mem::take(&mut self.objects.slices);
+                objects.for_each(|r| self.upsert(r));
+                let after = &self.objects.slices;
+                let changes = diff(&before, after).map(|(k, v)| SvcChange::Slice(k, v));
+                let n = self.changes.len();
+                self.changes.extend(changes);
+                self.changes.len() > n
+            }
+        }
     }
 
     /// What the cluster holds for one object (to tell whether an event changed anything).
     fn entry(&self, key: &ObjectKey) -> Entry {
         match key.kind {
             Kind::Node => Entry::Node(self.cluster.nodes.get(&key.name).cloned()),
-            Kind::Service => Entry::Service(self.cluster.services.get(&key.path()).cloned()),
-            Kind::EndpointSlice => Entry::Slice(self.cluster.slices.get(&key.path()).cloned()),
+            Kind::Service => Entry::Service(self.objects.services.get(&key.path()).cloned()),
+            Kind::EndpointSlice => Entry::Slice(self.objects.slices.get(&key.path()).cloned()),
         }
     }
 
@@ -159,8 +254,8 @@ impl Model {
     fn remove(&mut self, key: &ObjectKey) -> bool {
         match key.kind {
             Kind::Node => self.cluster.nodes.remove(&key.name).is_some(),
-            Kind::Service => self.cluster.services.remove(&key.path()).is_some(),
-            Kind::EndpointSlice => self.cluster.slices.remove(&key.path()).is_some(),
+            Kind::Service => self.objects.services.remove(&key.path()).is_some(),
+            Kind::EndpointSlice => self.objects.slices.remove(&key.path()).is_some(),
         }
     }
 
@@ -180,7 +275,7 @@ impl Model {
         match r {
             Resource::Service(s) => match trellis_svc::model::service(&s) {
                 Ok(Some(m)) => {
-                    self.cluster.services.insert(key.path(), m);
+                    self.objects.services.insert(key.path(), m);
                 }
                 // Not for us (ExternalName, headless, another proxy's): as if it did not exist.
                 Ok(None) => {
@@ -194,7 +289,7 @@ impl Model {
                 }
                 Some((ns, svc)) => match trellis_svc::model::endpoints(&s) {
                     Ok(eps) => {
-                        self.cluster.slices.insert(key.path(), (format!("{ns}/{svc}"), eps));
+                        self.objects.slices.insert(key.path(), (format!("{ns}/{svc}"), eps));
                     }
                     Err(e) => self.invalid(&key, "endpointslice", &e),
                 },
@@ -214,6 +309,16 @@ impl Model {
             },
         }
     }
+}
+
+/// Keys whose values differ between `a` and `b`, with their value in `b`.
+fn diff<'a, V: PartialEq + Clone>(
+    a: &'a BTreeMap<String, V>,
+    b: &'a BTreeMap<String, V>,
+) -> impl Iterator<Item = (String, Option<V>)> + 'a {
+    let gone = a.keys().filter(|k| !b.contains_key(*k)).map(|k| (k.clone(), None));
+    let new = b.iter().filter(|(k, v)| a.get(*k) != Some(v)).map(|(k, v)| (k.clone(), Some(v.clone())));
+    gone.chain(new)
 }
 
 #[cfg(test)]
@@ -340,13 +445,13 @@ mod service_tests {
         assert!(model.apply(Event::Applied(svc("10.96.0.10"))), "a new Service changes the cluster");
         assert!(!model.apply(Event::Applied(svc("10.96.0.10"))), "the same Service again does not");
         assert!(model.apply(Event::Applied(slice("10.244.0.5"))));
-        assert_eq!(model.cluster.slices["shop/web-1"].0, "shop/web");
+        assert_eq!(model.objects.slices["shop/web-1"].0, "shop/web");
         assert!(model.apply(Event::Applied(slice("10.244.0.6"))), "a changed slice changes the cluster");
         // A bad Service: logged, counted, and what we knew of it forgotten; the slice stays.
         assert!(model.apply(Event::Applied(svc("not-an-ip"))));
-        assert!(model.cluster.services.is_empty());
+        assert!(model.objects.services.is_empty());
         assert_eq!(m.get(metrics::CONTROLPLANE_INVALID_OBJECTS, &[("source", "test"), ("reason", "service")]), 1.0);
-        assert_eq!(model.cluster.slices.len(), 1);
+        assert_eq!(model.objects.slices.len(), 1);
         let key = ObjectKey { kind: Kind::EndpointSlice, namespace: Some("shop".into()), name: "web-1".into() };
         assert!(model.apply(Event::Deleted(key.clone())));
         assert!(!model.apply(Event::Deleted(key)), "deleting what is gone changes nothing");

@@ -9,37 +9,84 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use trellis_ebpf::common::{LbBackend, LbKey, LbService, NodeConfig, V4, V6};
-use trellis_ebpf::sync::{FamilyDesired, FamilySync, Stats};
+use trellis_ebpf::sync::{FamilyChanged, FamilyDesired, FamilySync, Stats};
 use trellis_ebpf::tables::{KernelLbTables, MapTable};
 use trellis_ebpf::{Datapath, PinDir};
 use trellis_svc::ids::Endpoint3;
-use trellis_svc::{translate, Desired, Endpoint, Ids, NodeContext, ServiceModel};
+use trellis_svc::{translate, Desired, Endpoint, Ids, NodeContext, ServiceModel, Translator};
+
+use crate::model::{ServiceUpdate, SliceInfo, SvcChange};
 
 pub use trellis_ebpf::Error as DatapathError;
 type Result<T> = std::result::Result<T, DatapathError>;
 
-/// Services and slices as last seen, by object key (`namespace/name`).
+/// Services and slices as last seen, by object key (`namespace/name`), with the slices of each Service indexed.
 #[derive(Default)]
 pub struct ServiceState {
     pub services: BTreeMap<String, ServiceModel>,
-    /// slice key -> (owning Service `namespace/name`, its endpoints)
-    pub slices: BTreeMap<String, (String, Vec<Endpoint>)>,
+    /// slice key -> (owning Service `namespace/name`, its endpoints); changed only through `apply`, which keeps
+    /// `by_owner` in step.
+    slices: BTreeMap<String, SliceInfo>,
+    /// Service `namespace/name` -> keys of its slices.
+    by_owner: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl ServiceState {
-    /// Endpoints per Service, every slice of it together.
-    pub fn endpoints(&self) -> BTreeMap<String, Vec<Endpoint>> {
-        let mut out: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
-        for (owner, eps) in self.slices.values() {
-            out.entry(owner.clone()).or_default().extend(eps.iter().cloned());
+    /// Folds one change in; returns the Services whose translation it may change (a slice moving between
+    /// Services touches both).
+    pub fn apply(&mut self, change: SvcChange) -> Vec<String> {
+        match change {
+            SvcChange::Service(key, svc) => {
+                match svc {
+                    Some(s) => self.services.insert(key.clone(), s),
+                    None => self.services.remove(&key),
+                };
+                vec![key]
+            }
+            SvcChange::Slice(key, slice) => {
+                let mut touched = Vec::new();
+                if let Some((owner, _)) = self.slices.remove(&key) {
+                    if let Some(set) = self.by_owner.get_mut(&owner) {
+                        set.remove(&key);
+                        if set.is_empty() {
+                            self.by_owner.remove(&owner);
+                        }
+                    }
+                    touched.push(owner);
+                }
+                if let Some((owner, eps)) = slice {
+                    self.by_owner.entry(owner.clone()).or_default().insert(key.clone());
+                    if !touched.contains(&owner) {
+                        touched.push(owner.clone());
+                    }
+                    self.slices.insert(key, (owner, eps));
+                }
+                touched
+            }
         }
-        out
     }
 
-    /// What the datapath should hold for `node`.
+    /// Every endpoint of Service `id`, all its slices together.
+    pub fn endpoints_of(&self, id: &str) -> Vec<Endpoint> {
+        let keys = self.by_owner.get(id).into_iter().flatten();
+        keys.filter_map(|k| self.slices.get(k)).flat_map(|(_, eps)| eps.iter().cloned()).collect()
+    }
+
+    /// Endpoints per Service, every slice of it together.
+    pub fn endpoints(&self) -> BTreeMap<String, Vec<Endpoint>> {
+        self.by_owner.keys().map(|id| (id.clone(), self.endpoints_of(id))).collect()
+    }
+
+    /// What the datapath should hold for `node`, translated from scratch.
     pub fn desired(&self, node: &NodeContext, ids: &mut Ids) -> Desired {
         let services: Vec<ServiceModel> = self.services.values().cloned().collect();
         translate(&services, &self.endpoints(), node, ids)
+    }
+
+    /// Feeds Service `id` as it is now into `t`.
+    fn feed(&self, t: &mut Translator, id: &str) {
+        let eps = self.endpoints_of(id);
+        t.update(id, self.services.get(id), &eps);
     }
 }
 
@@ -67,18 +114,78 @@ pub fn restore_ids(
     Ok(Ids::restore(backends, frontends))
 }
 
+/// Keeps a node's Service maps equal to the translation of a [`ServiceState`], a change at a time: the
+/// Services fed since the last round are translated again and only the keys that changed are compared and
+/// written; a full round (the first, after an error, repair rounds) compares every entry. The agent's path, and
+/// what the benchmark times.
+pub struct Programmer {
+    /// The translation, kept up to date one Service at a time; holds the ids.
+    pub translator: Translator,
+    sync: (FamilySync<V4>, FamilySync<V6>),
+    /// Services changed since they were last fed to the translator.
+    pub pending: BTreeSet<String>,
+    /// The next round compares every entry, not only the changed ones.
+    full: bool,
+}
+
+impl Programmer {
+    /// Starts from the ids the maps' entries carry (see [`restore_ids`]): the first round finds nothing to
+    /// change when nothing changed.
+    pub fn new(node: NodeContext, ids: Ids) -> Programmer {
+        Programmer { translator: Translator::new(node, ids), sync: Default::default(), pending: BTreeSet::new(), full: true }
+    }
+
+    /// The node's NodePort addresses (or name) changed: every Service of `state` is translated again.
+    pub fn set_node(&mut self, node: NodeContext, state: &ServiceState) {
+        let t = self.translator.node();
+        if t.name != node.name || t.node_port_addresses != node.node_port_addresses {
+            self.pending.extend(state.services.keys().cloned());
+            self.translator.set_node(node);
+        }
+    }
+
+    /// The next round compares every entry with the maps.
+    pub fn resync(&mut self) {
+        self.full = true;
+    }
+
+    /// Translates the pending Services of `state` and writes the difference into `tables`.
+    pub fn sync(&mut self, state: &ServiceState, tables: &mut KernelLbTables) -> Result<Stats> {
+        for id in std::mem::take(&mut self.pending) {
+            state.feed(&mut self.translator, &id);
+        }
+        let full = std::mem::take(&mut self.full);
+        if full {
+            // Ids restored from the maps whose entries no Service wants any more.
+            self.translator.prune_ids();
+        }
+        let dirty = self.translator.take_dirty();
+        let d = self.translator.desired();
+        let v4 = FamilyDesired { services: &d.v4.services, backends: &d.v4.backends, rev_nat: &d.v4.rev_nat };
+        let v6 = FamilyDesired { services: &d.v6.services, backends: &d.v6.backends, rev_nat: &d.v6.rev_nat };
+        let c4 = FamilyChanged { services: &dirty.v4.services, backends: &dirty.v4.backends, rev_nat: &dirty.v4.rev_nat };
+        let c6 = FamilyChanged { services: &dirty.v6.services, backends: &dirty.v6.backends, rev_nat: &dirty.v6.rev_nat };
+        let r = tables.sync(&mut self.sync, &v4, &v6, (!full).then_some((&c4, &c6)));
+        if r.is_err() {
+            // The changed keys were taken: the next round compares everything.
+            self.full = true;
+        }
+        r
+    }
+
+    /// Frontends refused because another Service holds them.
+    pub fn conflicts(&self) -> Vec<String> {
+        self.translator.conflicts()
+    }
+}
+
 /// The node's service proxy over the real datapath.
 pub struct ServiceProxy {
     pub datapath: Datapath,
-    tables: KernelLbTables,
-    sync: (FamilySync<V4>, FamilySync<V6>),
-    pub ids: Ids,
-    pub node: NodeContext,
-    pub state: ServiceState,
+    pub tables: KernelLbTables,
+    pub programmer: Programmer,
     /// Host veths the pod programs are attached to.
     attached: BTreeSet<String>,
-    /// Frontends refused because another Service holds them (from the last sync).
-    pub conflicts: Vec<String>,
 }
 
 impl ServiceProxy {
@@ -87,41 +194,12 @@ impl ServiceProxy {
         let datapath = Datapath::load(pins.clone())?;
         let tables = KernelLbTables::open(&pins)?;
         let ids = restore_ids(&tables.be4, &tables.be6, &tables.svc4, &tables.svc6)?;
-        Ok(ServiceProxy {
-            datapath,
-            tables,
-            sync: Default::default(),
-            ids,
-            node,
-            state: ServiceState::default(),
-            attached: BTreeSet::new(),
-            conflicts: Vec::new(),
-        })
+        Ok(ServiceProxy { datapath, tables, programmer: Programmer::new(node, ids), attached: BTreeSet::new() })
     }
 
-    /// A Service changed (`None`: deleted, or not one the proxy serves).
-    pub fn set_service(&mut self, key: &str, svc: Option<ServiceModel>) {
-        match svc {
-            Some(s) => self.state.services.insert(key.to_string(), s),
-            None => self.state.services.remove(key),
-        };
-    }
-
-    /// An EndpointSlice changed (`None`: deleted).
-    pub fn set_slice(&mut self, key: &str, slice: Option<(String, Vec<Endpoint>)>) {
-        match slice {
-            Some(s) => self.state.slices.insert(key.to_string(), s),
-            None => self.state.slices.remove(key),
-        };
-    }
-
-    /// Translates the current state and writes the difference into the maps.
-    pub fn sync(&mut self) -> Result<Stats> {
-        let d = self.state.desired(&self.node, &mut self.ids);
-        self.conflicts = d.conflicts.clone();
-        let v4 = FamilyDesired { services: &d.v4.services, backends: &d.v4.backends, rev_nat: &d.v4.rev_nat };
-        let v6 = FamilyDesired { services: &d.v6.services, backends: &d.v6.backends, rev_nat: &d.v6.rev_nat };
-        self.tables.sync(&mut self.sync, &v4, &v6)
+    /// Translates what changed and writes the difference into the maps.
+    pub fn sync(&mut self, state: &ServiceState) -> Result<Stats> {
+        self.programmer.sync(state, &mut self.tables)
     }
 
     /// Attaches the pod programs to every host veth in `veths` not attached yet (in the calling thread's network
@@ -187,8 +265,13 @@ mod tests {
         }))
         .unwrap();
         let mut st = ServiceState::default();
-        st.services.insert("default/web".into(), model::service(&svc).unwrap().unwrap());
-        st.slices.insert("default/web-1".into(), ("default/web".into(), model::endpoints(&slice).unwrap()));
+        st.apply(SvcChange::Service("default/web".into(), Some(model::service(&svc).unwrap().unwrap())));
+        let touched = st.apply(SvcChange::Slice(
+            "default/web-1".into(),
+            Some(("default/web".into(), model::endpoints(&slice).unwrap())),
+        ));
+        assert_eq!(touched, vec!["default/web".to_string()]);
+        assert_eq!(st.endpoints_of("default/web").len(), 2);
         let node = NodeContext { name: "n1".into(), node_port_addresses: vec![] };
         // Ids from an earlier life, far from 1, so a fresh allocator could not guess them.
         let mut ids = Ids::restore(
@@ -228,18 +311,28 @@ pub struct ServicesConfig {
     pub repair_interval: std::time::Duration,
 }
 
-/// The service proxy's worker: one round per cluster snapshot, and a repair round (attachments) every
-/// `repair_interval`. Runs on its own thread, in the node's network namespace.
+/// The service proxy's worker: one round per burst of updates, and a repair round (attachments, every entry
+/// compared with the maps) every `repair_interval`. Runs on its own thread, in the node's network namespace.
 pub struct ServiceWorker {
     cfg: ServicesConfig,
     proxy: Option<ServiceProxy>,
+    /// The Services and slices seen so far (kept apart from the proxy: a reopened proxy is fed them again).
+    state: ServiceState,
+    cluster: std::sync::Arc<crate::model::Cluster>,
     metrics: crate::metrics::Metrics,
     last_error: Option<String>,
 }
 
 impl ServiceWorker {
     pub fn new(cfg: ServicesConfig, metrics: crate::metrics::Metrics) -> Self {
-        ServiceWorker { cfg, proxy: None, metrics, last_error: None }
+        ServiceWorker {
+            cfg,
+            proxy: None,
+            state: ServiceState::default(),
+            cluster: Default::default(),
+            metrics,
+            last_error: None,
+        }
     }
 
     fn report(&mut self, what: &str, e: &dyn std::fmt::Display) {
@@ -250,15 +343,40 @@ impl ServiceWorker {
         }
     }
 
-    /// One round; false when something failed (the caller retries sooner).
-    pub fn round(&mut self, cluster: &crate::model::Cluster) -> bool {
+    /// Folds a burst of updates in; true when it says the interfaces changed.
+    pub fn take(&mut self, burst: Vec<ServiceUpdate>) -> bool {
+        let mut links = false;
+        for u in burst {
+            match u {
+                ServiceUpdate::Objects { cluster, changes } => {
+                    self.cluster = cluster;
+                    for c in changes {
+                        let touched = self.state.apply(c);
+                        if let Some(p) = self.proxy.as_mut() {
+                            p.programmer.pending.extend(touched);
+                        }
+                    }
+                }
+                ServiceUpdate::Links => links = true,
+            }
+        }
+        links
+    }
+
+    /// One round; false when something failed (the caller retries sooner). `repair`: also compare every entry
+    /// with the maps; `links`: interfaces changed. Attachments are checked on either, and when the node changed.
+    pub fn round(&mut self, repair: bool, links: bool) -> bool {
         use crate::metrics as m;
+        let cluster = self.cluster.clone();
+        let mut repair = repair;
         if self.proxy.is_none() {
             let node = NodeContext { name: self.cfg.node_name.clone(), node_port_addresses: vec![] };
             match ServiceProxy::open(PinDir::at(&self.cfg.pins), node) {
-                Ok(p) => {
+                Ok(mut p) => {
                     tracing::info!(pins = %self.cfg.pins.display(), "eBPF datapath loaded");
+                    p.programmer.pending.extend(self.state.services.keys().cloned());
                     self.proxy = Some(p);
+                    repair = true;
                 }
                 Err(e) => {
                     self.metrics.set(m::DATAPATH_UP, &[], 0.0);
@@ -270,26 +388,34 @@ impl ServiceWorker {
         self.metrics.set(m::DATAPATH_UP, &[], 1.0);
         let mut ok = true;
         let me = cluster.nodes.get(&self.cfg.node_name);
-        let addrs: Vec<IpAddr> = me
-            .map(|n| n.internal_ips.clone())
-            .unwrap_or_default()
-            .into_iter()
+        let node_ips: Vec<IpAddr> = me.map(|n| n.internal_ips.clone()).unwrap_or_default();
+        let addrs: Vec<IpAddr> = node_ips
+            .iter()
+            .copied()
             .filter(|ip| self.cfg.node_port_cidrs.is_empty() || self.cfg.node_port_cidrs.iter().any(|c| c.contains(ip)))
             .collect();
-        if let Err(e) = self.attach(me.map(|n| n.internal_ips.as_slice()).unwrap_or(&[])) {
-            self.report("attaching the datapath", &e);
-            ok = false;
+        let node_changed = {
+            let t = self.proxy.as_ref().expect("opened above").programmer.translator.node();
+            t.node_port_addresses != addrs
+        };
+        // Attachments: on repair rounds, when the node changed, and when a new pod may have come (its veth).
+        if repair || links || node_changed {
+            if let Err(e) = self.attach(&node_ips) {
+                self.report("attaching the datapath", &e);
+                ok = false;
+            }
         }
         let proxy = self.proxy.as_mut().expect("opened above");
-        proxy.node.node_port_addresses = addrs;
-        proxy.state.services = cluster.services.clone();
-        proxy.state.slices = cluster.slices.clone();
+        proxy.programmer.set_node(NodeContext { name: self.cfg.node_name.clone(), node_port_addresses: addrs }, &self.state);
         // Before the first complete list, a missing Service only means "not listed yet": write nothing (the
         // pinned maps keep serving what the previous agent wrote).
         if !cluster.synced {
             return ok;
         }
-        match proxy.sync() {
+        if repair {
+            proxy.programmer.resync();
+        }
+        match proxy.sync(&self.state) {
             Ok(st) => {
                 self.metrics.inc(m::SERVICE_SYNCS, &[]);
                 for (action, n) in [("put", st.puts), ("delete", st.deletes), ("ct_purge", st.ct_purged)] {
@@ -298,7 +424,7 @@ impl ServiceWorker {
                     }
                 }
                 if st.puts + st.deletes > 0 {
-                    tracing::info!(
+                    tracing::debug!(
                         puts = st.puts,
                         deletes = st.deletes,
                         ct_purged = st.ct_purged,
@@ -314,16 +440,19 @@ impl ServiceWorker {
             }
         }
         let proxy = self.proxy.as_ref().expect("opened above");
-        self.metrics.set(m::SERVICES, &[], proxy.state.services.len() as f64);
-        if proxy.conflicts.len() as f64 != self.metrics.get(m::SERVICE_FRONTEND_CONFLICTS, &[]) {
-            for c in &proxy.conflicts {
+        self.metrics.set(m::SERVICES, &[], self.state.services.len() as f64);
+        let conflicts = proxy.programmer.conflicts();
+        if conflicts.len() as f64 != self.metrics.get(m::SERVICE_FRONTEND_CONFLICTS, &[]) {
+            for c in &conflicts {
                 tracing::warn!("service frontend conflict: {c}");
             }
         }
-        self.metrics.set(m::SERVICE_FRONTEND_CONFLICTS, &[], proxy.conflicts.len() as f64);
-        if let Ok(c) = trellis_ebpf::tables::read_counters(proxy.datapath.pins()) {
-            for (i, name) in trellis_ebpf::common::counter::NAMES.iter().enumerate() {
-                self.metrics.set(m::DATAPATH_PACKETS, &[("name", name)], c[i] as f64);
+        self.metrics.set(m::SERVICE_FRONTEND_CONFLICTS, &[], conflicts.len() as f64);
+        if repair {
+            if let Ok(c) = trellis_ebpf::tables::read_counters(proxy.datapath.pins()) {
+                for (i, name) in trellis_ebpf::common::counter::NAMES.iter().enumerate() {
+                    self.metrics.set(m::DATAPATH_PACKETS, &[("name", name)], c[i] as f64);
+                }
             }
         }
         if ok {
@@ -376,13 +505,15 @@ impl ServiceWorker {
     }
 }
 
-/// Runs the service worker on the current thread until the sender is dropped (see `agent::snapshot_loop`).
+/// Runs the service worker on the current thread until the sender is dropped (see `agent::update_loop`).
 /// A panic inside a round (a bug, or a library's) is caught, logged and counted, and the datapath reopened on the
 /// next round: the agent keeps running, and the pinned maps keep serving meanwhile.
-pub fn services_loop(mut w: ServiceWorker, rx: std::sync::mpsc::Receiver<std::sync::Arc<crate::model::Cluster>>) {
+pub fn services_loop(mut w: ServiceWorker, rx: std::sync::mpsc::Receiver<ServiceUpdate>) {
     let repair = w.cfg.repair_interval;
-    crate::agent::snapshot_loop(repair, rx, |c| {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.round(c))) {
+    crate::agent::update_loop(repair, rx, |burst| {
+        let is_repair = burst.is_empty();
+        let links = w.take(burst);
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.round(is_repair, links))) {
             Ok(ok) => ok,
             Err(p) => {
                 let what =
@@ -394,4 +525,79 @@ pub fn services_loop(mut w: ServiceWorker, rx: std::sync::mpsc::Receiver<std::sy
             }
         }
     });
+}
+
+/// Sends [`ServiceUpdate::Links`] whenever a network interface of this netns appears, goes or changes (rtnetlink's
+/// link group), so a new pod's veth gets the pod programs at once rather than at the next repair round. Blocks;
+/// returns when the receiver is gone or the socket fails.
+pub fn watch_links(tx: std::sync::mpsc::Sender<ServiceUpdate>) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain socket calls on a socket this function owns; `buf` outlives every recv.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as u16;
+    sa.nl_groups = libc::RTMGRP_LINK as u32;
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                // Events were lost (a burst): still worth a round.
+                Some(libc::ENOBUFS) => {}
+                Some(libc::EINTR) => continue,
+                _ => return Err(e),
+            }
+        }
+        if tx.send(ServiceUpdate::Links).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+
+    fn ep(ip: &str) -> Endpoint {
+        Endpoint {
+            address: ip.parse().unwrap(),
+            node: None,
+            ready: true,
+            serving: true,
+            terminating: false,
+            ports: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_slice_moving_between_services_touches_both_and_endpoints_follow() {
+        let mut st = ServiceState::default();
+        assert_eq!(st.apply(SvcChange::Slice("ns/a-1".into(), Some(("ns/a".into(), vec![ep("10.0.0.1")])))), ["ns/a"]);
+        st.apply(SvcChange::Slice("ns/a-2".into(), Some(("ns/a".into(), vec![ep("10.0.0.2")]))));
+        assert_eq!(st.endpoints_of("ns/a").len(), 2);
+        // The slice's owner label changes: both Services are touched.
+        let touched = st.apply(SvcChange::Slice("ns/a-2".into(), Some(("ns/b".into(), vec![ep("10.0.0.2")]))));
+        assert_eq!(touched, ["ns/a", "ns/b"]);
+        assert_eq!(st.endpoints_of("ns/a").len(), 1);
+        assert_eq!(st.endpoints_of("ns/b").len(), 1);
+        assert_eq!(st.apply(SvcChange::Slice("ns/a-1".into(), None)), ["ns/a"]);
+        assert!(st.endpoints_of("ns/a").is_empty());
+        assert_eq!(st.endpoints().keys().collect::<Vec<_>>(), ["ns/b"]);
+        assert!(st.apply(SvcChange::Slice("ns/gone".into(), None)).is_empty());
+    }
 }

@@ -48,6 +48,13 @@ impl IdTable {
         self.next = self.next.max(id);
     }
 
+    /// Frees the id of `key` (it is not handed out again before the counter wraps).
+    pub fn release(&mut self, key: &Endpoint3) {
+        if let Some(id) = self.ids.remove(key) {
+            self.used.remove(&id);
+        }
+    }
+
     /// Frees every id whose key is not in `live`.
     pub fn retain(&mut self, live: &BTreeSet<Endpoint3>) {
         let used = &mut self.used;

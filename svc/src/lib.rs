@@ -10,7 +10,7 @@ pub mod translate;
 
 pub use ids::Ids;
 pub use model::{Endpoint, PortMapping, Proto, ServiceModel};
-pub use translate::{translate, Desired, FamilyMaps, NodeContext};
+pub use translate::{translate, Desired, Dirty, DirtyKeys, FamilyMaps, NodeContext, Translator};
 
 /// Why an object from the control plane was refused. The agent logs it, counts it and skips the object.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -85,100 +85,326 @@ fn usable(svc: &ServiceModel, port: &PortMapping, eps: &[Endpoint], node: &str) 
     (all.into_iter().collect(), local.into_iter().collect())
 }
 
-/// Translates every Service. `endpoints` holds each Service's endpoints by `namespace/name`.
+/// One frontend as a Service plans it, before ids: what it serves and to whom.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FrontendPlan {
+    flags: u16,
+    affinity_timeout: u32,
+    /// (scope, backends in slot order)
+    scopes: Vec<(u8, Vec<Be>)>,
+    proto_name: &'static str,
+}
+
+type Plan = Vec<(Endpoint3, FrontendPlan)>;
+
+fn find<'a>(plan: &'a Plan, fe: &Endpoint3) -> Option<&'a FrontendPlan> {
+    plan.iter().find(|(k, _)| k == fe).map(|(_, p)| p)
+}
+
+/// Every frontend one Service claims, in the order ports and addresses come (ids are allocated in that order).
+fn plan_service(svc: &ServiceModel, eps: &[Endpoint], node: &NodeContext) -> Plan {
+    let mut out: Plan = Vec::new();
+    for port in &svc.ports {
+        let (all, local) = usable(svc, port, eps, &node.name);
+        let proto = port.proto.number();
+        let mut frontends: Vec<(IpAddr, u16, u16, bool)> = Vec::new(); // addr, port, kind flag, external
+        for ip in &svc.cluster_ips {
+            frontends.push((*ip, port.port, svc_flags::CLUSTER_IP, false));
+        }
+        if let Some(np) = port.node_port {
+            // A NodePort is served in the Service's own families (those of its ClusterIPs).
+            let families: Vec<bool> = svc.cluster_ips.iter().map(IpAddr::is_ipv4).collect();
+            let in_family = |ip: &&IpAddr| families.is_empty() || families.contains(&ip.is_ipv4());
+            for ip in node.node_port_addresses.iter().filter(in_family) {
+                frontends.push((*ip, np, svc_flags::NODE_PORT, true));
+            }
+        }
+        for ip in &svc.external_ips {
+            frontends.push((*ip, port.port, svc_flags::EXTERNAL_IP, true));
+        }
+        for ip in &svc.lb_ips {
+            frontends.push((*ip, port.port, svc_flags::LOAD_BALANCER, true));
+        }
+        for (addr, fport, kind, external) in frontends {
+            let fam = |v: &[Be]| -> Vec<Be> { v.iter().filter(|b| b.addr.is_ipv4() == addr.is_ipv4()).copied().collect() };
+            let (all, local) = (fam(&all), fam(&local));
+            let mut flags = kind;
+            let mut scopes: Vec<(u8, Vec<Be>)> = Vec::new();
+            if !external {
+                if svc.itp_local {
+                    flags |= svc_flags::ITP_LOCAL;
+                    scopes.push((scope::EXTERNAL, local));
+                } else {
+                    scopes.push((scope::EXTERNAL, all));
+                }
+            } else if svc.etp_local && !all.is_empty() {
+                flags |= svc_flags::ETP_LOCAL | svc_flags::TWO_SCOPES;
+                scopes.push((scope::EXTERNAL, local));
+                scopes.push((scope::INTERNAL, all));
+            } else {
+                scopes.push((scope::EXTERNAL, all));
+            }
+            if svc.affinity.is_some() {
+                flags |= svc_flags::AFFINITY;
+            }
+            let plan = FrontendPlan {
+                flags,
+                affinity_timeout: svc.affinity.unwrap_or(0),
+                scopes,
+                proto_name: port.proto.name(),
+            };
+            // The same frontend twice in one Service (two ports alike): the first wins.
+            if find(&out, &(addr, fport, proto)).is_none() {
+                out.push(((addr, fport, proto), plan));
+            }
+        }
+    }
+    out
+}
+
+/// Map keys touched since the last [`Translator::take_dirty`]: the only ones a reconciler needs to look at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirtyKeys<A> {
+    pub services: BTreeSet<LbKey<A>>,
+    pub backends: BTreeSet<u32>,
+    pub rev_nat: BTreeSet<u32>,
+}
+
+impl<A> Default for DirtyKeys<A> {
+    fn default() -> Self {
+        DirtyKeys { services: BTreeSet::new(), backends: BTreeSet::new(), rev_nat: BTreeSet::new() }
+    }
+}
+
+impl<A> DirtyKeys<A> {
+    pub fn len(&self) -> usize {
+        self.services.len() + self.backends.len() + self.rev_nat.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dirty {
+    pub v4: DirtyKeys<V4>,
+    pub v6: DirtyKeys<V6>,
+}
+
+impl Dirty {
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The translation kept up to date one Service at a time: a change costs that Service's entries, not the whole
+/// cluster's. It holds every Service's plan, who claims each frontend (the first by `namespace/name` owns it), the
+/// entries the owners' plans give, how many frontends use each backend (its id lives while one does), and which
+/// keys changed since the reconciler last looked.
+#[derive(Clone, Debug, Default)]
+pub struct Translator {
+    node: NodeContext,
+    pub ids: Ids,
+    plans: BTreeMap<String, Plan>,
+    claims: BTreeMap<Endpoint3, BTreeSet<String>>,
+    /// Frontends materialized in `desired`: (owner, the plan its entries came from).
+    installed: BTreeMap<Endpoint3, (String, FrontendPlan)>,
+    /// Backend -> how many frontend slots use it, by the flags each gives it (its entry carries their union,
+    /// so it does not depend on the order Services come in).
+    backend_refs: BTreeMap<Endpoint3, BTreeMap<u8, u32>>,
+    desired: Desired,
+    dirty: Dirty,
+}
+
+impl Translator {
+    /// Starts from `ids` (restored from the pinned maps, or empty), so the entries come out with the ids the
+    /// datapath already uses.
+    pub fn new(node: NodeContext, ids: Ids) -> Translator {
+        Translator { node, ids, ..Default::default() }
+    }
+
+    pub fn node(&self) -> &NodeContext {
+        &self.node
+    }
+
+    /// The node's name or NodePort addresses changed. Plans made for the old node stay until each Service is
+    /// [`update`](Translator::update)d again: the caller feeds them all.
+    pub fn set_node(&mut self, node: NodeContext) {
+        self.node = node;
+    }
+
+    /// Frees the ids (restored from the maps, or of a Service never fed again) that no installed frontend uses.
+    pub fn prune_ids(&mut self) {
+        let mut live_be = BTreeSet::new();
+        let mut live_fe = BTreeSet::new();
+        for ((addr, port, proto), (_, plan)) in &self.installed {
+            live_fe.insert((*addr, *port, *proto));
+            for (_, bes) in &plan.scopes {
+                live_be.extend(bes.iter().map(|b| (b.addr, b.port, *proto)));
+            }
+        }
+        self.ids.backends.retain(&live_be);
+        self.ids.frontends.retain(&live_fe);
+    }
+
+    /// Service `id` (`namespace/name`) is now `svc` with `endpoints` (`None`: gone, or not one we serve).
+    pub fn update(&mut self, id: &str, svc: Option<&ServiceModel>, endpoints: &[Endpoint]) {
+        let new = svc.map(|s| plan_service(s, endpoints, &self.node)).unwrap_or_default();
+        let old = if new.is_empty() { self.plans.remove(id) } else { self.plans.insert(id.to_string(), new) };
+        let old = old.unwrap_or_default();
+        let new_keys: Vec<Endpoint3> = self.plans.get(id).map(|p| p.iter().map(|(k, _)| *k).collect()).unwrap_or_default();
+        let gone: Vec<Endpoint3> = old.iter().map(|(k, _)| *k).filter(|fe| !new_keys.contains(fe)).collect();
+        for fe in &gone {
+            if let Some(c) = self.claims.get_mut(fe) {
+                c.remove(id);
+                if c.is_empty() {
+                    self.claims.remove(fe);
+                }
+            }
+        }
+        for fe in &new_keys {
+            self.claims.entry(*fe).or_default().insert(id.to_string());
+        }
+        // In plan order, so a Service planned from scratch gets its ids in the order of its ports and addresses.
+        for fe in new_keys.into_iter().chain(gone) {
+            self.settle(fe);
+        }
+    }
+
+    /// Makes frontend `fe`'s entries those of its owner's plan (or none).
+    fn settle(&mut self, fe: Endpoint3) {
+        let want = self
+            .claims
+            .get(&fe)
+            .and_then(|c| c.iter().next())
+            .and_then(|owner| self.plans.get(owner).and_then(|p| find(p, &fe)).map(|p| (owner.clone(), p.clone())));
+        let have = self.installed.get(&fe);
+        if have == want.as_ref() {
+            return;
+        }
+        let old = self.installed.remove(&fe);
+        // New entries first (ids of backends that stay are kept by their references), then the old ones' rest.
+        let mut new_keys = BTreeSet::new();
+        if let Some((owner, plan)) = want {
+            self.materialize(fe, &plan, &mut new_keys);
+            self.installed.insert(fe, (owner, plan));
+        }
+        if let Some((_, plan)) = old {
+            self.unmaterialize(fe, &plan, &new_keys);
+        }
+    }
+
+    fn materialize(&mut self, fe: Endpoint3, plan: &FrontendPlan, keys: &mut BTreeSet<(u8, u16)>) {
+        let (addr, fport, proto) = fe;
+        let rev = self.ids.frontends.get_or_alloc(fe);
+        for (sc, bes) in &plan.scopes {
+            let mut slot0 = LbService { rev_nat_id: rev, count: bes.len() as u16, flags: plan.flags, ..Default::default() };
+            slot0.affinity_timeout = plan.affinity_timeout;
+            let mut slots = Vec::with_capacity(bes.len());
+            for be in bes {
+                let key: Endpoint3 = (be.addr, be.port, proto);
+                let id = self.ids.backends.get_or_alloc(key);
+                let refs = self.backend_refs.entry(key).or_default();
+                *refs.entry(be.flags).or_default() += 1;
+                let flags = refs.keys().fold(0, |a, f| a | f);
+                slots.push(id);
+                put_backend(&mut self.desired, &mut self.dirty, id, &Be { flags, ..*be }, proto);
+            }
+            for s in 0..=slots.len() as u16 {
+                keys.insert((*sc, s));
+            }
+            put_frontend(&mut self.desired, &mut self.dirty, addr, fport, proto, *sc, slot0, &slots);
+        }
+        put_rev_nat(&mut self.desired, &mut self.dirty, rev, addr, fport);
+    }
+
+    /// Drops what `plan` put for `fe` except the slots in `keep` (the new plan's), releasing backends no
+    /// frontend uses any more; the frontend's own id only when nothing replaced it.
+    fn unmaterialize(&mut self, fe: Endpoint3, plan: &FrontendPlan, keep: &BTreeSet<(u8, u16)>) {
+        let (addr, fport, proto) = fe;
+        for (sc, bes) in &plan.scopes {
+            for s in 0..=bes.len() as u16 {
+                if !keep.contains(&(*sc, s)) {
+                    remove_frontend_slot(&mut self.desired, &mut self.dirty, addr, fport, proto, *sc, s);
+                }
+            }
+            for be in bes {
+                let key: Endpoint3 = (be.addr, be.port, proto);
+                let Some(refs) = self.backend_refs.get_mut(&key) else { continue };
+                if let Some(n) = refs.get_mut(&be.flags) {
+                    *n -= 1;
+                    if *n == 0 {
+                        refs.remove(&be.flags);
+                    }
+                }
+                let Some(id) = self.ids.backends.get(&key) else { continue };
+                if refs.is_empty() {
+                    self.backend_refs.remove(&key);
+                    remove_backend(&mut self.desired, &mut self.dirty, id, addr.is_ipv4());
+                    self.ids.backends.release(&key);
+                } else {
+                    let flags = refs.keys().fold(0, |a, f| a | f);
+                    put_backend(&mut self.desired, &mut self.dirty, id, &Be { flags, ..*be }, proto);
+                }
+            }
+        }
+        if keep.is_empty() {
+            if let Some(rev) = self.ids.frontends.get(&fe) {
+                remove_rev_nat(&mut self.desired, &mut self.dirty, rev, addr.is_ipv4());
+            }
+            self.ids.frontends.release(&fe);
+        }
+    }
+
+    /// Every entry the datapath should hold now.
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    /// The keys changed since the last call (all of them after [`Translator::new`]).
+    pub fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Frontends claimed by more than one Service: "frontend: kept by A, refused for B".
+    pub fn conflicts(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (fe, claimants) in self.claims.iter().filter(|(_, c)| c.len() > 1) {
+            let (addr, port, _) = fe;
+            let mut it = claimants.iter();
+            let owner = it.next().expect("more than one");
+            for loser in it {
+                let proto = self.plans.get(loser).and_then(|p| find(p, fe)).map_or("?", |p| p.proto_name);
+                out.push(format!("{addr}:{port}/{proto}: kept by {owner}, refused for {loser}"));
+            }
+        }
+        out
+    }
+}
+
+/// Translates every Service from scratch (what [`Translator`] keeps up to date one change at a time).
+/// `endpoints` holds each Service's endpoints by `namespace/name`; ids of entries that are gone are freed.
 pub fn translate(
     services: &[ServiceModel],
     endpoints: &BTreeMap<String, Vec<Endpoint>>,
     node: &NodeContext,
     ids: &mut Ids,
 ) -> Desired {
-    let mut out = Desired::default();
+    let mut t = Translator::new(node.clone(), std::mem::take(ids));
     let mut sorted: Vec<&ServiceModel> = services.iter().collect();
     sorted.sort_by_key(|s| s.id());
-    let mut owners: BTreeMap<Endpoint3, String> = BTreeMap::new();
-    let mut live_be = BTreeSet::new();
-    let mut live_fe = BTreeSet::new();
     let none = Vec::new();
     for svc in sorted {
-        let eps = endpoints.get(&svc.id()).unwrap_or(&none);
-        for port in &svc.ports {
-            let (all, local) = usable(svc, port, eps, &node.name);
-            let proto = port.proto.number();
-            let mut frontends: Vec<(IpAddr, u16, u16, bool)> = Vec::new(); // addr, port, kind flag, external
-            for ip in &svc.cluster_ips {
-                frontends.push((*ip, port.port, svc_flags::CLUSTER_IP, false));
-            }
-            if let Some(np) = port.node_port {
-                // A NodePort is served in the Service's own families (those of its ClusterIPs).
-                let families: Vec<bool> = svc.cluster_ips.iter().map(IpAddr::is_ipv4).collect();
-                let in_family = |ip: &&IpAddr| families.is_empty() || families.contains(&ip.is_ipv4());
-                for ip in node.node_port_addresses.iter().filter(in_family) {
-                    frontends.push((*ip, np, svc_flags::NODE_PORT, true));
-                }
-            }
-            for ip in &svc.external_ips {
-                frontends.push((*ip, port.port, svc_flags::EXTERNAL_IP, true));
-            }
-            for ip in &svc.lb_ips {
-                frontends.push((*ip, port.port, svc_flags::LOAD_BALANCER, true));
-            }
-            for (addr, fport, kind, external) in frontends {
-                let fe: Endpoint3 = (addr, fport, proto);
-                if let Some(owner) = owners.get(&fe) {
-                    if *owner != svc.id() {
-                        out.conflicts.push(format!(
-                            "{addr}:{fport}/{}: kept by {owner}, refused for {}",
-                            port.proto.name(),
-                            svc.id()
-                        ));
-                    }
-                    continue;
-                }
-                owners.insert(fe, svc.id());
-                let fam = |v: &[Be]| -> Vec<Be> {
-                    v.iter().filter(|b| b.addr.is_ipv4() == addr.is_ipv4()).copied().collect()
-                };
-                let (all, local) = (fam(&all), fam(&local));
-                let mut flags = kind;
-                let mut scopes: Vec<(u8, Vec<Be>)> = Vec::new();
-                if !external {
-                    if svc.itp_local {
-                        flags |= svc_flags::ITP_LOCAL;
-                        scopes.push((scope::EXTERNAL, local));
-                    } else {
-                        scopes.push((scope::EXTERNAL, all));
-                    }
-                } else if svc.etp_local && !all.is_empty() {
-                    flags |= svc_flags::ETP_LOCAL | svc_flags::TWO_SCOPES;
-                    scopes.push((scope::EXTERNAL, local));
-                    scopes.push((scope::INTERNAL, all));
-                } else {
-                    scopes.push((scope::EXTERNAL, all));
-                }
-                if svc.affinity.is_some() {
-                    flags |= svc_flags::AFFINITY;
-                }
-                let rev = ids.frontends.get_or_alloc(fe);
-                live_fe.insert(fe);
-                for (sc, bes) in scopes {
-                    let mut slot0 = LbService { rev_nat_id: rev, count: bes.len() as u16, flags, ..Default::default() };
-                    slot0.affinity_timeout = svc.affinity.unwrap_or(0);
-                    let mut slots = Vec::with_capacity(bes.len());
-                    for be in &bes {
-                        let key: Endpoint3 = (be.addr, be.port, proto);
-                        let id = ids.backends.get_or_alloc(key);
-                        live_be.insert(key);
-                        slots.push(id);
-                        put_backend(&mut out, id, be, proto);
-                    }
-                    put_frontend(&mut out, addr, fport, proto, sc, slot0, &slots);
-                }
-                put_rev_nat(&mut out, rev, addr, fport);
-            }
-        }
+        let id = svc.id();
+        t.update(&id, Some(svc), endpoints.get(&id).unwrap_or(&none));
     }
-    ids.backends.retain(&live_be);
-    ids.frontends.retain(&live_fe);
+    t.prune_ids();
+    let mut out = std::mem::take(&mut t.desired);
+    out.conflicts = t.conflicts();
+    *ids = t.ids;
     out
 }
 
@@ -186,39 +412,94 @@ fn lb_key<A>(address: A, port: u16, proto: u8, scope: u8, slot: u16) -> LbKey<A>
     LbKey { address, dport: port.to_be(), backend_slot: slot, proto, scope, _pad: [0; 2] }
 }
 
-fn put_frontend(out: &mut Desired, addr: IpAddr, port: u16, proto: u8, sc: u8, slot0: LbService, slots: &[u32]) {
+#[allow(clippy::too_many_arguments)]
+fn put_frontend(
+    out: &mut Desired,
+    dirty: &mut Dirty,
+    addr: IpAddr,
+    port: u16,
+    proto: u8,
+    sc: u8,
+    slot0: LbService,
+    slots: &[u32],
+) {
     let entries = std::iter::once((0u16, slot0)).chain(slots.iter().enumerate().map(|(i, id)| {
         (i as u16 + 1, LbService { backend_id: *id, rev_nat_id: slot0.rev_nat_id, ..Default::default() })
     }));
-    match addr {
-        IpAddr::V4(a) => out.v4.services.extend(entries.map(|(s, v)| (lb_key(a.octets(), port, proto, sc, s), v))),
-        IpAddr::V6(a) => out.v6.services.extend(entries.map(|(s, v)| (lb_key(a.octets(), port, proto, sc, s), v))),
+    for (s, v) in entries {
+        match addr {
+            IpAddr::V4(a) => {
+                let k = lb_key(a.octets(), port, proto, sc, s);
+                out.v4.services.insert(k, v);
+                dirty.v4.services.insert(k);
+            }
+            IpAddr::V6(a) => {
+                let k = lb_key(a.octets(), port, proto, sc, s);
+                out.v6.services.insert(k, v);
+                dirty.v6.services.insert(k);
+            }
+        }
     }
 }
 
-fn put_backend(out: &mut Desired, id: u32, be: &Be, proto: u8) {
-    match be.addr {
+fn remove_frontend_slot(out: &mut Desired, dirty: &mut Dirty, addr: IpAddr, port: u16, proto: u8, sc: u8, s: u16) {
+    match addr {
         IpAddr::V4(a) => {
-            out.v4
-                .backends
-                .insert(id, LbBackend { address: a.octets(), port: be.port.to_be(), proto, flags: be.flags });
+            let k = lb_key(a.octets(), port, proto, sc, s);
+            out.v4.services.remove(&k);
+            dirty.v4.services.insert(k);
         }
         IpAddr::V6(a) => {
-            out.v6
-                .backends
-                .insert(id, LbBackend { address: a.octets(), port: be.port.to_be(), proto, flags: be.flags });
+            let k = lb_key(a.octets(), port, proto, sc, s);
+            out.v6.services.remove(&k);
+            dirty.v6.services.insert(k);
         }
     }
 }
 
-fn put_rev_nat(out: &mut Desired, id: u32, addr: IpAddr, port: u16) {
+fn put_backend(out: &mut Desired, dirty: &mut Dirty, id: u32, be: &Be, proto: u8) {
+    match be.addr {
+        IpAddr::V4(a) => {
+            out.v4.backends.insert(id, LbBackend { address: a.octets(), port: be.port.to_be(), proto, flags: be.flags });
+            dirty.v4.backends.insert(id);
+        }
+        IpAddr::V6(a) => {
+            out.v6.backends.insert(id, LbBackend { address: a.octets(), port: be.port.to_be(), proto, flags: be.flags });
+            dirty.v6.backends.insert(id);
+        }
+    }
+}
+
+fn remove_backend(out: &mut Desired, dirty: &mut Dirty, id: u32, v4: bool) {
+    if v4 {
+        out.v4.backends.remove(&id);
+        dirty.v4.backends.insert(id);
+    } else {
+        out.v6.backends.remove(&id);
+        dirty.v6.backends.insert(id);
+    }
+}
+
+fn put_rev_nat(out: &mut Desired, dirty: &mut Dirty, id: u32, addr: IpAddr, port: u16) {
     match addr {
         IpAddr::V4(a) => {
             out.v4.rev_nat.insert(id, RevNat { address: a.octets(), port: port.to_be(), _pad: 0 });
+            dirty.v4.rev_nat.insert(id);
         }
         IpAddr::V6(a) => {
             out.v6.rev_nat.insert(id, RevNat { address: a.octets(), port: port.to_be(), _pad: 0 });
+            dirty.v6.rev_nat.insert(id);
         }
+    }
+}
+
+fn remove_rev_nat(out: &mut Desired, dirty: &mut Dirty, id: u32, v4: bool) {
+    if v4 {
+        out.v4.rev_nat.remove(&id);
+        dirty.v4.rev_nat.insert(id);
+    } else {
+        out.v6.rev_nat.remove(&id);
+        dirty.v6.rev_nat.insert(id);
     }
 }
 

@@ -9,7 +9,7 @@
 //!   round. A removed backend's conntrack entries go at once (its flows re-pick a live backend).
 //! - Errors do not stop the round: every map is tried, the first error is returned, and the caller retries with
 //!   backoff; the next round converges.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use trellis_ebpf_common::{CtEntry, CtKey, LbBackend, LbKey, LbService, RevNat};
 
@@ -46,41 +46,60 @@ impl<K: Ord + Copy, V: PartialEq + Copy> Synced<K, V> {
         Ok(self.installed.as_ref().expect("just set"))
     }
 
-    /// Writes the desired entries that `keep` selects and differ from the installed ones.
+    /// Writes the desired entries that `keep` selects and differ from the installed ones: all of them, or only
+    /// those among `only` (the keys that changed), in one batch.
     fn put<T: MapTable<K, V>>(
         &mut self,
         table: &mut T,
         desired: &BTreeMap<K, V>,
+        only: Option<&BTreeSet<K>>,
         keep: impl Fn(&K) -> bool,
         stats: &mut Stats,
     ) -> Result<()> {
         self.installed(table)?;
         let installed = self.installed.as_mut().expect("read above");
-        for (k, v) in desired.iter().filter(|(k, _)| keep(k)) {
-            if installed.get(k) != Some(v) {
-                if let Err(e) = table.put(k, v) {
-                    self.installed = None;
-                    return Err(e);
-                }
-                installed.insert(*k, *v);
-                stats.puts += 1;
-            }
+        let differs = |k: &K, v: &V| keep(k) && installed.get(k) != Some(v);
+        let batch: Vec<(K, V)> = match only {
+            None => desired.iter().filter(|(k, v)| differs(k, v)).map(|(k, v)| (*k, *v)).collect(),
+            Some(keys) => keys
+                .iter()
+                .filter_map(|k| desired.get(k).map(|v| (k, v)))
+                .filter(|(k, v)| differs(k, v))
+                .map(|(k, v)| (*k, *v))
+                .collect(),
+        };
+        if batch.is_empty() {
+            return Ok(());
         }
+        if let Err(e) = table.put_many(&batch) {
+            self.installed = None;
+            return Err(e);
+        }
+        stats.puts += batch.len();
+        installed.extend(batch);
         Ok(())
     }
 
-    /// Deletes the installed entries that `keep` selects and are not desired; returns them.
+    /// Deletes the installed entries that `keep` selects and are not desired (all, or only those among `only`);
+    /// returns them.
     fn delete<T: MapTable<K, V>>(
         &mut self,
         table: &mut T,
         desired: &BTreeMap<K, V>,
+        only: Option<&BTreeSet<K>>,
         keep: impl Fn(&K) -> bool,
         stats: &mut Stats,
     ) -> Result<Vec<(K, V)>> {
         self.installed(table)?;
         let installed = self.installed.as_mut().expect("read above");
-        let stale: Vec<(K, V)> =
-            installed.iter().filter(|(k, _)| keep(k) && !desired.contains_key(k)).map(|(k, v)| (*k, *v)).collect();
+        let stale: Vec<(K, V)> = match only {
+            None => installed.iter().filter(|(k, _)| keep(k) && !desired.contains_key(k)).map(|(k, v)| (*k, *v)).collect(),
+            Some(keys) => keys
+                .iter()
+                .filter(|k| keep(k) && !desired.contains_key(k))
+                .filter_map(|k| installed.get(k).map(|v| (*k, *v)))
+                .collect(),
+        };
         for (k, _) in &stale {
             if let Err(e) = table.delete(k) {
                 self.installed = None;
@@ -105,6 +124,13 @@ pub struct FamilyDesired<'a, A> {
     pub rev_nat: &'a BTreeMap<u32, RevNat<A>>,
 }
 
+/// The keys of one family that changed since the last round: a round given these looks at nothing else.
+pub struct FamilyChanged<'a, A> {
+    pub services: &'a BTreeSet<LbKey<A>>,
+    pub backends: &'a BTreeSet<u32>,
+    pub rev_nat: &'a BTreeSet<u32>,
+}
+
 /// The sync state of one family's maps.
 pub struct FamilySync<A> {
     pub services: Synced<LbKey<A>, LbService>,
@@ -119,23 +145,29 @@ impl<A> Default for FamilySync<A> {
 }
 
 impl<A: Ord + Copy> FamilySync<A> {
-    /// One round for one family: see the module's ordering rules.
+    /// One round for one family: see the module's ordering rules. With `changed`, only those keys are compared
+    /// (a change costs its own entries); without, every desired and installed entry (a resync or repair).
     pub fn sync(
         &mut self,
         want: &FamilyDesired<A>,
+        changed: Option<&FamilyChanged<A>>,
         svc: &mut impl MapTable<LbKey<A>, LbService>,
         be: &mut impl MapTable<u32, LbBackend<A>>,
         rnat: &mut impl MapTable<u32, RevNat<A>>,
         ct: &mut impl MapTable<CtKey<A>, CtEntry<A>>,
     ) -> Result<Stats> {
         let mut st = Stats::default();
-        self.backends.put(be, want.backends, |_| true, &mut st)?;
-        self.rev_nat.put(rnat, want.rev_nat, |_| true, &mut st)?;
-        self.services.put(svc, want.services, |k| k.backend_slot != 0, &mut st)?;
-        self.services.put(svc, want.services, |k| k.backend_slot == 0, &mut st)?;
-        self.services.delete(svc, want.services, |k| k.backend_slot == 0, &mut st)?;
-        self.services.delete(svc, want.services, |k| k.backend_slot != 0, &mut st)?;
-        let gone = self.backends.delete(be, want.backends, |_| true, &mut st)?;
+        let (s_only, b_only, r_only) = match changed {
+            Some(c) => (Some(c.services), Some(c.backends), Some(c.rev_nat)),
+            None => (None, None, None),
+        };
+        self.backends.put(be, want.backends, b_only, |_| true, &mut st)?;
+        self.rev_nat.put(rnat, want.rev_nat, r_only, |_| true, &mut st)?;
+        self.services.put(svc, want.services, s_only, |k| k.backend_slot != 0, &mut st)?;
+        self.services.put(svc, want.services, s_only, |k| k.backend_slot == 0, &mut st)?;
+        self.services.delete(svc, want.services, s_only, |k| k.backend_slot == 0, &mut st)?;
+        self.services.delete(svc, want.services, s_only, |k| k.backend_slot != 0, &mut st)?;
+        let gone = self.backends.delete(be, want.backends, b_only, |_| true, &mut st)?;
         if !gone.is_empty() {
             let ids: std::collections::BTreeSet<u32> = gone.iter().map(|(id, _)| *id).collect();
             // Conntrack is the datapath's own (LRU, written per packet): always read, never cached.
@@ -146,7 +178,7 @@ impl<A: Ord + Copy> FamilySync<A> {
                 }
             }
         }
-        self.rev_nat.delete(rnat, want.rev_nat, |_| true, &mut st)?;
+        self.rev_nat.delete(rnat, want.rev_nat, r_only, |_| true, &mut st)?;
         Ok(st)
     }
 }
@@ -159,6 +191,7 @@ impl<S4, S6, B4, B6, R4, R6, C4, C6> LbTables<S4, S6, B4, B6, R4, R6, C4, C6> {
         state: &mut (FamilySync<trellis_ebpf_common::V4>, FamilySync<trellis_ebpf_common::V6>),
         v4: &FamilyDesired<trellis_ebpf_common::V4>,
         v6: &FamilyDesired<trellis_ebpf_common::V6>,
+        changed: Option<(&FamilyChanged<trellis_ebpf_common::V4>, &FamilyChanged<trellis_ebpf_common::V6>)>,
     ) -> Result<Stats>
     where
         S4: MapTable<LbKey<[u8; 4]>, LbService>,
@@ -170,8 +203,9 @@ impl<S4, S6, B4, B6, R4, R6, C4, C6> LbTables<S4, S6, B4, B6, R4, R6, C4, C6> {
         C4: MapTable<CtKey<[u8; 4]>, CtEntry<[u8; 4]>>,
         C6: MapTable<CtKey<[u8; 16]>, CtEntry<[u8; 16]>>,
     {
-        let a = state.0.sync(v4, &mut self.svc4, &mut self.be4, &mut self.rnat4, &mut self.ct4);
-        let b = state.1.sync(v6, &mut self.svc6, &mut self.be6, &mut self.rnat6, &mut self.ct6);
+        let (c4, c6) = changed.map_or((None, None), |(a, b)| (Some(a), Some(b)));
+        let a = state.0.sync(v4, c4, &mut self.svc4, &mut self.be4, &mut self.rnat4, &mut self.ct4);
+        let b = state.1.sync(v6, c6, &mut self.svc6, &mut self.be6, &mut self.rnat6, &mut self.ct6);
         let (a, b) = (a?, b?);
         Ok(Stats { puts: a.puts + b.puts, deletes: a.deletes + b.deletes, ct_purged: a.ct_purged + b.ct_purged })
     }
@@ -230,7 +264,7 @@ mod tests {
 
     fn round<T: MapTable<LbKey<V4>, LbService>>(sync: &mut FamilySync<V4>, m: &mut Maps<T>, d: &Want) -> Result<Stats> {
         let want = FamilyDesired { services: &d.0, backends: &d.1, rev_nat: &d.2 };
-        sync.sync(&want, &mut m.svc, &mut m.be, &mut m.rnat, &mut m.ct)
+        sync.sync(&want, None, &mut m.svc, &mut m.be, &mut m.rnat, &mut m.ct)
     }
 
     #[test]
