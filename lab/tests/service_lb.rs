@@ -9,43 +9,7 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{serial, text, wait_until, Lab, LAB};
-use serde_json::Value;
-
-fn apply(lab: &Lab, yaml: &str) {
-    let f = std::env::temp_dir().join(format!("{}-{}.yaml", lab.name, yaml.len()));
-    std::fs::write(&f, yaml).unwrap();
-    let o = lab.run("apply", &[f.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&f);
-    assert!(o.status.success(), "apply:\n{}", text(&o));
-}
-
-/// `probe ... -o json`: (exit code, one object per attempt).
-fn probe(lab: &Lab, args: &[&str]) -> (Option<i32>, Vec<Value>) {
-    let mut v = args.to_vec();
-    v.extend_from_slice(&["-o", "json", "--timeout-ms", "1000"]);
-    let o = lab.run("probe", &v);
-    let lines = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}\n{}", text(&o))))
-        .collect();
-    (o.status.code(), lines)
-}
-
-/// Answers per pod of a successful run; panics (with the attempts) on any failure.
-fn spread(lab: &Lab, args: &[&str]) -> BTreeMap<String, usize> {
-    let (code, attempts) = probe(lab, args);
-    assert_eq!(code, Some(0), "probe {args:?} failed: {attempts:?}\n{}", lab.logs());
-    let mut by: BTreeMap<String, usize> = BTreeMap::new();
-    for a in &attempts {
-        *by.entry(a["pod"].as_str().unwrap().to_string()).or_default() += 1;
-    }
-    by
-}
-
-fn one(lab: &Lab, args: &[&str]) -> Value {
-    probe(lab, args).1.into_iter().next().expect("one attempt")
-}
+use common::{apply, one, probe, serial, spread, text, wait_until, Lab, LAB};
 
 const SERVICES: &str = r#"
 apiVersion: v1

@@ -188,3 +188,40 @@ pub fn leftovers(name: &str) -> Vec<String> {
     }
     left
 }
+
+/// Writes `yaml` to a temporary file and `apply`s it; panics with the output when it fails.
+pub fn apply(lab: &Lab, yaml: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("apply.yaml");
+    std::fs::write(&f, yaml).expect("write manifest");
+    let o = lab.run("apply", &[f.to_str().expect("utf8 path")]);
+    assert!(o.status.success(), "apply:\n{}\n{}", text(&o), lab.logs());
+}
+
+/// `probe ... -o json --timeout-ms 1000`: (exit code, one object per attempt).
+pub fn probe(lab: &Lab, args: &[&str]) -> (Option<i32>, Vec<serde_json::Value>) {
+    let mut v = args.to_vec();
+    v.extend_from_slice(&["-o", "json", "--timeout-ms", "1000"]);
+    let o = lab.run("probe", &v);
+    let lines = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}\n{}", text(&o))))
+        .collect();
+    (o.status.code(), lines)
+}
+
+/// Answers per pod of a successful run; panics (with the attempts and the agents' logs) on any failure.
+pub fn spread(lab: &Lab, args: &[&str]) -> std::collections::BTreeMap<String, usize> {
+    let (code, attempts) = probe(lab, args);
+    assert_eq!(code, Some(0), "probe {args:?} failed: {attempts:?}\n{}", lab.logs());
+    let mut by = std::collections::BTreeMap::new();
+    for a in &attempts {
+        *by.entry(a["pod"].as_str().expect("pod").to_string()).or_default() += 1;
+    }
+    by
+}
+
+/// The first attempt of a probe.
+pub fn one(lab: &Lab, args: &[&str]) -> serde_json::Value {
+    probe(lab, args).1.into_iter().next().expect("one attempt")
+}
