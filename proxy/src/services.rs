@@ -10,7 +10,7 @@ use std::path::Path;
 
 use trellis_ebpf::common::{LbBackend, LbKey, LbService, NodeConfig, V4, V6};
 use trellis_ebpf::sync::{FamilyChanged, FamilyDesired, FamilySync, Stats};
-use trellis_ebpf::tables::{KernelLbTables, MapTable};
+use trellis_ebpf::tables::{KernelLbTables, LbTables, MapTable};
 use trellis_ebpf::{Datapath, PinDir};
 use trellis_svc::ids::Endpoint3;
 use trellis_svc::{translate, Desired, Endpoint, Ids, NodeContext, ServiceModel, Translator};
@@ -84,9 +84,15 @@ impl ServiceState {
     }
 
     /// Feeds Service `id` as it is now into `t`.
-    fn feed(&self, t: &mut Translator, id: &str) {
-        let eps = self.endpoints_of(id);
-        t.update(id, self.services.get(id), &eps);
+    pub fn feed(&self, t: &mut Translator, id: &str) {
+        let slices = self.by_owner.get(id).map(|k| k.len()).unwrap_or(0);
+        if slices <= 1 {
+            // The common case: one slice, no copy of its endpoints.
+            let one = self.by_owner.get(id).and_then(|k| k.iter().next()).and_then(|k| self.slices.get(k));
+            t.update(id, self.services.get(id), one.map(|(_, eps)| eps.as_slice()).unwrap_or(&[]));
+        } else {
+            t.update(id, self.services.get(id), &self.endpoints_of(id));
+        }
     }
 }
 
@@ -126,13 +132,22 @@ pub struct Programmer {
     pub pending: BTreeSet<String>,
     /// The next round compares every entry, not only the changed ones.
     full: bool,
+    /// Started from ids read back from the maps: those no Service claims are freed after the first round.
+    restored: bool,
 }
 
 impl Programmer {
     /// Starts from the ids the maps' entries carry (see [`restore_ids`]): the first round finds nothing to
     /// change when nothing changed.
     pub fn new(node: NodeContext, ids: Ids) -> Programmer {
-        Programmer { translator: Translator::new(node, ids), sync: Default::default(), pending: BTreeSet::new(), full: true }
+        let restored = !ids.backends.is_empty() || !ids.frontends.is_empty();
+        Programmer {
+            translator: Translator::new(node, ids),
+            sync: Default::default(),
+            pending: BTreeSet::new(),
+            full: true,
+            restored,
+        }
     }
 
     /// The node's NodePort addresses (or name) changed: every Service of `state` is translated again.
@@ -149,13 +164,31 @@ impl Programmer {
         self.full = true;
     }
 
-    /// Translates the pending Services of `state` and writes the difference into `tables`.
-    pub fn sync(&mut self, state: &ServiceState, tables: &mut KernelLbTables) -> Result<Stats> {
+    /// Translates the pending Services of `state` and writes the difference into `tables` (the kernel's, or the
+    /// in-memory and faulty ones of the tests).
+    #[allow(clippy::type_complexity)]
+    pub fn sync<S4, S6, B4, B6, R4, R6, C4, C6>(
+        &mut self,
+        state: &ServiceState,
+        tables: &mut LbTables<S4, S6, B4, B6, R4, R6, C4, C6>,
+    ) -> Result<Stats>
+    where
+        S4: MapTable<LbKey<V4>, LbService>,
+        S6: MapTable<LbKey<V6>, LbService>,
+        B4: MapTable<u32, LbBackend<V4>>,
+        B6: MapTable<u32, LbBackend<V6>>,
+        R4: MapTable<u32, trellis_ebpf::common::RevNat<V4>>,
+        R6: MapTable<u32, trellis_ebpf::common::RevNat<V6>>,
+        C4: MapTable<trellis_ebpf::common::CtKey<V4>, trellis_ebpf::common::CtEntry<V4>>,
+        C6: MapTable<trellis_ebpf::common::CtKey<V6>, trellis_ebpf::common::CtEntry<V6>>,
+    {
+        let full = std::mem::take(&mut self.full);
+        // A full round compares every entry: the changed keys need not be collected.
+        self.translator.track(!full);
         for id in std::mem::take(&mut self.pending) {
             state.feed(&mut self.translator, &id);
         }
-        let full = std::mem::take(&mut self.full);
-        if full {
+        if full && std::mem::take(&mut self.restored) {
             // Ids restored from the maps whose entries no Service wants any more.
             self.translator.prune_ids();
         }
@@ -163,8 +196,10 @@ impl Programmer {
         let d = self.translator.desired();
         let v4 = FamilyDesired { services: &d.v4.services, backends: &d.v4.backends, rev_nat: &d.v4.rev_nat };
         let v6 = FamilyDesired { services: &d.v6.services, backends: &d.v6.backends, rev_nat: &d.v6.rev_nat };
-        let c4 = FamilyChanged { services: &dirty.v4.services, backends: &dirty.v4.backends, rev_nat: &dirty.v4.rev_nat };
-        let c6 = FamilyChanged { services: &dirty.v6.services, backends: &dirty.v6.backends, rev_nat: &dirty.v6.rev_nat };
+        let c4 =
+            FamilyChanged { services: &dirty.v4.services, backends: &dirty.v4.backends, rev_nat: &dirty.v4.rev_nat };
+        let c6 =
+            FamilyChanged { services: &dirty.v6.services, backends: &dirty.v6.backends, rev_nat: &dirty.v6.rev_nat };
         let r = tables.sync(&mut self.sync, &v4, &v6, (!full).then_some((&c4, &c6)));
         if r.is_err() {
             // The changed keys were taken: the next round compares everything.
@@ -406,7 +441,9 @@ impl ServiceWorker {
             }
         }
         let proxy = self.proxy.as_mut().expect("opened above");
-        proxy.programmer.set_node(NodeContext { name: self.cfg.node_name.clone(), node_port_addresses: addrs }, &self.state);
+        proxy
+            .programmer
+            .set_node(NodeContext { name: self.cfg.node_name.clone(), node_port_addresses: addrs }, &self.state);
         // Before the first complete list, a missing Service only means "not listed yet": write nothing (the
         // pinned maps keep serving what the previous agent wrote).
         if !cluster.synced {
@@ -599,5 +636,141 @@ mod state_tests {
         assert!(st.endpoints_of("ns/a").is_empty());
         assert_eq!(st.endpoints().keys().collect::<Vec<_>>(), ["ns/b"]);
         assert!(st.apply(SvcChange::Slice("ns/gone".into(), None)).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod programmer_tests {
+    //! The agent's incremental path against in-memory maps, and against maps that fail: whatever step fails, the
+    //! next rounds converge on exactly what a translation from scratch gives.
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use trellis_ebpf::common::{CtEntry, CtKey, RevNat};
+    use trellis_ebpf::tables::{FaultyTable, MemTable};
+    use trellis_svc::Proto;
+    use trellis_test_support::Faults;
+
+    type F<K, V> = FaultyTable<MemTable<K, V>>;
+    type Tables = LbTables<
+        F<LbKey<V4>, LbService>,
+        MemTable<LbKey<V6>, LbService>,
+        F<u32, LbBackend<V4>>,
+        MemTable<u32, LbBackend<V6>>,
+        F<u32, RevNat<V4>>,
+        MemTable<u32, RevNat<V6>>,
+        MemTable<CtKey<V4>, CtEntry<V4>>,
+        MemTable<CtKey<V6>, CtEntry<V6>>,
+    >;
+
+    fn tables(faults: &Rc<RefCell<Faults>>) -> Tables {
+        let f = |name| FaultyTable::new(MemTable::default(), name, faults.clone());
+        LbTables {
+            svc4: f("svc4"),
+            svc6: MemTable::default(),
+            be4: FaultyTable::new(MemTable::default(), "be4", faults.clone()),
+            be6: MemTable::default(),
+            rnat4: FaultyTable::new(MemTable::default(), "rnat4", faults.clone()),
+            rnat6: MemTable::default(),
+            ct4: MemTable::default(),
+            ct6: MemTable::default(),
+        }
+    }
+
+    fn node() -> NodeContext {
+        NodeContext { name: "n1".into(), node_port_addresses: vec!["192.168.1.1".parse().unwrap()] }
+    }
+
+    fn svc(i: u8, node_port: bool) -> SvcChange {
+        let mut s = ServiceModel::cluster_ip("ns", &format!("s{i}"), IpAddr::from([10, 96, 0, i % 4]), 80);
+        if node_port {
+            s.ports[0].node_port = Some(30000 + i as u16);
+        }
+        SvcChange::Service(s.id(), Some(s))
+    }
+
+    fn slice(i: u8, eps: &[(u8, bool)]) -> SvcChange {
+        let eps = eps
+            .iter()
+            .map(|(last, ready)| Endpoint {
+                address: IpAddr::from([10, 244, 0, *last]),
+                node: Some(if last % 2 == 0 { "n1" } else { "n2" }.into()),
+                ready: *ready,
+                serving: *ready,
+                terminating: false,
+                ports: [((String::new(), Proto::Tcp), 8080)].into(),
+            })
+            .collect();
+        SvcChange::Slice(format!("ns/s{i}-1"), Some((format!("ns/s{i}"), eps)))
+    }
+
+    /// Rounds of changes (Services contesting a VIP, backends shared, readiness flips, deletions).
+    fn rounds() -> Vec<Vec<SvcChange>> {
+        vec![
+            vec![svc(1, false), slice(1, &[(1, true), (2, true)]), svc(2, true), slice(2, &[(2, true)])],
+            vec![slice(1, &[(1, true), (2, false), (3, true)]), svc(5, false), slice(5, &[(3, true)])],
+            vec![SvcChange::Service("ns/s1".into(), None), svc(6, true), slice(6, &[(4, true), (1, true)])],
+            vec![SvcChange::Slice("ns/s2-1".into(), None), slice(5, &[]), svc(1, false)],
+        ]
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn installed(t: &Tables) -> (Vec<(LbKey<V4>, LbService)>, Vec<(u32, LbBackend<V4>)>, Vec<(u32, RevNat<V4>)>) {
+        let s = t.svc4.inner.0.iter().map(|(k, v)| (*k, *v)).collect();
+        let b = t.be4.inner.0.iter().map(|(k, v)| (*k, *v)).collect();
+        let r = t.rnat4.inner.0.iter().map(|(k, v)| (*k, *v)).collect();
+        (s, b, r)
+    }
+
+    #[test]
+    fn every_round_converges_to_the_translation_from_scratch_even_after_a_failed_write() {
+        let mut failed_rounds = 0;
+        for nth in 0..=24 {
+            let faults = Rc::new(RefCell::new(Faults::none()));
+            let mut t = tables(&faults);
+            let mut state = ServiceState::default();
+            let mut p = Programmer::new(node(), Ids::default());
+            for (r, changes) in rounds().into_iter().enumerate() {
+                for c in changes {
+                    p.pending.extend(state.apply(c));
+                }
+                if r == 2 && nth > 0 {
+                    // Fail the nth map call of this round; the round reports it, the next one repairs.
+                    *faults.borrow_mut() = Faults::nth(nth);
+                    let failed = p.sync(&state, &mut t).is_err();
+                    assert_eq!(failed, faults.borrow().failures == 1, "fault {nth}: an injected failure is reported");
+                    failed_rounds += failed as usize;
+                    *faults.borrow_mut() = Faults::none();
+                }
+                p.sync(&state, &mut t).unwrap_or_else(|e| panic!("fault {nth}, round {r}: {e}"));
+                let mut ids = p.translator.ids.clone();
+                let want = state.desired(&node(), &mut ids);
+                let have = installed(&t);
+                let ctx = format!("fault {nth}, round {r}");
+                assert_eq!(have.0, want.v4.services.into_iter().collect::<Vec<_>>(), "{ctx}");
+                assert_eq!(have.1, want.v4.backends.into_iter().collect::<Vec<_>>(), "{ctx}");
+                assert_eq!(have.2, want.v4.rev_nat.into_iter().collect::<Vec<_>>(), "{ctx}");
+            }
+        }
+        assert!(failed_rounds >= 8, "only {failed_rounds} rounds had a failure injected");
+    }
+
+    #[test]
+    fn a_change_after_the_first_round_touches_only_its_entries() {
+        let faults = Rc::new(RefCell::new(Faults::none()));
+        let mut t = tables(&faults);
+        let mut state = ServiceState::default();
+        let mut p = Programmer::new(node(), Ids::default());
+        for c in rounds().remove(0) {
+            p.pending.extend(state.apply(c));
+        }
+        p.sync(&state, &mut t).unwrap();
+        // One endpoint of s1 goes unready: slot 0's count, the last slot and the backend it named.
+        p.pending.extend(state.apply(slice(1, &[(1, true), (2, false)])));
+        let st = p.sync(&state, &mut t).unwrap();
+        assert_eq!((st.puts, st.deletes), (1, 1), "{st:?}");
+        // Nothing changed: nothing written.
+        p.pending.extend(state.apply(slice(1, &[(1, true), (2, false)])));
+        assert_eq!(p.sync(&state, &mut t).unwrap(), Stats::default());
     }
 }

@@ -46,6 +46,9 @@ struct Args {
     /// Seconds after which loading a baseline's rules counts as "did not finish".
     #[arg(long, default_value_t = 60)]
     box_secs: u64,
+    /// Only the programming times and memory of the eBPF maps (no rates, no baselines); never written.
+    #[arg(long)]
+    program_only: bool,
     /// Write the section into BENCHMARKS.md and the chart beside it.
     #[arg(long)]
     write: bool,
@@ -163,7 +166,7 @@ fn main() -> Result<()> {
         };
 
         // (a'): conntrack in the node, nothing else.
-        {
+        if !ctx.args.program_only {
             let r = (|| {
                 let f = Fixture::new("ct", ctx.server_cpu)?;
                 let rules = "table ip trellis_bench_ct {\n chain pre {\n  type filter hook prerouting priority 0; \
@@ -215,7 +218,7 @@ fn main() -> Result<()> {
                     times?;
                 }
                 let cgroup = (mode == Mode::Sock).then_some(cg.0.as_path());
-                for (probe, i) in &probes {
+                for (probe, i) in probes.iter().filter(|_| !ctx.args.program_only) {
                     let cells = ctx.measure(&Target { fixture: &f, cgroup }, vip(*i), &mut base);
                     add(&mut rows, mode, probe, cells);
                 }
@@ -233,7 +236,7 @@ fn main() -> Result<()> {
         }
 
         // (c1), (c2), (c3): kube-proxy's rules, each in its own node.
-        for mode in [Mode::IptLegacy, Mode::IptNft, Mode::Nft] {
+        for mode in [Mode::IptLegacy, Mode::IptNft, Mode::Nft].into_iter().filter(|_| !ctx.args.program_only) {
             if mode != Mode::IptLegacy && n > 10_000 && !ctx.args.full {
                 for probe in &probes {
                     rows.push(Row { n, mode, probe: probe.0.into(), rr: Cell::Skipped, crr: Cell::Skipped });
@@ -286,7 +289,11 @@ fn main() -> Result<()> {
         );
     }
 
-    let cross = cross_check(&ctx).unwrap_or_else(|e| format!("sockperf cross-check failed: {e:#}"));
+    let cross = if ctx.args.program_only {
+        String::new()
+    } else {
+        cross_check(&ctx).unwrap_or_else(|e| format!("sockperf cross-check failed: {e:#}"))
+    };
     eprintln!("{cross}");
     let command = format!(
         "sudo cargo run --release -p trellis-svc-bench -- --write{}",
@@ -294,7 +301,7 @@ fn main() -> Result<()> {
     );
     let section = report::render(&rows, &prog_rows, &cross, &command, &ctx.args_line(), started.elapsed());
     println!("{section}");
-    if ctx.args.write {
+    if ctx.args.write && !ctx.args.program_only {
         let file = ctx.args.file.clone().unwrap_or_else(|| workspace().join(trellis_benchmarks_md::FILE_NAME));
         let svg = file.parent().unwrap_or(std::path::Path::new(".")).join("docs").join("bench-services.svg");
         chart::draw(&rows, &svg)?;

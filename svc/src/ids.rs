@@ -3,16 +3,21 @@
 //! id is not handed out again until the counter wraps: a conntrack entry that still names an old backend id must
 //! never find a different backend under it. After a restart, [`Ids::restore`] rebuilds the tables from the
 //! pinned maps, so a restarted agent computes exactly what is installed.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+
+/// Hashing for the translator's tables: fast, and fixed (no per-process seed), so runs are reproducible.
+pub type Hasher = foldhash::fast::FixedState;
 
 /// (address, port, IP protocol number).
 pub type Endpoint3 = (IpAddr, u16, u8);
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IdTable {
-    ids: BTreeMap<Endpoint3, u32>,
-    used: BTreeSet<u32>,
+    ids: HashMap<Endpoint3, u32, Hasher>,
+    /// Ids in use, kept only once the counter has wrapped: before, every id in use is at most `next`, so a
+    /// fresh one never collides (at 100k Services that is 300k set entries saved).
+    used: Option<HashSet<u32, Hasher>>,
     next: u32,
 }
 
@@ -24,7 +29,9 @@ impl IdTable {
         }
         let id = self.fresh();
         self.ids.insert(key, id);
-        self.used.insert(id);
+        if let Some(u) = self.used.as_mut() {
+            u.insert(id);
+        }
         id
     }
 
@@ -35,7 +42,12 @@ impl IdTable {
     fn fresh(&mut self) -> u32 {
         loop {
             self.next = self.next.wrapping_add(1);
-            if self.next != 0 && !self.used.contains(&self.next) {
+            if self.next == 0 {
+                // Wrapped: from now on, check against the ids in use.
+                self.used = Some(self.ids.values().copied().collect());
+                continue;
+            }
+            if !self.used.as_ref().is_some_and(|u| u.contains(&self.next)) {
                 return self.next;
             }
         }
@@ -44,24 +56,26 @@ impl IdTable {
     /// Adopts an id found in the kernel's maps.
     pub fn insert(&mut self, key: Endpoint3, id: u32) {
         self.ids.insert(key, id);
-        self.used.insert(id);
+        if let Some(u) = self.used.as_mut() {
+            u.insert(id);
+        }
         self.next = self.next.max(id);
     }
 
     /// Frees the id of `key` (it is not handed out again before the counter wraps).
     pub fn release(&mut self, key: &Endpoint3) {
-        if let Some(id) = self.ids.remove(key) {
-            self.used.remove(&id);
+        if let (Some(id), Some(u)) = (self.ids.remove(key), self.used.as_mut()) {
+            u.remove(&id);
         }
     }
 
     /// Frees every id whose key is not in `live`.
-    pub fn retain(&mut self, live: &BTreeSet<Endpoint3>) {
+    pub fn retain(&mut self, live: &HashSet<Endpoint3, Hasher>) {
         let used = &mut self.used;
         self.ids.retain(|k, id| {
             let keep = live.contains(k);
-            if !keep {
-                used.remove(id);
+            if let (false, Some(u)) = (keep, used.as_mut()) {
+                u.remove(id);
             }
             keep
         });
@@ -115,7 +129,7 @@ mod tests {
         let b = t.get_or_alloc(ep(2, 80));
         assert_eq!((a, b), (1, 2));
         assert_eq!(t.get_or_alloc(ep(1, 80)), 1);
-        t.retain(&[ep(2, 80)].into());
+        t.retain(&[ep(2, 80)].into_iter().collect());
         assert_eq!(t.get(&ep(1, 80)), None);
         // The freed id 1 is not handed to a new backend.
         assert_eq!(t.get_or_alloc(ep(3, 80)), 3);

@@ -10,12 +10,13 @@
 //! - A frontend with no usable endpoint at all has count 0 and no `ETP_LOCAL`: the datapath rejects at once.
 //! - `sessionAffinity: ClientIP`: the AFFINITY flag and the timeout on the frontend.
 //! - Two Services claiming one frontend: the first by namespace/name keeps it, the other's is reported.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use trellis_ebpf_common::{backend_flags, scope, svc_flags, LbBackend, LbKey, LbService, RevNat, V4, V6};
 
-use crate::ids::{Endpoint3, Ids};
+use crate::ids::{Endpoint3, Hasher, Ids};
 use crate::model::{Endpoint, PortMapping, ServiceModel};
 
 /// What the translation needs to know about the node it runs for.
@@ -95,9 +96,9 @@ struct FrontendPlan {
     proto_name: &'static str,
 }
 
-type Plan = Vec<(Endpoint3, FrontendPlan)>;
+type Plan = Vec<(Endpoint3, Arc<FrontendPlan>)>;
 
-fn find<'a>(plan: &'a Plan, fe: &Endpoint3) -> Option<&'a FrontendPlan> {
+fn find<'a>(plan: &'a Plan, fe: &Endpoint3) -> Option<&'a Arc<FrontendPlan>> {
     plan.iter().find(|(k, _)| k == fe).map(|(_, p)| p)
 }
 
@@ -126,7 +127,8 @@ fn plan_service(svc: &ServiceModel, eps: &[Endpoint], node: &NodeContext) -> Pla
             frontends.push((*ip, port.port, svc_flags::LOAD_BALANCER, true));
         }
         for (addr, fport, kind, external) in frontends {
-            let fam = |v: &[Be]| -> Vec<Be> { v.iter().filter(|b| b.addr.is_ipv4() == addr.is_ipv4()).copied().collect() };
+            let fam =
+                |v: &[Be]| -> Vec<Be> { v.iter().filter(|b| b.addr.is_ipv4() == addr.is_ipv4()).copied().collect() };
             let (all, local) = (fam(&all), fam(&local));
             let mut flags = kind;
             let mut scopes: Vec<(u8, Vec<Be>)> = Vec::new();
@@ -155,11 +157,16 @@ fn plan_service(svc: &ServiceModel, eps: &[Endpoint], node: &NodeContext) -> Pla
             };
             // The same frontend twice in one Service (two ports alike): the first wins.
             if find(&out, &(addr, fport, proto)).is_none() {
-                out.push(((addr, fport, proto), plan));
+                out.push(((addr, fport, proto), Arc::new(plan)));
             }
         }
     }
     out
+}
+
+/// The flags a backend's entry carries: those of every frontend slot that uses it (`refs` counts them by flags).
+fn union(refs: &[u32; 4]) -> u8 {
+    (0..4u8).filter(|f| refs[*f as usize] > 0).fold(0, |a, f| a | f)
 }
 
 /// Map keys touched since the last [`Translator::take_dirty`]: the only ones a reconciler needs to look at.
@@ -189,6 +196,8 @@ impl<A> DirtyKeys<A> {
 pub struct Dirty {
     pub v4: DirtyKeys<V4>,
     pub v6: DirtyKeys<V6>,
+    /// Not recording (see [`Translator::track`]).
+    off: bool,
 }
 
 impl Dirty {
@@ -208,13 +217,14 @@ impl Dirty {
 pub struct Translator {
     node: NodeContext,
     pub ids: Ids,
-    plans: BTreeMap<String, Plan>,
-    claims: BTreeMap<Endpoint3, BTreeSet<String>>,
+    plans: HashMap<Arc<str>, Plan, Hasher>,
+    /// Frontend -> the Services claiming it, sorted (the first owns it).
+    claims: HashMap<Endpoint3, Vec<Arc<str>>, Hasher>,
     /// Frontends materialized in `desired`: (owner, the plan its entries came from).
-    installed: BTreeMap<Endpoint3, (String, FrontendPlan)>,
-    /// Backend -> how many frontend slots use it, by the flags each gives it (its entry carries their union,
-    /// so it does not depend on the order Services come in).
-    backend_refs: BTreeMap<Endpoint3, BTreeMap<u8, u32>>,
+    installed: HashMap<Endpoint3, (Arc<str>, Arc<FrontendPlan>), Hasher>,
+    /// Backend -> how many frontend slots use it, by the flags each gives it (indexed by the flags, which are
+    /// two bits); its entry carries their union, so it does not depend on the order Services come in.
+    backend_refs: HashMap<Endpoint3, [u32; 4], Hasher>,
     desired: Desired,
     dirty: Dirty,
 }
@@ -238,8 +248,8 @@ impl Translator {
 
     /// Frees the ids (restored from the maps, or of a Service never fed again) that no installed frontend uses.
     pub fn prune_ids(&mut self) {
-        let mut live_be = BTreeSet::new();
-        let mut live_fe = BTreeSet::new();
+        let mut live_be: std::collections::HashSet<Endpoint3, Hasher> = Default::default();
+        let mut live_fe: std::collections::HashSet<Endpoint3, Hasher> = Default::default();
         for ((addr, port, proto), (_, plan)) in &self.installed {
             live_fe.insert((*addr, *port, *proto));
             for (_, bes) in &plan.scopes {
@@ -253,20 +263,28 @@ impl Translator {
     /// Service `id` (`namespace/name`) is now `svc` with `endpoints` (`None`: gone, or not one we serve).
     pub fn update(&mut self, id: &str, svc: Option<&ServiceModel>, endpoints: &[Endpoint]) {
         let new = svc.map(|s| plan_service(s, endpoints, &self.node)).unwrap_or_default();
-        let old = if new.is_empty() { self.plans.remove(id) } else { self.plans.insert(id.to_string(), new) };
-        let old = old.unwrap_or_default();
-        let new_keys: Vec<Endpoint3> = self.plans.get(id).map(|p| p.iter().map(|(k, _)| *k).collect()).unwrap_or_default();
+        let (key, old) = match self.plans.remove_entry(id) {
+            Some((k, p)) => (k, p),
+            None => (Arc::from(id), Vec::new()),
+        };
+        let new_keys: Vec<Endpoint3> = new.iter().map(|(k, _)| *k).collect();
+        if !new.is_empty() {
+            self.plans.insert(key.clone(), new);
+        }
         let gone: Vec<Endpoint3> = old.iter().map(|(k, _)| *k).filter(|fe| !new_keys.contains(fe)).collect();
         for fe in &gone {
             if let Some(c) = self.claims.get_mut(fe) {
-                c.remove(id);
+                c.retain(|x| **x != *id);
                 if c.is_empty() {
                     self.claims.remove(fe);
                 }
             }
         }
         for fe in &new_keys {
-            self.claims.entry(*fe).or_default().insert(id.to_string());
+            let c = self.claims.entry(*fe).or_default();
+            if let Err(at) = c.binary_search(&key) {
+                c.insert(at, key.clone());
+            }
         }
         // In plan order, so a Service planned from scratch gets its ids in the order of its ports and addresses.
         for fe in new_keys.into_iter().chain(gone) {
@@ -279,7 +297,7 @@ impl Translator {
         let want = self
             .claims
             .get(&fe)
-            .and_then(|c| c.iter().next())
+            .and_then(|c| c.first())
             .and_then(|owner| self.plans.get(owner).and_then(|p| find(p, &fe)).map(|p| (owner.clone(), p.clone())));
         let have = self.installed.get(&fe);
         if have == want.as_ref() {
@@ -301,15 +319,16 @@ impl Translator {
         let (addr, fport, proto) = fe;
         let rev = self.ids.frontends.get_or_alloc(fe);
         for (sc, bes) in &plan.scopes {
-            let mut slot0 = LbService { rev_nat_id: rev, count: bes.len() as u16, flags: plan.flags, ..Default::default() };
+            let mut slot0 =
+                LbService { rev_nat_id: rev, count: bes.len() as u16, flags: plan.flags, ..Default::default() };
             slot0.affinity_timeout = plan.affinity_timeout;
             let mut slots = Vec::with_capacity(bes.len());
             for be in bes {
                 let key: Endpoint3 = (be.addr, be.port, proto);
                 let id = self.ids.backends.get_or_alloc(key);
                 let refs = self.backend_refs.entry(key).or_default();
-                *refs.entry(be.flags).or_default() += 1;
-                let flags = refs.keys().fold(0, |a, f| a | f);
+                refs[be.flags as usize & 3] += 1;
+                let flags = union(refs);
                 slots.push(id);
                 put_backend(&mut self.desired, &mut self.dirty, id, &Be { flags, ..*be }, proto);
             }
@@ -334,19 +353,15 @@ impl Translator {
             for be in bes {
                 let key: Endpoint3 = (be.addr, be.port, proto);
                 let Some(refs) = self.backend_refs.get_mut(&key) else { continue };
-                if let Some(n) = refs.get_mut(&be.flags) {
-                    *n -= 1;
-                    if *n == 0 {
-                        refs.remove(&be.flags);
-                    }
-                }
+                let n = &mut refs[be.flags as usize & 3];
+                *n = n.saturating_sub(1);
                 let Some(id) = self.ids.backends.get(&key) else { continue };
-                if refs.is_empty() {
+                if refs.iter().all(|n| *n == 0) {
                     self.backend_refs.remove(&key);
                     remove_backend(&mut self.desired, &mut self.dirty, id, addr.is_ipv4());
                     self.ids.backends.release(&key);
                 } else {
-                    let flags = refs.keys().fold(0, |a, f| a | f);
+                    let flags = union(refs);
                     put_backend(&mut self.desired, &mut self.dirty, id, &Be { flags, ..*be }, proto);
                 }
             }
@@ -366,13 +381,25 @@ impl Translator {
 
     /// The keys changed since the last call (all of them after [`Translator::new`]).
     pub fn take_dirty(&mut self) -> Dirty {
-        std::mem::take(&mut self.dirty)
+        let off = self.dirty.off;
+        let mut d = std::mem::take(&mut self.dirty);
+        self.dirty.off = off;
+        d.off = false;
+        d
+    }
+
+    /// Whether changed keys are recorded (on by default). A caller about to compare every entry anyway (a
+    /// first or full round) turns it off: at 100k Services that is 600k keys not collected for nothing.
+    pub fn track(&mut self, on: bool) {
+        self.dirty.off = !on;
     }
 
     /// Frontends claimed by more than one Service: "frontend: kept by A, refused for B".
     pub fn conflicts(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for (fe, claimants) in self.claims.iter().filter(|(_, c)| c.len() > 1) {
+        let mut contested: Vec<_> = self.claims.iter().filter(|(_, c)| c.len() > 1).collect();
+        contested.sort();
+        for (fe, claimants) in contested {
             let (addr, port, _) = fe;
             let mut it = claimants.iter();
             let owner = it.next().expect("more than one");
@@ -431,12 +458,16 @@ fn put_frontend(
             IpAddr::V4(a) => {
                 let k = lb_key(a.octets(), port, proto, sc, s);
                 out.v4.services.insert(k, v);
-                dirty.v4.services.insert(k);
+                if !dirty.off {
+                    dirty.v4.services.insert(k);
+                }
             }
             IpAddr::V6(a) => {
                 let k = lb_key(a.octets(), port, proto, sc, s);
                 out.v6.services.insert(k, v);
-                dirty.v6.services.insert(k);
+                if !dirty.off {
+                    dirty.v6.services.insert(k);
+                }
             }
         }
     }
@@ -447,12 +478,16 @@ fn remove_frontend_slot(out: &mut Desired, dirty: &mut Dirty, addr: IpAddr, port
         IpAddr::V4(a) => {
             let k = lb_key(a.octets(), port, proto, sc, s);
             out.v4.services.remove(&k);
-            dirty.v4.services.insert(k);
+            if !dirty.off {
+                dirty.v4.services.insert(k);
+            }
         }
         IpAddr::V6(a) => {
             let k = lb_key(a.octets(), port, proto, sc, s);
             out.v6.services.remove(&k);
-            dirty.v6.services.insert(k);
+            if !dirty.off {
+                dirty.v6.services.insert(k);
+            }
         }
     }
 }
@@ -460,12 +495,20 @@ fn remove_frontend_slot(out: &mut Desired, dirty: &mut Dirty, addr: IpAddr, port
 fn put_backend(out: &mut Desired, dirty: &mut Dirty, id: u32, be: &Be, proto: u8) {
     match be.addr {
         IpAddr::V4(a) => {
-            out.v4.backends.insert(id, LbBackend { address: a.octets(), port: be.port.to_be(), proto, flags: be.flags });
-            dirty.v4.backends.insert(id);
+            out.v4
+                .backends
+                .insert(id, LbBackend { address: a.octets(), port: be.port.to_be(), proto, flags: be.flags });
+            if !dirty.off {
+                dirty.v4.backends.insert(id);
+            }
         }
         IpAddr::V6(a) => {
-            out.v6.backends.insert(id, LbBackend { address: a.octets(), port: be.port.to_be(), proto, flags: be.flags });
-            dirty.v6.backends.insert(id);
+            out.v6
+                .backends
+                .insert(id, LbBackend { address: a.octets(), port: be.port.to_be(), proto, flags: be.flags });
+            if !dirty.off {
+                dirty.v6.backends.insert(id);
+            }
         }
     }
 }
@@ -473,10 +516,14 @@ fn put_backend(out: &mut Desired, dirty: &mut Dirty, id: u32, be: &Be, proto: u8
 fn remove_backend(out: &mut Desired, dirty: &mut Dirty, id: u32, v4: bool) {
     if v4 {
         out.v4.backends.remove(&id);
-        dirty.v4.backends.insert(id);
+        if !dirty.off {
+            dirty.v4.backends.insert(id);
+        }
     } else {
         out.v6.backends.remove(&id);
-        dirty.v6.backends.insert(id);
+        if !dirty.off {
+            dirty.v6.backends.insert(id);
+        }
     }
 }
 
@@ -484,11 +531,15 @@ fn put_rev_nat(out: &mut Desired, dirty: &mut Dirty, id: u32, addr: IpAddr, port
     match addr {
         IpAddr::V4(a) => {
             out.v4.rev_nat.insert(id, RevNat { address: a.octets(), port: port.to_be(), _pad: 0 });
-            dirty.v4.rev_nat.insert(id);
+            if !dirty.off {
+                dirty.v4.rev_nat.insert(id);
+            }
         }
         IpAddr::V6(a) => {
             out.v6.rev_nat.insert(id, RevNat { address: a.octets(), port: port.to_be(), _pad: 0 });
-            dirty.v6.rev_nat.insert(id);
+            if !dirty.off {
+                dirty.v6.rev_nat.insert(id);
+            }
         }
     }
 }
@@ -496,10 +547,14 @@ fn put_rev_nat(out: &mut Desired, dirty: &mut Dirty, id: u32, addr: IpAddr, port
 fn remove_rev_nat(out: &mut Desired, dirty: &mut Dirty, id: u32, v4: bool) {
     if v4 {
         out.v4.rev_nat.remove(&id);
-        dirty.v4.rev_nat.insert(id);
+        if !dirty.off {
+            dirty.v4.rev_nat.insert(id);
+        }
     } else {
         out.v6.rev_nat.remove(&id);
-        dirty.v6.rev_nat.insert(id);
+        if !dirty.off {
+            dirty.v6.rev_nat.insert(id);
+        }
     }
 }
 
