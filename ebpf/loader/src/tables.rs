@@ -50,6 +50,18 @@ impl<K: Pod, V: Pod> KernelTable<K, V> {
 
 impl<K: Pod, V: Pod> MapTable<K, V> for KernelTable<K, V> {
     fn entries(&self) -> Result<Vec<(K, V)>> {
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
+        // Batches of thousands per syscall (a conntrack or a 100k-Service map read one key at a time is two
+        // syscalls an entry); the walk one entry at a time where the kernel has no batch for the map.
+        match lookup_batch(self.map.map().fd().as_fd().as_raw_fd()) {
+            Ok(v) => return Ok(v),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | 524)) => {}
+            Err(io_error) => {
+                let source = MapError::SyscallError(aya::sys::SyscallError { call: "bpf_map_lookup_batch", io_error });
+                return Err(Error::Map { name: self.name, source });
+            }
+        }
         // An entry deleted while we walk is skipped, not an error: the walk is a snapshot at best.
         let mut out = Vec::new();
         for kv in self.map.iter() {
@@ -104,36 +116,82 @@ impl<K: Pod, V: Pod> MapTable<K, V> for KernelTable<K, V> {
 
 /// `BPF_MAP_UPDATE_BATCH` (kernel 5.6+): `keys` and `values` side by side, all or an error.
 fn update_batch<K, V>(fd: i32, keys: &[K], values: &[V]) -> std::io::Result<()> {
-    // The batch part of `union bpf_attr`.
-    #[repr(C)]
-    #[derive(Default)]
-    struct Batch {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-    let mut attr = Batch {
+    let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,
         values: values.as_ptr() as u64,
         count: keys.len() as u32,
         map_fd: fd as u32,
         ..Default::default()
     };
-    // SAFETY: `attr` points at keys.len() keys and values that outlive the call; the kernel reads them and
-    // writes only `attr.count`.
-    let r = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut Batch, std::mem::size_of::<Batch>())
-    };
+    bpf(BPF_MAP_UPDATE_BATCH, &mut attr)
+}
+
+/// The batch part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
+    // SAFETY: `attr` describes buffers the caller keeps alive for the call; the kernel writes `count` and
+    // what `out_batch`, `keys` and `values` point to, within the sizes `count` announces.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>()) };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Every entry of a hash map through `BPF_MAP_LOOKUP_BATCH` (kernel 5.6+).
+fn lookup_batch<K: Pod, V: Pod>(fd: i32) -> std::io::Result<Vec<(K, V)>> {
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let mut chunk = 4096usize;
+    let mut out = Vec::new();
+    // The position token: a bucket index for hash maps (u32); room for more does no harm.
+    let (mut token_in, mut token_out) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        // SAFETY: K and V are Pod (plain bytes, any bit pattern valid).
+        let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; chunk];
+        let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; chunk];
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &mut token_in as *mut u64 as u64 },
+            out_batch: &mut token_out as *mut u64 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: fd as u32,
+            ..Default::default()
+        };
+        let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let n = (attr.count as usize).min(chunk);
+        match r {
+            Ok(()) => {}
+            // The end of the map (the last batch may still hold entries).
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                out.extend(keys.into_iter().zip(values).take(n));
+                return Ok(out);
+            }
+            // One bucket holds more than `chunk`: again with more room.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => {
+                chunk *= 4;
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        out.extend(keys.into_iter().zip(values).take(n));
+        token_in = token_out;
+        first = false;
+    }
 }
 
 /// Every Service map of one node, opened from its pin directory.
