@@ -192,12 +192,45 @@ spec:
   - {name: dns, port: 53, protocol: UDP, targetPort: 8080, nodePort: 31053}
 ";
 
+const LONER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: loner, namespace: default, labels: {app: nothing-selects-me}}
+spec:
+  nodeName: node1
+  containers: [{name: c, ports: [{containerPort: 7070}]}]
+"#;
+
 #[test]
 fn pods_come_and_go_at_runtime_with_their_endpoint_conditions() {
     trellis_test_support::require_root!();
     let _s = serial();
     let lab = Lab::up("svcpods", &[]);
     let dir = tempfile::tempdir().unwrap();
+
+    // A pod no Service selects changes no Service, yet its host veth gets the pod programs at once (the agent
+    // watches links), not at the next repair round (10 s here).
+    let attached = |node: &str| -> Option<u64> {
+        let m = metrics(&lab, node).ok()?;
+        let line = m.lines().find(|l| l.starts_with("trellis_datapath_attached{kind=\"pod\"}"))?;
+        line.split_whitespace().last()?.parse::<f64>().ok().map(|v| v as u64)
+    };
+    assert!(wait_until(Duration::from_secs(15), || attached("node1").is_some()), "{}", lab.logs());
+    let before = attached("node1").unwrap();
+    let loner = dir.path().join("loner.yaml");
+    std::fs::write(&loner, LONER).unwrap();
+    let o = lab.run("apply", &[loner.to_str().unwrap()]);
+    assert!(o.status.success(), "{}\n{}", text(&o), lab.logs());
+    let t0 = Instant::now();
+    let ok = wait_until(Duration::from_secs(3), || attached("node1") == Some(before + 1));
+    assert!(
+        ok,
+        "the new pod's veth was not attached within 3 s: {:?} (was {before})\n{}",
+        attached("node1"),
+        lab.logs()
+    );
+    eprintln!("new pod's veth attached {:?} after apply returned", t0.elapsed());
+
     let file = dir.path().join("web3.yaml");
     std::fs::write(&file, POD_AND_SERVICE).unwrap();
     let o = lab.run("apply", &[file.to_str().unwrap()]);
@@ -274,5 +307,5 @@ fn pods_come_and_go_at_runtime_with_their_endpoint_conditions() {
     assert_eq!((code, lines[0]["ok"].as_bool()), (Some(1), Some(false)), "{out}");
     // The IP went back to node2's IPAM: the next pod there may get it again, and `down` releases the rest.
     let r = trellis_lab::lab::down(&lab.name).unwrap();
-    assert_eq!(r.cni_deleted.len(), 4, "{r:?}");
+    assert_eq!(r.cni_deleted.len(), 5, "the topology's four pods and loner: {r:?}");
 }
