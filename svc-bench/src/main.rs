@@ -46,6 +46,10 @@ struct Args {
     /// Seconds after which loading a baseline's rules counts as "did not finish".
     #[arg(long, default_value_t = 60)]
     box_secs: u64,
+    /// Client and server on two CPUs instead of one: each request then pays a cross-CPU wake-up, on this VM
+    /// ~50 µs and erratic, which buries the path's own cost in noise.
+    #[arg(long)]
+    split_cpus: bool,
     /// Only the programming times and memory of the eBPF maps (no rates, no baselines); never written.
     #[arg(long)]
     program_only: bool,
@@ -62,7 +66,8 @@ fn workspace() -> PathBuf {
 }
 
 /// CPUs for the client and the server: the first two this process may use.
-fn cpus() -> (Option<usize>, Option<usize>) {
+/// (client CPU, server CPU): both on the first allowed CPU, or the first two with `split`.
+fn cpus(split: bool) -> (Option<usize>, Option<usize>) {
     // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it.
     let allowed: Vec<usize> = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -72,8 +77,8 @@ fn cpus() -> (Option<usize>, Option<usize>) {
         (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
     };
     match allowed.as_slice() {
-        [a, b, ..] => (Some(*a), Some(*b)),
-        [a] => (Some(*a), Some(*a)),
+        [a, b, ..] if split => (Some(*a), Some(*b)),
+        [a, ..] => (Some(*a), Some(*a)),
         [] => (None, None),
     }
 }
@@ -143,7 +148,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "needs root (network namespaces, bpffs, netfilter)");
     let started = Instant::now();
-    let (client_cpu, server_cpu) = cpus();
+    let (client_cpu, server_cpu) = cpus(args.split_cpus);
     let plain = Fixture::new("p", server_cpu)?;
     let ctx = Ctx { args, client_cpu, server_cpu, plain };
     let mut rows: Vec<Row> = Vec::new();
