@@ -4,7 +4,7 @@
 //! (maps behind `MapTable`, the `sync` reconciler, attachments). This module holds the state between them: the
 //! objects seen so far, the ids, and what is attached where. A restarted agent opens the pinned maps, rebuilds
 //! its ids from them, and its first sync finds nothing to change when nothing changed.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -12,7 +12,7 @@ use trellis_ebpf::common::{LbBackend, LbKey, LbService, NodeConfig, V4, V6};
 use trellis_ebpf::sync::{FamilyChanged, FamilyDesired, FamilySync, Stats};
 use trellis_ebpf::tables::{KernelLbTables, LbTables, MapTable};
 use trellis_ebpf::{Datapath, PinDir};
-use trellis_svc::ids::Endpoint3;
+use trellis_svc::ids::{Endpoint3, Hasher};
 use trellis_svc::{translate, Desired, Endpoint, Ids, NodeContext, ServiceModel, Translator};
 
 use crate::model::{ServiceUpdate, SliceInfo, SvcChange};
@@ -23,12 +23,13 @@ type Result<T> = std::result::Result<T, DatapathError>;
 /// Services and slices as last seen, by object key (`namespace/name`), with the slices of each Service indexed.
 #[derive(Default)]
 pub struct ServiceState {
-    pub services: BTreeMap<String, ServiceModel>,
+    /// Hashed: at 100k Services, feeding every one of them looks each up (no order is needed here).
+    pub services: HashMap<String, ServiceModel, Hasher>,
     /// slice key -> (owning Service `namespace/name`, its endpoints); changed only through `apply`, which keeps
     /// `by_owner` in step.
-    slices: BTreeMap<String, SliceInfo>,
+    slices: HashMap<String, SliceInfo, Hasher>,
     /// Service `namespace/name` -> keys of its slices.
-    by_owner: BTreeMap<String, BTreeSet<String>>,
+    by_owner: HashMap<String, BTreeSet<String>, Hasher>,
 }
 
 impl ServiceState {

@@ -7,24 +7,19 @@ use trellis_ebpf_common::{capacity as cap, counter, *};
 
 use crate::pkt::Tuple;
 
-/// `BPF_F_NO_PREALLOC` for the maps the agent writes (Services, backends, reverse NAT): their memory follows the
-/// number of entries instead of the capacity (a node with 10 Services does not hold 1M Service slots). The LRU
-/// maps the datapath writes per packet (conntrack, affinity, sockets) stay preallocated, as the kernel requires.
-const NO_PREALLOC: u32 = 1;
-
 // Names are literals (the macro wants them); the loader's tests check them against `names::ALL`.
 #[map(name = "LB4_SVC_V1")]
-pub static LB4_SVC: HashMap<Lb4Key, LbService> = HashMap::pinned(cap::SERVICES, NO_PREALLOC);
+pub static LB4_SVC: HashMap<Lb4Key, LbService> = HashMap::pinned(cap::SERVICES, 0);
 #[map(name = "LB6_SVC_V1")]
-pub static LB6_SVC: HashMap<Lb6Key, LbService> = HashMap::pinned(cap::SERVICES, NO_PREALLOC);
+pub static LB6_SVC: HashMap<Lb6Key, LbService> = HashMap::pinned(cap::SERVICES, 0);
 #[map(name = "LB4_BE_V1")]
-pub static LB4_BE: HashMap<u32, Lb4Backend> = HashMap::pinned(cap::BACKENDS, NO_PREALLOC);
+pub static LB4_BE: HashMap<u32, Lb4Backend> = HashMap::pinned(cap::BACKENDS, 0);
 #[map(name = "LB6_BE_V1")]
-pub static LB6_BE: HashMap<u32, Lb6Backend> = HashMap::pinned(cap::BACKENDS, NO_PREALLOC);
+pub static LB6_BE: HashMap<u32, Lb6Backend> = HashMap::pinned(cap::BACKENDS, 0);
 #[map(name = "LB4_RNAT_V1")]
-pub static LB4_RNAT: HashMap<u32, RevNat4> = HashMap::pinned(cap::REV_NAT, NO_PREALLOC);
+pub static LB4_RNAT: HashMap<u32, RevNat4> = HashMap::pinned(cap::REV_NAT, 0);
 #[map(name = "LB6_RNAT_V1")]
-pub static LB6_RNAT: HashMap<u32, RevNat6> = HashMap::pinned(cap::REV_NAT, NO_PREALLOC);
+pub static LB6_RNAT: HashMap<u32, RevNat6> = HashMap::pinned(cap::REV_NAT, 0);
 #[map(name = "LB4_AFF_V1")]
 pub static LB4_AFF: LruHashMap<Affinity4Key, AffinityValue> = LruHashMap::pinned(cap::AFFINITY, 0);
 #[map(name = "LB6_AFF_V1")]
