@@ -15,6 +15,8 @@ use crate::nsexec;
 const PORT_STREAM: u16 = 5201;
 const PORT_RR: u16 = 5202;
 const PORT_CRR: u16 = 5203;
+/// Every port the server listens on (a Service in front of it forwards these).
+pub const PORTS: [u16; 3] = [PORT_STREAM, PORT_RR, PORT_CRR];
 
 /// Runs the three measurements from the netns `client` to `server_ip` served from the netns `server`.
 /// `cpu`: pin client and server threads to that CPU. On this kind of VM a cross-CPU wake-up costs ~50 µs, so
