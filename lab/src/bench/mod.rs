@@ -15,7 +15,7 @@ mod report;
 mod stats;
 
 pub use fixtures::{bench_topology, RoutedPath, VethPair};
-pub use load::{first_allowed_cpu, measure};
+pub use load::{first_allowed_cpu, measure, measure_on};
 pub use report::{machine_line, render, SECTION};
 pub use stats::{Numbers, Row};
 
@@ -68,12 +68,16 @@ struct PathUnderTest {
     server: PathBuf,
     ip: Ipv4Addr,
     cgroup: Option<PathBuf>,
+    ports: [u16; 3],
 }
 
 /// Row labels the report looks rows up by.
 pub const HOST_GW: &str = "host-gw, across nodes";
 pub const SVC_TC: &str = "host-gw, pod -> ClusterIP, tc path";
 pub const SVC_SOCK: &str = "host-gw, pod -> ClusterIP, socket LB (client in its node's cgroup)";
+/// The server's ports on the Service paths: one set per path (see [`measure_on`]).
+const SVC_TC_PORTS: [u16; 3] = [5211, 5212, 5213];
+const SVC_SOCK_PORTS: [u16; 3] = [5221, 5222, 5223];
 
 /// `--pair FROM TO`: the three measurements between two pods of an existing lab.
 fn run_pair_of_lab(args: &BenchArgs, pair: &[String], out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
@@ -125,7 +129,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
     guards.push(LabGuard(veth_lab.clone()));
     let pair = VethPair::create(&veth_lab)?;
     let (client, server, ip) = pair.endpoints();
-    paths.push(PathUnderTest { label: "veth pair (limit)", client, server, ip, cgroup: None });
+    paths.push(PathUnderTest { label: "veth pair (limit)", client, server, ip, cgroup: None, ports: load::PORTS });
     let routed_lab = format!("{base}rt");
     guards.push(LabGuard(routed_lab.clone()));
     let routed = RoutedPath::create(&routed_lab)?;
@@ -136,6 +140,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
         server,
         ip,
         cgroup: None,
+        ports: load::PORTS,
     });
     for (suffix, mode, label) in [("hg", Mode::HostGw, HOST_GW), ("vx", Mode::Vxlan, "vxlan, across nodes")] {
         let name = format!("{base}{suffix}");
@@ -152,20 +157,35 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
         // The guard removes a partial lab, so its error is reported without the note that it stays.
         let mut st = lab::up(&opts, &mut std::io::sink()).map_err(LabError::into_cause)?;
         let (client, server, ip) = lab_pair(&st)?;
-        paths.push(PathUnderTest { label, client: client.clone(), server: server.clone(), ip, cgroup: None });
+        paths.push(PathUnderTest {
+            label,
+            client: client.clone(),
+            server: server.clone(),
+            ip,
+            cgroup: None,
+            ports: load::PORTS,
+        });
         if mode == Mode::HostGw {
-            let vip = bench_service(&mut st, &load::PORTS)?;
+            let vip = bench_service(&mut st, &[SVC_TC_PORTS, SVC_SOCK_PORTS].concat())?;
             paths.push(PathUnderTest {
                 label: SVC_TC,
                 client: client.clone(),
                 server: server.clone(),
                 ip: vip,
                 cgroup: None,
+                ports: SVC_TC_PORTS,
             });
             // The client pod's node's cgroup: its agent attached the socket load balancer there.
             let node = st.pod("client").map(|p| p.node.clone()).unwrap_or_default();
             match st.dirs().cgroup(&node).filter(|c| c.exists()) {
-                Some(cg) => paths.push(PathUnderTest { label: SVC_SOCK, client, server, ip: vip, cgroup: Some(cg) }),
+                Some(cg) => paths.push(PathUnderTest {
+                    label: SVC_SOCK,
+                    client,
+                    server,
+                    ip: vip,
+                    cgroup: Some(cg),
+                    ports: SVC_SOCK_PORTS,
+                }),
                 None => {
                     let _ = writeln!(out, "no cgroup v2 for {node}: the socket LB row is left out");
                 }
@@ -178,7 +198,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
     for round in 0..args.rounds.max(1) {
         for (i, p) in paths.iter().enumerate() {
             let joined = p.cgroup.as_deref().map(InCgroup::join).transpose()?;
-            let n = measure(&p.client, &p.server, p.ip, secs, cpu);
+            let n = measure_on(&p.client, &p.server, p.ip, p.ports, secs, cpu);
             drop(joined);
             let n = n?;
             let _ = writeln!(
