@@ -86,7 +86,7 @@ fn add_links<D: Dataplane>(
     let pod = dp.configure_pod(&p)?;
     if c.cfg.ip_masq {
         let sources: Vec<_> = p.addresses.iter().map(|a| a.trunc()).collect();
-        dp.ensure_masquerade(&c.conf.name, &sources, &c.cfg.cluster_cidrs)?;
+        dp.ensure_masquerade(&c.conf.name, &sources, &c.cfg.cluster_cidrs, c.cfg.untrack_cluster)?;
     }
     Ok(render(&p, outcome, &bridge, &host, &pod))
 }
@@ -264,6 +264,14 @@ mod tests {
     }
 
     #[test]
+    fn untrack_cluster_traffic_false_reaches_the_dataplane() {
+        let fx = Fixture::new();
+        let mut dp = FakeDataplane::new();
+        run(&fx, Command::Add, "c1", json!({"untrackClusterTraffic": false}), |c| add(&mut dp, c)).unwrap();
+        assert!(!dp.masq["testnet"].2);
+    }
+
+    #[test]
     fn add_builds_everything_refuses_a_repeat_and_del_undoes_it() {
         let fx = Fixture::new();
         let mut dp = FakeDataplane::new();
@@ -278,6 +286,7 @@ mod tests {
         assert!(dp.pod_links["eth0"].routes.contains(&("0.0.0.0/0".parse().unwrap(), "10.244.1.1".parse().ok())));
         assert_eq!(dp.forwarding, (true, false));
         assert_eq!(dp.masq["testnet"].0, vec!["10.244.1.0/29".parse().unwrap()]);
+        assert!(dp.masq["testnet"].2, "untrackClusterTraffic defaults to true");
         // SPEC: "If an interface of the requested name already exists in the container, the CNI plugin MUST
         // return with an error." The live attachment keeps its interface and its address.
         let pod_before = dp.pod_links["eth0"].clone();

@@ -16,6 +16,8 @@ pub struct PluginConfig {
     pub default_gateway: bool,
     pub ip_masq: bool,
     pub cluster_cidrs: Vec<IpNet>,
+    /// With `ip_masq`: traffic from clusterCIDR to clusterCIDR skips kernel conntrack (`untrackClusterTraffic`).
+    pub untrack_cluster: bool,
     /// The `ipam` object as sent; its `type` picks in-process (`trellis-ipam`) or a delegated plugin.
     pub ipam: Value,
     pub ipam_type: String,
@@ -94,6 +96,7 @@ impl PluginConfig {
             default_gateway: bool_field(raw, "isDefaultGateway", true)?,
             ip_masq,
             cluster_cidrs,
+            untrack_cluster: bool_field(raw, "untrackClusterTraffic", true)?,
             ipam,
             ipam_type,
         })
@@ -129,6 +132,7 @@ mod tests {
         let c = conf(json!({})).unwrap();
         assert_eq!(c.bridge, "trellis0");
         assert!(c.hairpin && c.default_gateway && !c.ip_masq);
+        assert!(c.untrack_cluster, "intra-cluster traffic is untracked unless told otherwise");
         assert_eq!(c.mtu, None);
         assert!(c.in_process_ipam());
     }
@@ -153,6 +157,7 @@ mod tests {
             (json!({"mtu": "1500"}), 7),
             (json!({"ipMasq": true}), 7),
             (json!({"ipMasq": "yes", "clusterCIDR": "10.0.0.0/8"}), 7),
+            (json!({"untrackClusterTraffic": "no"}), 7),
             (json!({"clusterCIDR": "10.0.0.0/33"}), 7),
             (json!({"ipam": {}}), 7),
             (json!({"ipam": null}), 7),
@@ -178,6 +183,8 @@ mod tests {
     fn booleans_and_mtu_bounds_are_exact() {
         let c = conf(json!({"hairpinMode": false, "isDefaultGateway": false, "ipMasq": false})).unwrap();
         assert!(!c.hairpin && !c.default_gateway && !c.ip_masq);
+        assert!(!conf(json!({"untrackClusterTraffic": false})).unwrap().untrack_cluster);
+        assert!(conf(json!({"untrackClusterTraffic": null})).unwrap().untrack_cluster);
         let c = conf(json!({"hairpinMode": true, "isDefaultGateway": true, "ipMasq": true,
                             "clusterCIDR": ["10.0.0.0/8", "fd00::/8"]}))
         .unwrap();

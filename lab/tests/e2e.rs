@@ -342,3 +342,81 @@ fn bench_routed_reference_path_carries_traffic() {
     drop(r);
     assert_eq!(leftovers(&name), Vec::<String>::new());
 }
+
+/// A process of this test, killed (by its own pid) and reaped on drop, pass or fail.
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `probe -o json` attempts from `from` to `target`:`port` (one line each).
+fn probe_json(lab: &Lab, from: &str, target: &str, port: &str) -> Vec<serde_json::Value> {
+    let o = lab.run("probe", &[from, target, port, "-o", "json", "--timeout-ms", "2000"]);
+    String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// A node netns' kernel conntrack table (per netns; empty when nothing is tracked there).
+fn conntrack(netns: &str) -> String {
+    let o = Command::new("ip").args(["netns", "exec", netns, "cat", "/proc/net/nf_conntrack"]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn egress_is_masqueraded_while_traffic_inside_the_cluster_is_untracked_and_unbridged_by_netfilter() {
+    require_root!();
+    let _s = serial();
+    let lab = Lab::up("eg", &["--mode", "host-gw"]);
+    let st = LabState::load(&lab.name).unwrap();
+    let client1 = st.pod_ips["default/client-1"].to_string();
+    let web2 = st.pod_ips["default/web-2"].to_string();
+    let node_of_client1 = st.plan.node(&st.pod("client-1").unwrap().node).unwrap().clone();
+
+    // The agents (service proxy on) turned bridge netfilter off in their node netns, where br_netfilter is there.
+    if std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+        for n in &st.plan.nodes {
+            let ok = wait_until(Duration::from_secs(10), || {
+                let o = Command::new("ip")
+                    .args(["netns", "exec", &n.netns, "cat", "/proc/sys/net/bridge/bridge-nf-call-iptables"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&o.stdout).trim() == "0"
+            });
+            assert!(ok, "bridge-nf-call-iptables still on in {}\n{}", n.name, lab.logs());
+        }
+    }
+
+    // A server on the external host, which has no route into the pod network: a pod's connection is answered
+    // only if the node rewrote its source, and the server sees the node's address.
+    let ext_ns = trellis_lab::names::external_netns(&lab.name);
+    let server = Command::new("ip")
+        .args(["netns", "exec", &ext_ns, common::LAB, "serve", "--pod-name", "external", "--ports", "9099"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = Killed(server);
+    let ext_ip = st.plan.external_ip.to_string();
+    assert!(
+        wait_until(Duration::from_secs(10), || probe_json(&lab, "external", &ext_ip, "9099").len() == 1
+            && probe_json(&lab, "external", &ext_ip, "9099")[0]["ok"] == true),
+        "the external server never came up"
+    );
+    let a = probe_json(&lab, "client-1", "external", "9099");
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(a[0]["ok"], true, "pod -> external failed: {a:?}\n{}", lab.logs());
+    assert_eq!(a[0]["client"], node_of_client1.internal_ip.to_string(), "not masqueraded to the node: {a:?}");
+    // Tracked (that is what masquerade needs) in the client's node...
+    let ct = conntrack(&node_of_client1.netns);
+    assert!(ct.contains(&format!("src={client1} dst={ext_ip} ")), "egress flow not tracked:\n{ct}");
+
+    // ...while pod to pod across nodes keeps the client's address and leaves no conntrack entry on either node.
+    let a = probe_json(&lab, "client-1", "web-2", "8080");
+    assert_eq!((a[0]["pod"].as_str(), a[0]["client"].as_str()), (Some("web-2"), Some(client1.as_str())), "{a:?}");
+    for n in &st.plan.nodes {
+        let ct = conntrack(&n.netns);
+        assert!(!ct.contains(&format!("src={client1} dst={web2} ")), "pod-to-pod tracked on {}:\n{ct}", n.name);
+    }
+}

@@ -17,5 +17,6 @@ pub mod model;
 pub mod overlay;
 pub mod reconcile;
 pub mod services;
+pub mod sysctl;
 
 pub use error::{Error, Result};

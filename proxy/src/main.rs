@@ -111,6 +111,12 @@ struct Args {
     #[arg(long, action = ArgAction::Set, default_value_t = true)]
     service_proxy: bool,
 
+    /// Turn bridge netfilter off in this netns (`net.bridge.bridge-nf-call-iptables` and `-ip6tables` = 0, when
+    /// br_netfilter is loaded), and keep it off at every repair round: bridged pod frames then skip
+    /// iptables/nftables. Default: on with --service-proxy (Services no longer need it; kube-proxy did).
+    #[arg(long, action = ArgAction::Set)]
+    bridge_netfilter_off: Option<bool>,
+
     /// bpffs directory for this node's pinned maps and links (default: /sys/fs/bpf/trellis/<node-name>).
     #[arg(long)]
     bpf_dir: Option<PathBuf>,
@@ -201,6 +207,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         repair_interval: Duration::from_secs(args.repair_interval_secs),
     };
     info!(node = %cfg.node_name, source = source.name(), overlay = ?cfg.overlay.mode, "trellis-agent starting");
+    if args.bridge_netfilter_off.unwrap_or(args.service_proxy) {
+        trellis_agent::sysctl::keep_bridge_nf_off(
+            trellis_agent::sysctl::BRIDGE_DIR.into(),
+            Duration::from_secs(args.repair_interval_secs),
+        )?;
+    }
     let services = args.service_proxy.then(|| ServicesConfig {
         node_name: args.node_name.clone(),
         pins: args.bpf_dir.clone().unwrap_or_else(|| PinDir::for_node(&args.node_name).path().to_path_buf()),

@@ -31,6 +31,7 @@ fn help_lists_every_contract_flag() {
         "--bridge",
         "--ip-masq",
         "--repair-interval-secs",
+        "--bridge-netfilter-off",
         "--metrics-addr",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}:\n{out}");

@@ -140,3 +140,50 @@ fn cluster_cidr_array_entries_are_all_exempt_from_masquerade() {
     assert!(counter(&outside, "10.244.0.0/16") >= 1, "the second clusterCIDR entry was masqueraded");
     assert_eq!(counter(&outside, NODE_UPLINK), 0, "traffic inside clusterCIDR took the node's address");
 }
+
+/// The node netns' conntrack table (`/proc/net/nf_conntrack` is per netns; empty when nothing is tracked).
+fn conntrack(node: &Netns) -> String {
+    node.run(&["cat", "/proc/net/nf_conntrack"]).unwrap_or_default()
+}
+
+#[test]
+fn traffic_inside_cluster_cidr_is_untracked_and_egress_still_masqueraded() {
+    require_root!();
+    let fx = Fixture::new().unwrap();
+    let mut c = fx.trellis("1.0.0", "10.244.51.0/24");
+    c["ipMasq"] = json!(true);
+    c["clusterCIDR"] = json!("10.244.0.0/16");
+    let a = Pod::new("ut1").unwrap();
+    let b = Pod::new("ut2").unwrap();
+    let ip_a = result::ipv4(&fx.node.add(&c, &a).unwrap()).unwrap();
+    let ip_b = result::ipv4(&fx.node.add(&c, &b).unwrap()).unwrap();
+    let rules = fx.node.ns.nft_ruleset().unwrap();
+    for hook in ["prerouting", "output"] {
+        assert!(rules.contains(&format!("type filter hook {hook} priority raw")), "no raw {hook} chain:\n{rules}");
+    }
+    assert_eq!(rules.matches("notrack").count(), 2, "{rules}");
+
+    // Pod to pod (bridged, and through the node's gateway address, which is in clusterCIDR too): no conntrack
+    // entry, whether or not br_netfilter hands bridged frames to the IP hooks.
+    assert!(a.ns.ping(&ip_b.to_string()), "pod {ip_a} -> pod {ip_b}");
+    let gw = "10.244.51.1";
+    assert!(a.ns.ping(gw), "pod {ip_a} -> gateway {gw}");
+    let ct = conntrack(&fx.node.ns);
+    assert!(!ct.contains(&format!("src={ip_a} ")), "intra-cluster flows were tracked:\n{ct}");
+
+    // Pod to outside: tracked, masqueraded, answered.
+    let outside = outside_host(&fx.node.ns, &[("ip", NODE_UPLINK), ("ip", "10.244.0.0/16")]);
+    assert!(a.ns.ping(OUTSIDE), "pod {ip_a} -> outside {OUTSIDE} failed: not masqueraded?\n{rules}");
+    assert!(counter(&outside, NODE_UPLINK) >= 1, "no echo request arrived from the node address");
+    assert_eq!(counter(&outside, "10.244.0.0/16"), 0, "pod source address leaked past the node");
+    let ct = conntrack(&fx.node.ns);
+    assert!(ct.contains(&format!("src={ip_a} dst={OUTSIDE} ")), "the masqueraded flow is not tracked:\n{ct}");
+
+    // untrackClusterTraffic false: the next ADD removes the raw chains (and only them), atomically.
+    c["untrackClusterTraffic"] = json!(false);
+    let d = Pod::new("ut3").unwrap();
+    fx.node.add(&c, &d).unwrap();
+    let off = fx.node.ns.nft_ruleset().unwrap();
+    assert!(!off.contains("notrack") && !off.contains("priority raw"), "{off}");
+    assert_eq!(off.matches("masquerade").count(), 1, "{off}");
+}

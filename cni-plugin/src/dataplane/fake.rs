@@ -26,7 +26,8 @@ pub struct FakeDataplane {
     pub node_links: BTreeMap<String, FakeLink>,
     pub pod_links: BTreeMap<String, FakeLink>,
     pub forwarding: (bool, bool),
-    pub masq: BTreeMap<String, (Vec<IpNet>, Vec<IpNet>)>,
+    /// network -> (sources, cluster, untrack)
+    pub masq: BTreeMap<String, (Vec<IpNet>, Vec<IpNet>, bool)>,
     pub uplink_mtu: u32,
     next_index: u32,
 }
@@ -149,8 +150,14 @@ impl Dataplane for FakeDataplane {
             .collect())
     }
 
-    fn ensure_masquerade(&mut self, network: &str, sources: &[IpNet], cluster: &[IpNet]) -> Result<(), CniError> {
-        self.masq.insert(network.into(), (sources.to_vec(), cluster.to_vec()));
+    fn ensure_masquerade(
+        &mut self,
+        network: &str,
+        sources: &[IpNet],
+        cluster: &[IpNet],
+        untrack: bool,
+    ) -> Result<(), CniError> {
+        self.masq.insert(network.into(), (sources.to_vec(), cluster.to_vec(), untrack));
         Ok(())
     }
 }
@@ -220,8 +227,14 @@ impl<D: Dataplane> Dataplane for FaultyDataplane<D> {
         self.tick("host_veths_on")?;
         self.inner.host_veths_on(bridge)
     }
-    fn ensure_masquerade(&mut self, network: &str, sources: &[IpNet], cluster: &[IpNet]) -> Result<(), CniError> {
+    fn ensure_masquerade(
+        &mut self,
+        network: &str,
+        sources: &[IpNet],
+        cluster: &[IpNet],
+        untrack: bool,
+    ) -> Result<(), CniError> {
         self.tick("ensure_masquerade")?;
-        self.inner.ensure_masquerade(network, sources, cluster)
+        self.inner.ensure_masquerade(network, sources, cluster, untrack)
     }
 }

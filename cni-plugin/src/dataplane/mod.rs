@@ -49,6 +49,13 @@ pub trait Dataplane {
     fn observe_pod(&mut self, ifname: &str) -> Result<Option<Observed>, CniError>;
     /// The bridge ports that look like our host veths.
     fn host_veths_on(&mut self, bridge: &str) -> Result<Vec<String>, CniError>;
-    /// nftables masquerade for `sources` leaving `cluster`, keyed by network name. Idempotent.
-    fn ensure_masquerade(&mut self, network: &str, sources: &[IpNet], cluster: &[IpNet]) -> Result<(), CniError>;
+    /// nftables masquerade for `sources` leaving `cluster`, keyed by network name; `untrack`: traffic from
+    /// `cluster` to `cluster` skips conntrack (false removes that). Idempotent.
+    fn ensure_masquerade(
+        &mut self,
+        network: &str,
+        sources: &[IpNet],
+        cluster: &[IpNet],
+        untrack: bool,
+    ) -> Result<(), CniError>;
 }

@@ -254,8 +254,14 @@ impl Dataplane for RealDataplane {
             .collect())
     }
 
-    fn ensure_masquerade(&mut self, network: &str, sources: &[IpNet], cluster: &[IpNet]) -> Result<(), CniError> {
-        masq::apply(&masq::script(network, sources, cluster))
+    fn ensure_masquerade(
+        &mut self,
+        network: &str,
+        sources: &[IpNet],
+        cluster: &[IpNet],
+        untrack: bool,
+    ) -> Result<(), CniError> {
+        masq::apply(&masq::script(network, sources, cluster, untrack))
     }
 }
 

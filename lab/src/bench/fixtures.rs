@@ -2,24 +2,95 @@
 //! host-gw's hops (the reference). Each removes itself on drop, pass or fail.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
+use crate::echo::Proto;
 use crate::error::{LabError, Result};
 use crate::lab;
 use crate::names;
 use crate::net::{LabNet, NetlinkNet};
+use crate::nsexec;
 use crate::state::LabState;
 use crate::topology::{Mode, Topology};
 use crate::underlay;
 
-/// Bench topology: 2 nodes, one pod on each.
+/// Bench topology: 2 nodes, one pod on each; the server pod is labelled for the bench Service.
 pub fn bench_topology(name: &str, mode: Mode) -> Result<Topology> {
     Topology::parse(&format!(
-        "name: {name}\nmode: {}\nnodes: [{{name: node1}}, {{name: node2}}]\npods:\n  - {{name: server, node: node1}}\n  - {{name: client, node: node2}}\n",
+        "name: {name}\nmode: {}\nnodes: [{{name: node1}}, {{name: node2}}]\npods:\n  - {{name: server, node: node1, labels: {{app: {SERVICE}}}}}\n  - {{name: client, node: node2}}\n",
         mode.as_str()
     ))
+}
+
+/// The bench Service: ClusterIP, its only backend the server pod, on the load generator's ports and the lab
+/// server's (to see that it is programmed before measuring).
+pub const SERVICE: &str = "bench";
+
+fn service_manifest(ports: &[u16]) -> String {
+    let ports: Vec<String> =
+        ports.iter().map(|p| format!("  - {{name: p{p}, port: {p}, targetPort: {p}, protocol: TCP}}")).collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {SERVICE}, namespace: default}}\nspec:\n  type: ClusterIP\n  \
+         selector: {{app: {SERVICE}}}\n  ports:\n{}\n",
+        ports.join("\n")
+    )
+}
+
+/// Applies the bench Service to a bench lab and waits (deadline 60 s) until the client pod reaches the server
+/// through it. Returns its ClusterIP.
+pub(super) fn bench_service(st: &mut LabState, ports: &[u16]) -> Result<Ipv4Addr> {
+    let file = st.dirs().root.join("bench-service.yaml");
+    let server = st.pod("server").ok_or_else(|| LabError::State("bench lab has no server pod".into()))?.clone();
+    let mut all = vec![server.ports[0].port()];
+    all.extend_from_slice(ports);
+    std::fs::write(&file, service_manifest(&all)).map_err(|e| LabError::io("writing", &file, e))?;
+    lab::apply(st, &[file], &mut std::io::sink())?;
+    let target = format!("svc/{SERVICE}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match lab::probe(st, "client", &target, all[0], Proto::Tcp, Duration::from_millis(500)) {
+            Ok(pod) if pod == server.name => break,
+            Ok(other) => return Err(LabError::Probe(format!("{target} answered from {other}, not {}", server.name))),
+            Err(e) if Instant::now() > deadline => {
+                return Err(LabError::Timeout(format!("{target} not served from the client pod within 60 s: {e}")))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    lab::resolve_target(st, &target, &lab::services(st)?)
+}
+
+/// This process in a cgroup (v2) for as long as it lives, then back where it was. The socket load balancer of a
+/// node applies to the processes of its cgroup; the bench's client is a thread, and a thread's cgroup is its
+/// process's.
+pub(super) struct InCgroup {
+    back: PathBuf,
+}
+
+impl InCgroup {
+    pub(super) fn join(dir: &Path) -> Result<InCgroup> {
+        let back = own_cgroup().ok_or_else(|| LabError::State("cannot tell this process's cgroup (v2)".into()))?;
+        nsexec::join_cgroup(dir)?;
+        Ok(InCgroup { back })
+    }
+}
+
+impl Drop for InCgroup {
+    fn drop(&mut self) {
+        if let Err(e) = nsexec::join_cgroup(&self.back) {
+            eprintln!("bench: moving back to cgroup {}: {e}", self.back.display());
+        }
+    }
+}
+
+/// This process's cgroup v2 directory (`0::/path` in /proc/self/cgroup under the cgroup2 mount).
+fn own_cgroup() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(names::cgroup2_root()?.join(rel.trim_start_matches('/')))
 }
 
 /// A bare veth pair between two namespaces (named like a lab, so `down` can remove it).
@@ -148,5 +219,19 @@ mod tests {
         assert_eq!(t.nodes.len(), 2);
         assert_eq!(t.pods.len(), 2);
         assert_ne!(t.pods[0].node, t.pods[1].node);
+        assert_eq!(t.pods[0].labels.get("app").map(String::as_str), Some(SERVICE));
+    }
+
+    #[test]
+    fn bench_service_selects_the_server_on_every_port() {
+        let m = service_manifest(&[8080, 5201, 5202]);
+        let docs = crate::manifests::parse_documents(&m, "bench").unwrap();
+        let svc = &docs[0];
+        assert_eq!(svc["kind"], "Service");
+        assert_eq!(svc["spec"]["selector"]["app"], SERVICE);
+        let ports: Vec<u64> =
+            svc["spec"]["ports"].as_array().unwrap().iter().map(|p| p["targetPort"].as_u64().unwrap()).collect();
+        assert_eq!(ports, [8080, 5201, 5202]);
+        crate::services::validate_service(svc, "10.96.0.0/16".parse().unwrap()).unwrap();
     }
 }

@@ -1,7 +1,8 @@
 //! `trellis-lab bench`: pod-to-pod TCP throughput, request/response rate (1-byte ping-pong on one connection)
 //! and connect rate (connect, 1 byte each way, close) across nodes with vxlan, with host-gw, and over a plain
-//! veth pair between two namespaces (the limit). Client and server are threads of this process, each in its
-//! netns.
+//! veth pair between two namespaces (the limit); and with host-gw, the same pods through a Service's ClusterIP
+//! whose only backend is the server pod, once on the tc path and once through the socket load balancer (the
+//! client in its node's cgroup). Client and server are threads of this process, each in its netns.
 //!
 //! - [`load`]: the load generator (server and client threads, pinned, in their netns);
 //! - [`fixtures`]: the paths measured (bench labs, a bare veth pair, a hand-routed reference);
@@ -14,7 +15,7 @@ mod report;
 mod stats;
 
 pub use fixtures::{bench_topology, RoutedPath, VethPair};
-pub use load::{first_allowed_cpu, measure};
+pub use load::{first_allowed_cpu, measure, measure_on};
 pub use report::{machine_line, render, SECTION};
 pub use stats::{Numbers, Row};
 
@@ -27,7 +28,7 @@ use crate::lab::{self, UpOptions};
 use crate::names;
 use crate::state::LabState;
 use crate::topology::Mode;
-use fixtures::{lab_pair, LabGuard};
+use fixtures::{bench_service, lab_pair, InCgroup, LabGuard};
 use stats::summarize;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -59,13 +60,24 @@ pub struct BenchArgs {
     pub name: Option<String>,
 }
 
-/// One measured path: where the client and server run and the server's address.
+/// One measured path: where the client and server run and the server's address; `cgroup`: this process joins it
+/// while the path is measured (a node's cgroup, for its socket load balancer).
 struct PathUnderTest {
     label: &'static str,
     client: PathBuf,
     server: PathBuf,
     ip: Ipv4Addr,
+    cgroup: Option<PathBuf>,
+    ports: [u16; 3],
 }
+
+/// Row labels the report looks rows up by.
+pub const HOST_GW: &str = "host-gw, across nodes";
+pub const SVC_TC: &str = "host-gw, pod -> ClusterIP, tc path";
+pub const SVC_SOCK: &str = "host-gw, pod -> ClusterIP, socket LB (client in its node's cgroup)";
+/// The server's ports on the Service paths: one set per path (see [`measure_on`]).
+const SVC_TC_PORTS: [u16; 3] = [5211, 5212, 5213];
+const SVC_SOCK_PORTS: [u16; 3] = [5221, 5222, 5223];
 
 /// `--pair FROM TO`: the three measurements between two pods of an existing lab.
 fn run_pair_of_lab(args: &BenchArgs, pair: &[String], out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
@@ -117,15 +129,20 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
     guards.push(LabGuard(veth_lab.clone()));
     let pair = VethPair::create(&veth_lab)?;
     let (client, server, ip) = pair.endpoints();
-    paths.push(PathUnderTest { label: "veth pair (limit)", client, server, ip });
+    paths.push(PathUnderTest { label: "veth pair (limit)", client, server, ip, cgroup: None, ports: load::PORTS });
     let routed_lab = format!("{base}rt");
     guards.push(LabGuard(routed_lab.clone()));
     let routed = RoutedPath::create(&routed_lab)?;
     let (client, server, ip) = routed.endpoints();
-    paths.push(PathUnderTest { label: "routed by hand, same hops as host-gw (reference)", client, server, ip });
-    for (suffix, mode, label) in
-        [("hg", Mode::HostGw, "host-gw, across nodes"), ("vx", Mode::Vxlan, "vxlan, across nodes")]
-    {
+    paths.push(PathUnderTest {
+        label: "routed by hand, same hops as host-gw (reference)",
+        client,
+        server,
+        ip,
+        cgroup: None,
+        ports: load::PORTS,
+    });
+    for (suffix, mode, label) in [("hg", Mode::HostGw, HOST_GW), ("vx", Mode::Vxlan, "vxlan, across nodes")] {
         let name = format!("{base}{suffix}");
         guards.push(LabGuard(name.clone()));
         let opts = UpOptions {
@@ -138,16 +155,52 @@ pub fn run(args: &BenchArgs, out: &mut dyn std::io::Write) -> Result<Vec<Row>> {
             agent_timeout: Duration::from_secs(60),
         };
         // The guard removes a partial lab, so its error is reported without the note that it stays.
-        let st = lab::up(&opts, &mut std::io::sink()).map_err(LabError::into_cause)?;
+        let mut st = lab::up(&opts, &mut std::io::sink()).map_err(LabError::into_cause)?;
         let (client, server, ip) = lab_pair(&st)?;
-        paths.push(PathUnderTest { label, client, server, ip });
+        paths.push(PathUnderTest {
+            label,
+            client: client.clone(),
+            server: server.clone(),
+            ip,
+            cgroup: None,
+            ports: load::PORTS,
+        });
+        if mode == Mode::HostGw {
+            let vip = bench_service(&mut st, &[SVC_TC_PORTS, SVC_SOCK_PORTS].concat())?;
+            paths.push(PathUnderTest {
+                label: SVC_TC,
+                client: client.clone(),
+                server: server.clone(),
+                ip: vip,
+                cgroup: None,
+                ports: SVC_TC_PORTS,
+            });
+            // The client pod's node's cgroup: its agent attached the socket load balancer there.
+            let node = st.pod("client").map(|p| p.node.clone()).unwrap_or_default();
+            match st.dirs().cgroup(&node).filter(|c| c.exists()) {
+                Some(cg) => paths.push(PathUnderTest {
+                    label: SVC_SOCK,
+                    client,
+                    server,
+                    ip: vip,
+                    cgroup: Some(cg),
+                    ports: SVC_SOCK_PORTS,
+                }),
+                None => {
+                    let _ = writeln!(out, "no cgroup v2 for {node}: the socket LB row is left out");
+                }
+            }
+        }
     }
     let _ = writeln!(out, "{} paths up; {} rounds of {}s per measurement", paths.len(), args.rounds, args.secs);
 
     let mut samples: Vec<Vec<Numbers>> = vec![Vec::new(); paths.len()];
     for round in 0..args.rounds.max(1) {
         for (i, p) in paths.iter().enumerate() {
-            let n = measure(&p.client, &p.server, p.ip, secs, cpu)?;
+            let joined = p.cgroup.as_deref().map(InCgroup::join).transpose()?;
+            let n = measure_on(&p.client, &p.server, p.ip, p.ports, secs, cpu);
+            drop(joined);
+            let n = n?;
             let _ = writeln!(
                 out,
                 "round {}: {:<50} {:>7.2} Gbit/s {:>8.0} RR/s {:>7.0} CRR/s",

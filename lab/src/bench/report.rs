@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::stats::Row;
-use super::BenchArgs;
+use super::{BenchArgs, HOST_GW, SVC_SOCK, SVC_TC};
 use crate::error::Result;
 
 /// The bench's section in BENCHMARKS.md, between `<!-- lab-bench -->` markers.
@@ -27,7 +27,8 @@ fn find<'a>(rows: &'a [Row], prefix: &str) -> Option<&'a Row> {
 /// The markdown section: table, ratios against the goals, and the command.
 pub fn render(rows: &[Row], command: &str, machine: &str) -> String {
     let mut s = format!(
-        "### Pod-to-pod TCP across nodes (trellis-lab bench)\n\nCommand: `{command}`\n\n- machine: {machine}\n\
+        "### Pod-to-pod and pod-to-Service TCP across nodes (trellis-lab bench)\n\nCommand: `{command}`\n\n\
+         - machine: {machine}\n\
          - client and server are threads of trellis-lab inside the pods' netns, one connection each; throughput: \
          128 KiB writes; RR: 1-byte ping-pong; CRR: connect, 1 byte each way, close (server first)\n\
          - cells are median / best over interleaved rounds (all paths are up at once, measured in turn); goals are \
@@ -36,7 +37,10 @@ pub fn render(rows: &[Row], command: &str, machine: &str) -> String {
          unpinned RR measures where the scheduler put the threads (~10k/s on every path) rather than the path\n\
          - reference rows: a plain veth pair between two netns (the limit named in the goals) and a path routed by \
          hand over the same hops as host-gw (pod veth, node, underlay bridge, node, pod veth; no pod bridge, no \
-         nftables, no agent)\n\n\
+         nftables, no agent)\n\
+         - Service rows: the same host-gw pods, the client connecting to the ClusterIP of a Service whose only \
+         backend is the server pod: on the tc path (DNAT on the client's host veth), and through the socket load \
+         balancer (this process in the client node's cgroup: translated once at connect())\n\n\
          | path | TCP throughput (Gbit/s) | TCP RR (trans/s) | TCP CRR (conn/s) |\n| --- | ---: | ---: | ---: |\n"
     );
     for r in rows {
@@ -58,23 +62,52 @@ pub fn render(rows: &[Row], command: &str, machine: &str) -> String {
     };
     s.push_str("\nGoals:\n\n");
     s.push_str(&goal(
-        r(best("host-gw").map(|n| n.rr), best("veth").map(|n| n.rr)),
-        r(med("host-gw").map(|n| n.rr), med("veth").map(|n| n.rr)),
+        r(best(HOST_GW).map(|n| n.rr), best("routed").map(|n| n.rr)),
+        r(med(HOST_GW).map(|n| n.rr), med("routed").map(|n| n.rr)),
+        0.95,
+        "host-gw RR / hand-routed RR (same hops)",
+    ));
+    s.push_str(&goal(
+        r(best(HOST_GW).map(|n| n.crr), best("routed").map(|n| n.crr)),
+        r(med(HOST_GW).map(|n| n.crr), med("routed").map(|n| n.crr)),
+        0.95,
+        "host-gw CRR / hand-routed CRR (same hops)",
+    ));
+    s.push_str(&goal(
+        r(best(HOST_GW).map(|n| n.rr), best("veth").map(|n| n.rr)),
+        r(med(HOST_GW).map(|n| n.rr), med("veth").map(|n| n.rr)),
         0.9,
         "host-gw RR / veth RR",
     ));
     s.push_str(&goal(
-        r(best("vxlan").map(|n| n.crr), best("host-gw").map(|n| n.crr)),
-        r(med("vxlan").map(|n| n.crr), med("host-gw").map(|n| n.crr)),
+        r(best("vxlan").map(|n| n.crr), best(HOST_GW).map(|n| n.crr)),
+        r(med("vxlan").map(|n| n.crr), med(HOST_GW).map(|n| n.crr)),
         0.7,
         "vxlan CRR / host-gw CRR",
     ));
+    // The Service paths against the pod path they ride on (same pods, same hops).
+    for (label, what) in [(SVC_TC, "tc path"), (SVC_SOCK, "socket LB")] {
+        if find(rows, label).is_none() {
+            continue;
+        }
+        let ratio = |m: fn(&super::Numbers) -> f64| {
+            format!(
+                "{} (median {})",
+                fmt(r(best(label).map(|n| m(&n)), best(HOST_GW).map(|n| m(&n)))),
+                fmt(r(med(label).map(|n| m(&n)), med(HOST_GW).map(|n| m(&n)))),
+            )
+        };
+        s.push_str(&format!(
+            "\nService ({what}) / pod IP, best rounds: throughput {}, RR {}, CRR {}\n",
+            ratio(|n| n.throughput),
+            ratio(|n| n.rr),
+            ratio(|n| n.crr),
+        ));
+    }
     s.push_str(&format!(
-        "\nAlso (best rounds): host-gw RR / hand-routed RR on the same hops = {}; vxlan throughput / host-gw = {}; \
-         vxlan RR / host-gw RR = {}\n",
-        fmt(r(best("host-gw").map(|n| n.rr), best("routed").map(|n| n.rr))),
-        fmt(r(best("vxlan").map(|n| n.throughput), best("host-gw").map(|n| n.throughput))),
-        fmt(r(best("vxlan").map(|n| n.rr), best("host-gw").map(|n| n.rr))),
+        "\nAlso (best rounds): vxlan throughput / host-gw = {}; vxlan RR / host-gw RR = {}\n",
+        fmt(r(best("vxlan").map(|n| n.throughput), best(HOST_GW).map(|n| n.throughput))),
+        fmt(r(best("vxlan").map(|n| n.rr), best(HOST_GW).map(|n| n.rr))),
     ));
     s
 }
@@ -112,11 +145,50 @@ mod tests {
         ]
     }
 
+    fn full_rows() -> Vec<Row> {
+        let r = |p: &str, t, rr, crr| Row {
+            path: p.into(),
+            n: Numbers { throughput: t, rr, crr },
+            best: Numbers { throughput: t, rr, crr },
+        };
+        vec![
+            r("veth pair (limit)", 40.0, 50000.0, 10000.0),
+            r("routed by hand, same hops as host-gw (reference)", 32.0, 46000.0, 8000.0),
+            r(HOST_GW, 30.0, 45000.0, 7800.0),
+            r(SVC_TC, 30.0, 40500.0, 3900.0),
+            r(SVC_SOCK, 30.0, 45000.0, 7800.0),
+            r("vxlan, across nodes", 10.0, 30000.0, 6000.0),
+        ]
+    }
+
+    #[test]
+    fn goals_against_the_hand_routed_path_and_service_ratios() {
+        let s = render(&full_rows(), "c", "m");
+        assert!(s.contains("- [x] host-gw RR / hand-routed RR (same hops) >= 0.95 (got 0.98; median 0.98)"), "{s}");
+        assert!(s.contains("- [x] host-gw CRR / hand-routed CRR (same hops) >= 0.95 (got 0.97; median 0.97)"), "{s}");
+        assert!(
+            s.contains(
+                "Service (tc path) / pod IP, best rounds: throughput 1.00 (median 1.00), RR 0.90 (median 0.90), \
+                 CRR 0.50 (median 0.50)"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("Service (socket LB) / pod IP, best rounds: throughput 1.00 (median 1.00), RR 1.00"), "{s}");
+        // The Service rows never stand in for the pod row: goals look rows up by their full label.
+        assert!(s.contains("- [x] host-gw RR / veth RR >= 0.90 (got 0.90; median 0.90)"), "{s}");
+        let mut slow = full_rows();
+        slow[2].best.crr = 7000.0;
+        let t = render(&slow, "c", "m");
+        assert!(t.contains("- [ ] host-gw CRR / hand-routed CRR (same hops) >= 0.95 (got 0.88; median 0.97)"), "{t}");
+        // Without the Service rows (e.g. no cgroup v2: no socket LB row), their lines are left out.
+        assert!(!render(&rows(), "c", "m").contains("Service ("), "no Service rows, no Service lines");
+    }
+
     #[test]
     fn render_has_ratios_and_command() {
         let s = render(&rows(), "cmd", "2 CPUs");
         assert!(s.contains("- [x] host-gw RR / veth RR >= 0.90 (got 0.90; median 0.90)"), "{s}");
-        assert!(s.contains("hand-routed RR on the same hops = n/a"), "{s}");
+        assert!(s.contains("- [ ] host-gw RR / hand-routed RR (same hops) >= 0.95 (got n/a; median n/a)"), "{s}");
         assert!(s.contains("- [x] vxlan CRR / host-gw CRR >= 0.70 (got 0.75; median 0.75)"), "{s}");
         // Goals go by the best round; a slow median shows but does not fail them.
         let mut slow = rows();
