@@ -31,6 +31,8 @@ pub struct CniSettings {
     pub conf_name: String,
     pub bridge: String,
     pub ip_masq: bool,
+    /// The plugin's `untrackClusterTraffic` (true only with our service proxy: kube-proxy's NAT needs conntrack).
+    pub untrack_cluster_traffic: bool,
     pub cluster_cidr: IpNet,
     pub ipam_data_dir: PathBuf,
 }
@@ -162,6 +164,7 @@ impl<D: OverlayDataplane> OverlayWorker<D> {
                 bridge: c.bridge.clone(),
                 mtu: p.pod_mtu,
                 ip_masq: c.ip_masq,
+                untrack_cluster_traffic: c.untrack_cluster_traffic,
                 cluster_cidr: c.cluster_cidr,
                 pod_cidrs: me.pod_cidrs.clone(),
                 ipam_data_dir: c.ipam_data_dir.clone(),
@@ -308,6 +311,7 @@ mod tests {
                 conf_name: "10-trellis.conflist".into(),
                 bridge: "trellis0".into(),
                 ip_masq: true,
+                untrack_cluster_traffic: true,
                 cluster_cidr: "10.244.0.0/16".parse().unwrap(),
                 ipam_data_dir: "/var/lib/cni/networks".into(),
             },

@@ -14,6 +14,9 @@ pub struct ConflistParams {
     pub bridge: String,
     pub mtu: u32,
     pub ip_masq: bool,
+    /// Leave clusterCIDR-to-clusterCIDR traffic out of kernel conntrack (the plugin's `untrackClusterTraffic`):
+    /// only when no netfilter NAT needs to see it, i.e. Services are done by our eBPF datapath, not kube-proxy.
+    pub untrack_cluster_traffic: bool,
     pub cluster_cidr: IpNet,
     /// The node's pod CIDRs, IPv4 first; one range set each.
     pub pod_cidrs: Vec<IpNet>,
@@ -31,6 +34,7 @@ pub fn render(p: &ConflistParams) -> serde_json::Value {
             "bridge": p.bridge,
             "mtu": p.mtu,
             "ipMasq": p.ip_masq,
+            "untrackClusterTraffic": p.untrack_cluster_traffic,
             "clusterCIDR": p.cluster_cidr.to_string(),
             "ipam": {
                 "type": "trellis-ipam",
@@ -75,6 +79,7 @@ mod tests {
             bridge: "trellis0".into(),
             mtu: 1450,
             ip_masq: true,
+            untrack_cluster_traffic: true,
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             pod_cidrs: cidrs.iter().map(|s| s.parse().unwrap()).collect(),
             ipam_data_dir: "/var/lib/cni/networks".into(),
@@ -87,7 +92,7 @@ mod tests {
         assert_eq!(
             v,
             json!({"cniVersion":"1.0.0","name":"trellis","plugins":[{"type":"trellis","bridge":"trellis0","mtu":1450,
-                   "ipMasq":true,"clusterCIDR":"10.244.0.0/16","ipam":{"type":"trellis-ipam",
+                   "ipMasq":true,"untrackClusterTraffic":true,"clusterCIDR":"10.244.0.0/16","ipam":{"type":"trellis-ipam",
                    "ranges":[[{"subnet":"10.244.1.0/24"}]],"dataDir":"/var/lib/cni/networks"}}]})
         );
         let v = render(&params(&["10.244.1.0/24", "fd00:10:244:1::/64"]));
@@ -95,6 +100,15 @@ mod tests {
             v["plugins"][0]["ipam"]["ranges"],
             json!([[{"subnet":"10.244.1.0/24"}],[{"subnet":"fd00:10:244:1::/64"}]])
         );
+    }
+
+    #[test]
+    fn untracked_cluster_traffic_follows_the_service_proxy() {
+        let mut p = params(&["10.244.1.0/24"]);
+        assert_eq!(render(&p)["plugins"][0]["untrackClusterTraffic"], true);
+        // kube-proxy does Services (no service proxy of ours): its NAT needs conntrack for pod-to-pod traffic.
+        p.untrack_cluster_traffic = false;
+        assert_eq!(render(&p)["plugins"][0]["untrackClusterTraffic"], false);
     }
 
     #[test]

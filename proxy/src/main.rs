@@ -201,6 +201,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             conf_name: args.cni_conf_name.clone(),
             bridge: args.bridge.clone(),
             ip_masq: args.ip_masq,
+            untrack_cluster_traffic: args.service_proxy,
             cluster_cidr: args.cluster_cidr,
             ipam_data_dir: args.ipam_data_dir.clone(),
         },
