@@ -156,8 +156,9 @@ pub fn render(rows: &[Row], prog: &[ProgRow], cross: &str, command: &str, how: &
          1-byte request/response on one TCP connection; CRR: a new TCP connection per 1-byte exchange (the server closes \
          first). The two probed Services' endpoints listen on ports of their own, so one client port never maps to \
          the same backend 4-tuple through two Services (the server's TIME_WAIT would turn the SYN away: an artifact \
-         of a single client). Client and server are pinned to one CPU each; the machine is shared, so absolute \
-         figures and tails carry noise: the ratios are what compares. Every mode's run is preceded by a run of (a) and reported as the median of those per-pair ratios (x (a)); rates and \
+         of a single client). Client and server are pinned to one and the same CPU (`--split-cpus` puts them on two: \
+         then every request pays a cross-CPU wake-up, ~50 µs and erratic on this VM, which buries the path's own \
+         cost); the machine is shared, so absolute figures and tails carry noise: the ratios are what compares. Every mode's run is preceded by a run of (a) and reported as the median of those per-pair ratios (x (a)); rates and \
          latencies (p50 / p99 per operation, µs) are medians over the rounds. (a)'s row is the median of all its \
          runs at that N. (b1) and (b2) each have a node with both the tc programs and the socket LB attached, as the \
          agent sets it up; the (b2) client runs in the attached cgroup, the (b1) client outside it.\n\n",
@@ -232,7 +233,130 @@ pub fn render(rows: &[Row], prog: &[ProgRow], cross: &str, command: &str, how: &
         );
     }
     let _ = writeln!(s, "\nCross-check of our RR client: {cross}");
+    s.push_str(&goals(rows, prog));
     s
+}
+
+/// The issue's goals, checked against this run (ratios: the worst probe at each N).
+fn goals(rows: &[Row], prog: &[ProgRow]) -> String {
+    let ratio = |c: &Cell| match c {
+        Cell::Done(x) => Some(x.ratio),
+        _ => None,
+    };
+    let rate_of = |c: &Cell| match c {
+        Cell::Done(x) => Some(x.run.rate),
+        _ => None,
+    };
+    let ns: Vec<usize> = {
+        let mut v: Vec<usize> = rows.iter().map(|r| r.n).collect();
+        v.dedup();
+        v
+    };
+    // The worst ratio of `mode` over probes, at every N: (min over N, "n: r" list).
+    let worst = |mode: Mode, rr: bool| -> (Option<f64>, String) {
+        let mut all = Vec::new();
+        for n in &ns {
+            let r = rows
+                .iter()
+                .filter(|r| r.n == *n && r.mode == mode)
+                .filter_map(|r| ratio(if rr { &r.rr } else { &r.crr }))
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))));
+            if let Some(r) = r {
+                all.push((*n, r));
+            }
+        }
+        let min = all.iter().map(|(_, r)| *r).fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))));
+        (min, all.iter().map(|(n, r)| format!("{n}: {r:.2}")).collect::<Vec<_>>().join(", "))
+    };
+    let line = |ok: Option<bool>, what: &str, got: String| {
+        let mark = match ok {
+            Some(true) => "[x]",
+            Some(false) => "[ ]",
+            None => "[?]",
+        };
+        format!("- {mark} {what} (got {got})\n")
+    };
+    let mut out = String::from("\nGoals (on this run; ratios are medians of interleaved pairs, worst probe per N):\n\n");
+    for (mode, rr, min, what) in [
+        (Mode::Tc, true, 0.95, "RR through (b1) >= 0.95 x (a) at every N"),
+        (Mode::Sock, true, 0.98, "RR through (b2) >= 0.98 x (a) at every N"),
+        (Mode::Sock, false, 0.95, "CRR through (b2) >= 0.95 x (a) at every N"),
+        (Mode::Tc, false, 0.85, "CRR through (b1) >= 0.85 x (a) at every N"),
+    ] {
+        let (w, all) = worst(mode, rr);
+        out += &line(w.map(|w| w >= min), what, all);
+    }
+    // (b1) CRR never below (a').
+    let below: Vec<String> = ns
+        .iter()
+        .filter_map(|n| {
+            let ct = rows.iter().find(|r| r.n == *n && r.mode == Mode::Conntrack).and_then(|r| ratio(&r.crr))?;
+            let tc = rows
+                .iter()
+                .filter(|r| r.n == *n && r.mode == Mode::Tc)
+                .filter_map(|r| ratio(&r.crr))
+                .fold(f64::MAX, f64::min);
+            Some(format!("{n}: {tc:.2} vs {ct:.2}{}", if tc < ct { " (below)" } else { "" }))
+        })
+        .collect();
+    let ok = (!below.is_empty()).then(|| !below.iter().any(|b| b.ends_with("(below)")));
+    out += &line(ok, "CRR through (b1) never below (a')", below.join(", "));
+    // At the largest N within 5% of the smallest, in ratio to (a) (absolute rates drift with the machine).
+    if let (Some(lo), Some(hi)) = (ns.first(), ns.last()) {
+        for (mode, rr) in [(Mode::Tc, true), (Mode::Tc, false), (Mode::Sock, true), (Mode::Sock, false)] {
+            let at = |n: usize| {
+                rows.iter()
+                    .filter(|r| r.n == n && r.mode == mode)
+                    .filter_map(|r| ratio(if rr { &r.rr } else { &r.crr }))
+                    .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))))
+            };
+            let (a, b) = (at(*lo), at(*hi));
+            let ok = a.zip(b).map(|(a, b)| b >= a * 0.95);
+            let what = format!(
+                "{} through {} at {hi} within 5% of its value at {lo} (x (a))",
+                if rr { "RR" } else { "CRR" },
+                mode.label()
+            );
+            out += &line(ok, &what, format!("{} vs {}", fmt(b), fmt(a)));
+        }
+        // 10x iptables-legacy's CRR at the largest N.
+        let crr = |mode: Mode| {
+            rows.iter()
+                .filter(|r| r.n == *hi && r.mode == mode)
+                .filter_map(|r| rate_of(&r.crr))
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))))
+        };
+        let legacy_dnf = rows.iter().any(|r| r.n == *hi && r.mode == Mode::IptLegacy && r.crr == Cell::Dnf);
+        let ours = crr(Mode::Tc).zip(crr(Mode::Sock)).map(|(a, b)| a.min(b));
+        let (ok, got) = match (ours, crr(Mode::IptLegacy)) {
+            (Some(o), Some(l)) => (Some(o >= 10.0 * l), format!("{:.1}x", o / l)),
+            (Some(_), None) if legacy_dnf => {
+                (Some(true), "iptables-legacy did not even load its rules within the box".to_string())
+            }
+            _ => (None, "n/a".into()),
+        };
+        out += &line(ok, &format!("CRR at {hi} at least 10x iptables-legacy's"), got);
+    }
+    if let Some(p) = prog.iter().max_by_key(|p| p.n) {
+        if let Some(t) = &p.times {
+            let fill = t.fill_translate + t.fill_write;
+            out += &line(
+                Some(fill.as_secs_f64() <= 1.0),
+                &format!("programming {} Services x 2 endpoints from empty in at most 1 s", p.n),
+                format!("{:.2} s wall, {:.2} s CPU", fill.as_secs_f64(), t.fill_cpu.as_secs_f64()),
+            );
+            out += &line(
+                Some(t.flip_p99.as_secs_f64() <= 1e-3),
+                &format!("one change applied with p99 at most 1 ms at {}", p.n),
+                format!("p99 {:.0} µs over {} flips", t.flip_p99.as_secs_f64() * 1e6, crate::program::FLIPS),
+            );
+        }
+    }
+    out
+}
+
+fn fmt(x: Option<f64>) -> String {
+    x.map_or("n/a".into(), |x| format!("{x:.2}"))
 }
 
 /// Our RR run against sockperf's ping-pong report (it prints one-way latency, half the round trip).

@@ -227,6 +227,15 @@ pub fn service<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, hook: Hook) -> i32 {
 // stays within BPF's 512 bytes with IPv6's 40-byte conntrack keys.
 #[inline(never)]
 fn try_service<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, hook: Hook) -> Result<i32, i64> {
+    // Most packets are no Service traffic (pod to pod, or already translated by the socket LB): one lookup of the
+    // frontend settles it, before the conntrack lookup only a frontend's flows can hit. A flow whose frontend is
+    // gone is not translated any more (its reverse-NAT entry went with it, so its replies could not be either).
+    if !is_frontend::<F>(t) {
+        if t.proto == proto::TCP && t.tcp_flags & (pkt::TCP_SYN | pkt::TCP_ACK) == pkt::TCP_SYN {
+            forget_reply::<F>(t);
+        }
+        return Ok(TC_ACT_OK as i32);
+    }
     if let Some(verdict) = established::<F>(ctx, t)? {
         return Ok(verdict);
     }
@@ -257,6 +266,21 @@ fn try_service<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, hook: Hook) -> Resul
         uplink: hook == Hook::Uplink,
     };
     commit::<F>(ctx, t, &chosen)
+}
+
+/// Whether the packet's destination is a frontend (every frontend has its slot 0 in the EXTERNAL scope).
+#[inline(never)]
+fn is_frontend<F: Family>(t: &Tuple<F::A>) -> bool {
+    let key = LbKey {
+        address: t.daddr,
+        dport: t.dport,
+        backend_slot: 0,
+        proto: t.proto,
+        scope: scope::EXTERNAL,
+        _pad: [0; 2],
+    };
+    // SAFETY: a plain read of a map value.
+    unsafe { F::services().get(&key) }.is_some()
 }
 
 /// Deletes the reply-direction entry a new connection with this 4-tuple would otherwise hit (its own frame: the
