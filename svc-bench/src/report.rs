@@ -276,7 +276,8 @@ fn goals(rows: &[Row], prog: &[ProgRow]) -> String {
         };
         format!("- {mark} {what} (got {got})\n")
     };
-    let mut out = String::from("\nGoals (on this run; ratios are medians of interleaved pairs, worst probe per N):\n\n");
+    let mut out =
+        String::from("\nGoals (on this run; ratios are medians of interleaved pairs, worst probe per N):\n\n");
     for (mode, rr, min, what) in [
         (Mode::Tc, true, 0.95, "RR through (b1) >= 0.95 x (a) at every N"),
         (Mode::Sock, true, 0.98, "RR through (b2) >= 0.98 x (a) at every N"),

@@ -100,6 +100,65 @@ impl Datapath {
         &self.pins
     }
 
+    /// Runs tc program `name` on `packet` (an Ethernet frame) `repeat` times in the kernel (`BPF_PROG_TEST_RUN`):
+    /// (the program's verdict, average ns per run). What one program run costs, free of the noise of a shared
+    /// machine's scheduler; the datapath cost benchmark uses it.
+    pub fn test_run(&self, name: &'static str, packet: &[u8], repeat: u32) -> Result<(u32, u32)> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .ok_or(Error::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| Error::Program { name, source })?;
+        let fd = prog.fd().map_err(|source| Error::Program { name, source })?;
+        // The test-run part of `union bpf_attr`.
+        #[repr(C)]
+        #[derive(Default)]
+        struct TestRun {
+            prog_fd: u32,
+            retval: u32,
+            data_size_in: u32,
+            data_size_out: u32,
+            data_in: u64,
+            data_out: u64,
+            repeat: u32,
+            duration: u32,
+            ctx_size_in: u32,
+            ctx_size_out: u32,
+            ctx_in: u64,
+            ctx_out: u64,
+            flags: u32,
+            cpu: u32,
+            batch_size: u32,
+            // Explicit, so it is zero: the kernel refuses an attribute with non-zero bytes past its last field.
+            _pad: u32,
+        }
+        const BPF_PROG_TEST_RUN: libc::c_long = 10;
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut attr = TestRun {
+            prog_fd: fd.as_fd().as_raw_fd() as u32,
+            data_size_in: packet.len() as u32,
+            data_in: packet.as_ptr() as u64,
+            data_size_out: out.len() as u32,
+            data_out: out.as_mut_ptr() as u64,
+            repeat,
+            ..Default::default()
+        };
+        // SAFETY: `attr` points at `packet` and `out`, which outlive the call; the kernel writes at most
+        // `out.len()` bytes into `out`.
+        let r = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestRun, std::mem::size_of::<TestRun>())
+        };
+        if r < 0 {
+            let io_error = std::io::Error::last_os_error();
+            let source =
+                aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "bpf_prog_test_run", io_error });
+            return Err(Error::Map { name, source });
+        }
+        Ok((attr.retval, attr.duration))
+    }
+
     /// Attaches the pod programs to a pod's host veth (in the calling thread's network namespace): `from_pod` on
     /// ingress, `to_pod` on egress. Idempotent: an existing pinned attachment gets the new program atomically.
     pub fn ensure_pod_attached(&mut self, ifname: &str) -> Result<()> {
