@@ -186,7 +186,9 @@ impl Programmer {
         let full = std::mem::take(&mut self.full);
         // A full round compares every entry: the changed keys need not be collected.
         self.translator.track(!full);
-        for id in std::mem::take(&mut self.pending) {
+        let pending = std::mem::take(&mut self.pending);
+        self.translator.reserve(pending.len());
+        for id in pending {
             state.feed(&mut self.translator, &id);
         }
         if full && std::mem::take(&mut self.restored) {

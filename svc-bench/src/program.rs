@@ -105,6 +105,7 @@ pub fn program(t: &mut KernelLbTables, spec: &Spec) -> Result<Times> {
     let c0 = thread_cpu();
     let t0 = Instant::now();
     p.translator.track(false); // as `sync` does on a first (full) round
+    p.translator.reserve(p.pending.len());
     for id in std::mem::take(&mut p.pending) {
         state.feed(&mut p.translator, &id);
     }

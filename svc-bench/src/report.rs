@@ -75,6 +75,8 @@ pub struct ProgRow {
     pub times: Option<Times>,
     pub memlock: Option<u64>,
     pub rss: Option<u64>,
+    /// One run of from_pod / to_pod on a pod-to-pod TCP packet, ns (`BPF_PROG_TEST_RUN`, best of 5).
+    pub prog_ns: Option<(u32, u32)>,
     /// (mode, load time; None = did not finish).
     pub loads: Vec<(Mode, Option<Duration>)>,
 }
@@ -98,6 +100,10 @@ pub fn note_load_dnf(rows: &mut Vec<ProgRow>, n: usize, mode: Mode) {
 pub fn set_ebpf(rows: &mut Vec<ProgRow>, n: usize, times: Option<Times>, memlock: Option<u64>, rss: Option<u64>) {
     let r = prog_row(rows, n);
     (r.times, r.memlock, r.rss) = (times, memlock, rss);
+}
+
+pub fn set_prog_ns(rows: &mut Vec<ProgRow>, n: usize, ns: Option<(u32, u32)>) {
+    prog_row(rows, n).prog_ns = ns;
 }
 
 fn rate(x: f64) -> String {
@@ -191,15 +197,17 @@ pub fn render(rows: &[Row], prog: &[ProgRow], cross: &str, command: &str, how: &
          (`BPF_MAP_UPDATE_BATCH`). Empty to N = translate + write, in ms; resync = a restarted agent: ids read back \
          from the maps, every Service translated, every entry compared, nothing written; add / delete one Service \
          and flip one endpoint = the whole change (translation + compare + writes; entries written); flip p50 / \
-         p99: over 200 flips. memlock: `bytes_memlock` of the node's pinned maps as bpftool shows it. RSS: the \
+         p99: over 200 flips. from_pod / to_pod: one run of each pod program on a pod-to-pod TCP \
+         packet (what every packet that is no Service traffic pays, socket-LB traffic included), measured in the \
+         kernel with `BPF_PROG_TEST_RUN`, best of 5 x 1M runs. memlock: `bytes_memlock` of the node's pinned maps as bpftool shows it. RSS: the \
          bench process, which holds what the agent would (objects, ids, translation, desired entries). \
          Baselines: the time to load their rules from empty.\n\n",
     );
     s.push_str(
-        "| Services | empty to N (translate + write) ms | entries | resync ms | add one | delete one | flip one | flip p50 / p99 µs | memlock MiB | RSS MiB | iptables-legacy-restore | \
+        "| Services | empty to N (translate + write) ms | entries | resync ms | add one | delete one | flip one | flip p50 / p99 µs | memlock MiB | RSS MiB | from_pod / to_pod ns | iptables-legacy-restore | \
          iptables-nft-restore | nft -f |\n",
     );
-    s.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for p in prog {
         let load = |m: Mode| match p.loads.iter().find(|(x, _)| *x == m) {
             Some((_, Some(d))) => format!("{} ms", ms(*d)),
@@ -223,10 +231,11 @@ pub fn render(rows: &[Row], prog: &[ProgRow], cross: &str, command: &str, how: &
         };
         let _ = writeln!(
             s,
-            "| {} | {t} | {} | {} | {} | {} | {} |",
+            "| {} | {t} | {} | {} | {} | {} | {} | {} |",
             p.n,
             mib(p.memlock),
             mib(p.rss),
+            p.prog_ns.map_or("?".to_string(), |(a, b)| format!("{a} / {b}")),
             load(Mode::IptLegacy),
             load(Mode::IptNft),
             load(Mode::Nft)

@@ -35,6 +35,11 @@ impl IdTable {
         id
     }
 
+    /// Room for `n` more ids without rehashing.
+    pub fn reserve(&mut self, n: usize) {
+        self.ids.reserve(n);
+    }
+
     pub fn get(&self, key: &Endpoint3) -> Option<u32> {
         self.ids.get(key).copied()
     }

@@ -58,32 +58,38 @@ struct Be {
     flags: u8,
 }
 
-/// The usable backends of one Service port: (all, this node's).
+/// The usable backends of one Service port: (all, this node's), each sorted and without duplicates.
 fn usable(svc: &ServiceModel, port: &PortMapping, eps: &[Endpoint], node: &str) -> (Vec<Be>, Vec<Be>) {
-    let with_port: Vec<(&Endpoint, u16)> =
-        eps.iter().filter_map(|e| e.ports.get(&(port.name.clone(), port.proto)).map(|p| (e, *p))).collect();
-    let chosen: Vec<(&Endpoint, u16, bool)> = if svc.publish_not_ready {
-        with_port.iter().map(|(e, p)| (*e, *p, false)).collect()
-    } else {
-        let ready: Vec<_> = with_port.iter().filter(|(e, _)| e.ready).map(|(e, p)| (*e, *p, false)).collect();
-        if !ready.is_empty() {
-            ready
-        } else {
-            with_port.iter().filter(|(e, _)| e.serving && e.terminating).map(|(e, p)| (*e, *p, true)).collect()
-        }
+    // An endpoint's ports are a handful: a scan, with no key to build (and allocate) per endpoint.
+    let port_of = |e: &Endpoint| -> Option<u16> {
+        e.ports.iter().find(|((name, proto), _)| *proto == port.proto && *name == port.name).map(|(_, p)| *p)
     };
-    let mut all = BTreeSet::new();
-    let mut local = BTreeSet::new();
-    for (e, p, term) in chosen {
+    let any_ready = !svc.publish_not_ready && eps.iter().any(|e| e.ready && port_of(e).is_some());
+    let mut all = Vec::with_capacity(eps.len());
+    for e in eps {
+        let Some(p) = port_of(e) else { continue };
+        // Ready ones; when none is, the serving-and-terminating ones; with publishNotReadyAddresses, all.
+        let term = if svc.publish_not_ready {
+            false
+        } else if any_ready {
+            if !e.ready {
+                continue;
+            }
+            false
+        } else {
+            if !(e.serving && e.terminating) {
+                continue;
+            }
+            true
+        };
         let is_local = e.node.as_deref() == Some(node);
         let flags = if is_local { backend_flags::LOCAL } else { 0 } | if term { backend_flags::TERMINATING } else { 0 };
-        let be = Be { addr: e.address, port: p, flags };
-        all.insert(be);
-        if is_local {
-            local.insert(be);
-        }
+        all.push(Be { addr: e.address, port: p, flags });
     }
-    (all.into_iter().collect(), local.into_iter().collect())
+    all.sort_unstable();
+    all.dedup();
+    let local = all.iter().filter(|b| b.flags & backend_flags::LOCAL != 0).copied().collect();
+    (all, local)
 }
 
 /// One frontend as a Service plans it, before ids: what it serves and to whom.
@@ -244,6 +250,17 @@ impl Translator {
     /// [`update`](Translator::update)d again: the caller feeds them all.
     pub fn set_node(&mut self, node: NodeContext) {
         self.node = node;
+    }
+
+    /// Room for `services` more Services (of a frontend and two backends or so each) without rehashing: feeding
+    /// 100k Services into an empty translator otherwise grows every table a dozen times.
+    pub fn reserve(&mut self, services: usize) {
+        self.plans.reserve(services);
+        self.claims.reserve(services);
+        self.installed.reserve(services);
+        self.backend_refs.reserve(2 * services);
+        self.ids.frontends.reserve(services);
+        self.ids.backends.reserve(2 * services);
     }
 
     /// Frees the ids (restored from the maps, or of a Service never fed again) that no installed frontend uses.
