@@ -464,7 +464,7 @@ impl ServiceWorker {
                     }
                 }
                 if st.puts + st.deletes > 0 {
-                    tracing::debug!(
+                    tracing::info!(
                         puts = st.puts,
                         deletes = st.deletes,
                         ct_purged = st.ct_purged,
