@@ -750,9 +750,21 @@ mod programmer_tests {
                 let want = state.desired(&node(), &mut ids);
                 let have = installed(&t);
                 let ctx = format!("fault {nth}, round {r}");
-                assert_eq!(have.0, want.v4.services.into_iter().collect::<Vec<_>>(), "{ctx}");
-                assert_eq!(have.1, want.v4.backends.into_iter().collect::<Vec<_>>(), "{ctx}");
-                assert_eq!(have.2, want.v4.rev_nat.into_iter().collect::<Vec<_>>(), "{ctx}");
+                assert_eq!(
+                    have.0,
+                    want.v4.services.into_iter().collect::<BTreeMap<_, _>>().into_iter().collect::<Vec<_>>(),
+                    "{ctx}"
+                );
+                assert_eq!(
+                    have.1,
+                    want.v4.backends.into_iter().collect::<BTreeMap<_, _>>().into_iter().collect::<Vec<_>>(),
+                    "{ctx}"
+                );
+                assert_eq!(
+                    have.2,
+                    want.v4.rev_nat.into_iter().collect::<BTreeMap<_, _>>().into_iter().collect::<Vec<_>>(),
+                    "{ctx}"
+                );
             }
         }
         assert!(failed_rounds >= 8, "only {failed_rounds} rounds had a failure injected");

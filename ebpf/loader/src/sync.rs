@@ -9,7 +9,10 @@
 //!   round. A removed backend's conntrack entries go at once (its flows re-pick a live backend).
 //! - Errors do not stop the round: every map is tried, the first error is returned, and the caller retries with
 //!   backoff; the next round converges.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
+
+/// The hashed map desired entries come in (the translator's), and the cache's.
+pub type Map<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 use std::hash::Hash;
 
 use trellis_ebpf_common::{CtEntry, CtKey, LbBackend, LbKey, LbService, RevNat};
@@ -21,7 +24,7 @@ use crate::Result;
 pub struct Synced<K, V> {
     /// What the kernel holds as far as we know; `None`: unknown, read it first. Hashed: at 100k Services this
     /// holds 600k entries, and a full round looks every one of them up.
-    installed: Option<HashMap<K, V, foldhash::fast::FixedState>>,
+    installed: Option<Map<K, V>>,
 }
 
 impl<K, V> Default for Synced<K, V> {
@@ -41,7 +44,7 @@ pub struct Stats {
 
 impl<K: Ord + Hash + Copy, V: PartialEq + Copy> Synced<K, V> {
     /// The installed entries (reading the map when the cache is unknown).
-    pub fn installed<T: MapTable<K, V>>(&mut self, table: &T) -> Result<&HashMap<K, V, foldhash::fast::FixedState>> {
+    pub fn installed<T: MapTable<K, V>>(&mut self, table: &T) -> Result<&Map<K, V>> {
         if self.installed.is_none() {
             self.installed = Some(table.entries()?.into_iter().collect());
         }
@@ -53,7 +56,7 @@ impl<K: Ord + Hash + Copy, V: PartialEq + Copy> Synced<K, V> {
     fn put<T: MapTable<K, V>>(
         &mut self,
         table: &mut T,
-        desired: &BTreeMap<K, V>,
+        desired: &Map<K, V>,
         only: Option<&BTreeSet<K>>,
         keep: impl Fn(&K) -> bool,
         stats: &mut Stats,
@@ -88,7 +91,7 @@ impl<K: Ord + Hash + Copy, V: PartialEq + Copy> Synced<K, V> {
     fn delete<T: MapTable<K, V>>(
         &mut self,
         table: &mut T,
-        desired: &BTreeMap<K, V>,
+        desired: &Map<K, V>,
         only: Option<&BTreeSet<K>>,
         keep: impl Fn(&K) -> bool,
         stats: &mut Stats,
@@ -129,9 +132,9 @@ impl<K: Ord + Hash + Copy, V: PartialEq + Copy> Synced<K, V> {
 
 /// The desired Service entries of one family.
 pub struct FamilyDesired<'a, A> {
-    pub services: &'a BTreeMap<LbKey<A>, LbService>,
-    pub backends: &'a BTreeMap<u32, LbBackend<A>>,
-    pub rev_nat: &'a BTreeMap<u32, RevNat<A>>,
+    pub services: &'a Map<LbKey<A>, LbService>,
+    pub backends: &'a Map<u32, LbBackend<A>>,
+    pub rev_nat: &'a Map<u32, RevNat<A>>,
 }
 
 /// The keys of one family that changed since the last round: a round given these looks at nothing else.
@@ -241,11 +244,11 @@ mod tests {
         }
     }
 
-    type Want = (BTreeMap<LbKey<V4>, LbService>, BTreeMap<u32, LbBackend<V4>>, BTreeMap<u32, RevNat<V4>>);
+    type Want = (Map<LbKey<V4>, LbService>, Map<u32, LbBackend<V4>>, Map<u32, RevNat<V4>>);
 
     /// One frontend `last` with backends `ids`.
     fn desired(frontends: &[(u8, &[u32])]) -> Want {
-        let (mut s, mut b, mut r) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        let (mut s, mut b, mut r) = (Map::default(), Map::default(), Map::default());
         for (last, ids) in frontends {
             let rev = *last as u32;
             s.insert(key(*last, 0), LbService { count: ids.len() as u16, rev_nat_id: rev, ..Default::default() });
@@ -259,6 +262,10 @@ mod tests {
             r.insert(rev, RevNat { address: [10, 96, 0, *last], port: 80u16.to_be(), _pad: 0 });
         }
         (s, b, r)
+    }
+
+    fn sorted<K: Ord + Copy, V: Copy>(m: &Map<K, V>) -> std::collections::BTreeMap<K, V> {
+        m.iter().map(|(k, v)| (*k, *v)).collect()
     }
 
     struct Maps<T> {
@@ -298,8 +305,8 @@ mod tests {
         let d2 = desired(&[(1, &[1]), (2, &[3])]);
         let st = round(&mut s, &mut m, &d2).unwrap();
         assert_eq!(st, Stats { puts: 1, deletes: 2, ct_purged: 2 }, "slot 0 updated, slot 2 and backend 2 deleted");
-        assert_eq!(m.svc.0, d2.0);
-        assert_eq!(m.be.0, d2.1);
+        assert_eq!(m.svc.0, sorted(&d2.0));
+        assert_eq!(m.be.0, sorted(&d2.1));
         assert_eq!(m.ct.0.len(), 1);
         // Everything goes.
         let d3 = desired(&[]);
@@ -327,7 +334,7 @@ mod tests {
         // A full round (no keys) finds the rest.
         let st = round(&mut s, &mut m, &d2).unwrap();
         assert_eq!(st, Stats { puts: 1, deletes: 2, ct_purged: 0 });
-        assert_eq!(m.svc.0, d2.0);
+        assert_eq!(m.svc.0, sorted(&d2.0));
     }
 
     #[test]
@@ -349,16 +356,16 @@ mod tests {
             let first = round(&mut s, &mut m, &d2);
             let second = round(&mut s, &mut m, &d2);
             assert!(second.is_ok(), "fault {n}: {second:?}");
-            assert_eq!(m.svc.inner.0, d2.0, "fault {n} (first round: {first:?})");
-            assert_eq!(m.be.0, d2.1, "fault {n}");
-            assert_eq!(m.rnat.0, d2.2, "fault {n}");
+            assert_eq!(m.svc.inner.0, sorted(&d2.0), "fault {n} (first round: {first:?})");
+            assert_eq!(m.be.0, sorted(&d2.1), "fault {n}");
+            assert_eq!(m.rnat.0, sorted(&d2.2), "fault {n}");
         }
     }
 
     #[test]
     fn a_frontend_never_counts_a_slot_that_is_not_there() {
         // Record the services map after every write: at no point may slot 0 count beyond the slots present.
-        struct Watch(MemTable<LbKey<V4>, LbService>, Vec<BTreeMap<LbKey<V4>, LbService>>);
+        struct Watch(MemTable<LbKey<V4>, LbService>, Vec<std::collections::BTreeMap<LbKey<V4>, LbService>>);
         impl MapTable<LbKey<V4>, LbService> for Watch {
             fn entries(&self) -> Result<Vec<(LbKey<V4>, LbService)>> {
                 self.0.entries()
