@@ -138,9 +138,14 @@ pub fn pids_tagged(lab: &str) -> Vec<i32> {
 }
 
 pub fn alive(pid: i32) -> bool {
-    // Zombies count as gone: they hold nothing but a pid.
+    // Zombies count as gone: they hold nothing but a pid. But a zombie group leader whose other threads are still
+    // exiting (a killed multi-threaded agent) still holds its files, its listening socket among them.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')).unwrap_or(false),
+        Ok(s) => {
+            let zombie = s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')).unwrap_or(false);
+            let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
+            !zombie || threads > 1
+        }
         Err(_) => false,
     }
 }

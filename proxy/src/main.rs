@@ -164,9 +164,18 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     if !args.metrics_addr.is_empty() {
-        let l = tokio::net::TcpListener::bind(&args.metrics_addr)
-            .await
-            .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
+        // A restarted agent may race its predecessor's exit for the port: retry for a few seconds.
+        let mut tries = 0;
+        let l = loop {
+            match tokio::net::TcpListener::bind(&args.metrics_addr).await {
+                Ok(l) => break l,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("binding --metrics-addr {}", args.metrics_addr)),
+            }
+        };
         info!(addr = %args.metrics_addr, "serving metrics");
         tokio::spawn(metrics::serve(l, metrics.clone()));
     }
