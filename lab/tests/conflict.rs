@@ -32,11 +32,6 @@ fn metrics(lab: &Lab, node: &str) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// The value of an unlabelled series, None when the family is missing.
-fn value(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 /// What node2 holds for one destination: its route (and in vxlan mode, where the peer's VXLAN MAC is sent).
 fn path_to(lab: &Lab, node: &str, cidr: &str) -> String {
     let ns = lab.node_netns(node);
@@ -65,7 +60,7 @@ fn newcomer_keeps_out(dup: &str) {
     let before = path_to(&lab, "node2", &cidr1);
     assert!(before.contains(&format!("{cidr1} via")), "node2 has no route to node1's pods: {before}");
     let m = metrics(&lab, "node2");
-    assert_eq!(value(&m, CONFLICTS), Some(0.0), "{m}");
+    assert_eq!(common::metric_value(&m, CONFLICTS), Some(0.0), "{m}");
 
     let manifest = tempfile::NamedTempFile::with_suffix(".yaml").expect("tempfile");
     std::fs::write(
@@ -84,7 +79,7 @@ fn newcomer_keeps_out(dup: &str) {
     let deadline = Duration::from_secs(30);
     loop {
         let m = metrics(&lab, "node2");
-        if value(&m, CONFLICTS) == Some(1.0) {
+        if common::metric_value(&m, CONFLICTS) == Some(1.0) {
             break;
         }
         assert!(t0.elapsed() < deadline, "node2 never counted the conflict with {dup}:\n{m}\n{}", lab.logs());
@@ -104,10 +99,10 @@ fn newcomer_keeps_out(dup: &str) {
         assert_eq!(probe(&lab, from, to).as_deref(), Ok(to), "{from} -> {to} after {dup} appeared");
     }
     // node1 keeps its own podCIDR too, and counts the claim.
-    assert_eq!(value(&metrics(&lab, "node1"), CONFLICTS), Some(1.0));
+    assert_eq!(common::metric_value(&metrics(&lab, "node1"), CONFLICTS), Some(1.0));
     // Standing conflicts are counted once, however many repair rounds pass.
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(value(&metrics(&lab, "node2"), CONFLICTS), Some(1.0));
+    assert_eq!(common::metric_value(&metrics(&lab, "node2"), CONFLICTS), Some(1.0));
 }
 
 #[test]

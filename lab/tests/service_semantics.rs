@@ -9,13 +9,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{apply, probe, spread, text, wait_until, Lab, LAB};
+use common::{apply, metric_value, probe, spread, text, wait_until, Lab, LAB};
 use trellis_lab::state::LabState;
 
 /// The pods that answered, as a set.
@@ -56,19 +53,9 @@ fn terminating(lab: &Lab, pod: &str) -> bool {
     LabState::load(&lab.name).is_ok_and(|s| s.terminating.contains(&format!("default/{pod}")))
 }
 
-/// The agent's `trellis_services` gauge, from inside the node's netns.
+/// The agent's `trellis_services` gauge.
 fn services_gauge(lab: &Lab, node: &str) -> Option<f64> {
-    let ns = Path::new("/run/netns").join(lab.node_netns(node));
-    let body = trellis_lab::nsexec::run_in(&ns, || -> Option<String> {
-        let mut s = TcpStream::connect_timeout(&"127.0.0.1:9962".parse().unwrap(), Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        Some(out)
-    })
-    .ok()??;
-    body.lines().find_map(|l| l.strip_prefix("trellis_services ")).and_then(|v| v.trim().parse().ok())
+    metric_value(&lab.metrics(node).ok()?, "trellis_services")
 }
 
 const POLICIES: &str = r#"

@@ -4,13 +4,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{serial, text, wait_until, Lab, LAB};
+use common::{metric_value, serial, text, wait_until, Lab, LAB};
 use serde_json::Value;
 use trellis_lab::state::LabState;
 
@@ -65,21 +64,6 @@ fn probe_json(lab: &Lab, args: &[&str]) -> (Option<i32>, Vec<Value>, String) {
     v.extend_from_slice(&["-o", "json"]);
     let o = lab.run("probe", &v);
     (o.status.code(), json_lines(&o), text(&o))
-}
-
-/// GET /metrics from inside the node's netns, where the agent listens on 127.0.0.1:9962.
-fn metrics(lab: &Lab, node: &str) -> Result<String, String> {
-    let ns = Path::new("/run/netns").join(lab.node_netns(node));
-    trellis_lab::nsexec::run_in(&ns, || -> Result<String, String> {
-        let mut s = TcpStream::connect_timeout(&"127.0.0.1:9962".parse().unwrap(), Duration::from_secs(1))
-            .map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        Ok(out)
-    })
-    .map_err(|e| e.to_string())?
 }
 
 fn agent_pid(lab: &Lab, node: &str) -> i32 {
@@ -145,15 +129,15 @@ fn probe_json_the_external_host_and_agent_restarts() {
 
     // restart-agent --kill: a new agent process, serving metrics inside the node again; the old one is gone.
     let old = agent_pid(&lab, "node1");
-    assert!(wait_until(Duration::from_secs(10), || metrics(&lab, "node1").is_ok_and(|m| m.contains("200"))));
+    assert!(wait_until(Duration::from_secs(10), || lab.metrics("node1").is_ok_and(|m| m.contains("200"))));
     let o = lab.run("restart-agent", &["node1", "--kill"]);
     assert!(o.status.success(), "{}", text(&o));
     let new = agent_pid(&lab, "node1");
     assert_ne!(old, new);
     assert!(!alive(old), "old agent {old} still alive");
     assert!(alive(new), "{}", lab.logs());
-    let got = wait_until(Duration::from_secs(10), || metrics(&lab, "node1").is_ok_and(|m| m.contains("200 OK")));
-    assert!(got, "no metrics from the restarted agent: {:?}\n{}", metrics(&lab, "node1"), lab.logs());
+    let got = wait_until(Duration::from_secs(10), || lab.metrics("node1").is_ok_and(|m| m.contains("200 OK")));
+    assert!(got, "no metrics from the restarted agent: {:?}\n{}", lab.metrics("node1"), lab.logs());
     // SIGTERM restart of the other node; its log keeps the first agent's lines.
     let old2 = agent_pid(&lab, "node2");
     let o = lab.run("restart-agent", &["node2"]);
@@ -211,9 +195,7 @@ fn pods_come_and_go_at_runtime_with_their_endpoint_conditions() {
     // A pod no Service selects changes no Service, yet its host veth gets the pod programs at once (the agent
     // watches links), not at the next repair round (10 s here).
     let attached = |node: &str| -> Option<u64> {
-        let m = metrics(&lab, node).ok()?;
-        let line = m.lines().find(|l| l.starts_with("trellis_datapath_attached{kind=\"pod\"}"))?;
-        line.split_whitespace().last()?.parse::<f64>().ok().map(|v| v as u64)
+        metric_value(&lab.metrics(node).ok()?, "trellis_datapath_attached{kind=\"pod\"}").map(|v| v as u64)
     };
     assert!(wait_until(Duration::from_secs(15), || attached("node1").is_some()), "{}", lab.logs());
     let before = attached("node1").unwrap();

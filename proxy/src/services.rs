@@ -152,12 +152,15 @@ impl Programmer {
     }
 
     /// The node's NodePort addresses (or name) changed: every Service of `state` is translated again.
-    pub fn set_node(&mut self, node: NodeContext, state: &ServiceState) {
+    /// Returns whether it changed.
+    pub fn set_node(&mut self, node: NodeContext, state: &ServiceState) -> bool {
         let t = self.translator.node();
-        if t.name != node.name || t.node_port_addresses != node.node_port_addresses {
+        let changed = t.name != node.name || t.node_port_addresses != node.node_port_addresses;
+        if changed {
             self.pending.extend(state.services.keys().cloned());
             self.translator.set_node(node);
         }
+        changed
     }
 
     /// The next round compares every entry with the maps.
@@ -432,10 +435,8 @@ impl ServiceWorker {
             .copied()
             .filter(|ip| self.cfg.node_port_cidrs.is_empty() || self.cfg.node_port_cidrs.iter().any(|c| c.contains(ip)))
             .collect();
-        let node_changed = {
-            let t = self.proxy.as_ref().expect("opened above").programmer.translator.node();
-            t.node_port_addresses != addrs
-        };
+        let node = NodeContext { name: self.cfg.node_name.clone(), node_port_addresses: addrs };
+        let node_changed = self.proxy.as_mut().expect("opened above").programmer.set_node(node, &self.state);
         // Attachments: on repair rounds, when the node changed, and when a new pod may have come (its veth).
         if repair || links || node_changed {
             if let Err(e) = self.attach(&node_ips) {
@@ -444,9 +445,6 @@ impl ServiceWorker {
             }
         }
         let proxy = self.proxy.as_mut().expect("opened above");
-        proxy
-            .programmer
-            .set_node(NodeContext { name: self.cfg.node_name.clone(), node_port_addresses: addrs }, &self.state);
         // Before the first complete list, a missing Service only means "not listed yet": write nothing (the
         // pinned maps keep serving what the previous agent wrote).
         if !cluster.synced {

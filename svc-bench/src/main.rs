@@ -335,18 +335,7 @@ fn cpu_name(c: Option<usize>) -> String {
 
 /// One run of each pod program on a pod-to-pod TCP ACK (10.0.1.2:40000 -> 10.0.2.3:8080), best of 5 x 1M.
 fn prog_cost(dp: &Datapath) -> Option<(u32, u32)> {
-    let mut p = vec![0u8; 14 + 20 + 20 + 1];
-    p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    p[14] = 0x45;
-    p[16..18].copy_from_slice(&41u16.to_be_bytes());
-    p[22] = 64;
-    p[23] = 6;
-    p[26..30].copy_from_slice(&[10, 0, 1, 2]);
-    p[30..34].copy_from_slice(&[10, 0, 2, 3]);
-    p[34..36].copy_from_slice(&40000u16.to_be_bytes());
-    p[36..38].copy_from_slice(&8080u16.to_be_bytes());
-    p[46] = 5 << 4;
-    p[47] = 0x10;
+    let p = trellis_ebpf::tcp4_frame([10, 0, 1, 2], 40000, [10, 0, 2, 3], 8080, 0x10);
     let best = |prog| (0..5).filter_map(|_| dp.test_run(prog, &p, 1_000_000).ok()).map(|(_, ns)| ns).min();
     Some((best(trellis_ebpf::programs::FROM_POD)?, best(trellis_ebpf::programs::TO_POD)?))
 }

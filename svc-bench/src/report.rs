@@ -261,20 +261,15 @@ fn goals(rows: &[Row], prog: &[ProgRow]) -> String {
         v.dedup();
         v
     };
+    // The lowest of `get` over `mode`'s probes at `n` (None: no finished run).
+    let lowest = |n: usize, mode: Mode, get: &dyn Fn(&Row) -> Option<f64>| {
+        rows.iter().filter(|r| r.n == n && r.mode == mode).filter_map(get).reduce(f64::min)
+    };
+    let metric = |rr: bool| move |r: &Row| ratio(if rr { &r.rr } else { &r.crr });
     // The worst ratio of `mode` over probes, at every N: (min over N, "n: r" list).
     let worst = |mode: Mode, rr: bool| -> (Option<f64>, String) {
-        let mut all = Vec::new();
-        for n in &ns {
-            let r = rows
-                .iter()
-                .filter(|r| r.n == *n && r.mode == mode)
-                .filter_map(|r| ratio(if rr { &r.rr } else { &r.crr }))
-                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))));
-            if let Some(r) = r {
-                all.push((*n, r));
-            }
-        }
-        let min = all.iter().map(|(_, r)| *r).fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))));
+        let all: Vec<(usize, f64)> = ns.iter().filter_map(|n| Some((*n, lowest(*n, mode, &metric(rr))?))).collect();
+        let min = all.iter().map(|(_, r)| *r).reduce(f64::min);
         (min, all.iter().map(|(n, r)| format!("{n}: {r:.2}")).collect::<Vec<_>>().join(", "))
     };
     let line = |ok: Option<bool>, what: &str, got: String| {
@@ -301,11 +296,7 @@ fn goals(rows: &[Row], prog: &[ProgRow]) -> String {
         .iter()
         .filter_map(|n| {
             let ct = rows.iter().find(|r| r.n == *n && r.mode == Mode::Conntrack).and_then(|r| ratio(&r.crr))?;
-            let tc = rows
-                .iter()
-                .filter(|r| r.n == *n && r.mode == Mode::Tc)
-                .filter_map(|r| ratio(&r.crr))
-                .fold(f64::MAX, f64::min);
+            let tc = lowest(*n, Mode::Tc, &metric(false))?;
             Some(format!("{n}: {tc:.2} vs {ct:.2}{}", if tc < ct { " (below)" } else { "" }))
         })
         .collect();
@@ -314,13 +305,7 @@ fn goals(rows: &[Row], prog: &[ProgRow]) -> String {
     // At the largest N within 5% of the smallest, in ratio to (a) (absolute rates drift with the machine).
     if let (Some(lo), Some(hi)) = (ns.first(), ns.last()) {
         for (mode, rr) in [(Mode::Tc, true), (Mode::Tc, false), (Mode::Sock, true), (Mode::Sock, false)] {
-            let at = |n: usize| {
-                rows.iter()
-                    .filter(|r| r.n == n && r.mode == mode)
-                    .filter_map(|r| ratio(if rr { &r.rr } else { &r.crr }))
-                    .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))))
-            };
-            let (a, b) = (at(*lo), at(*hi));
+            let (a, b) = (lowest(*lo, mode, &metric(rr)), lowest(*hi, mode, &metric(rr)));
             let ok = a.zip(b).map(|(a, b)| b >= a * 0.95);
             let what = format!(
                 "{} through {} at {hi} within 5% of its value at {lo} (x (a))",
@@ -330,12 +315,7 @@ fn goals(rows: &[Row], prog: &[ProgRow]) -> String {
             out += &line(ok, &what, format!("{} vs {}", fmt(b), fmt(a)));
         }
         // 10x iptables-legacy's CRR at the largest N.
-        let crr = |mode: Mode| {
-            rows.iter()
-                .filter(|r| r.n == *hi && r.mode == mode)
-                .filter_map(|r| rate_of(&r.crr))
-                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))))
-        };
+        let crr = |mode: Mode| lowest(*hi, mode, &|r: &Row| rate_of(&r.crr));
         let legacy_dnf = rows.iter().any(|r| r.n == *hi && r.mode == Mode::IptLegacy && r.crr == Cell::Dnf);
         let ours = crr(Mode::Tc).zip(crr(Mode::Sock)).map(|(a, b)| a.min(b));
         let (ok, got) = match (ours, crr(Mode::IptLegacy)) {

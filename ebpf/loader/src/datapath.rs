@@ -152,9 +152,11 @@ impl Datapath {
         };
         if r < 0 {
             let io_error = std::io::Error::last_os_error();
-            let source =
-                aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "bpf_prog_test_run", io_error });
-            return Err(Error::Map { name, source });
+            let source = aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_prog_test_run",
+                io_error,
+            });
+            return Err(Error::Program { name, source });
         }
         Ok((attr.retval, attr.duration))
     }
@@ -291,4 +293,24 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Sche
         .ok_or(Error::MissingProgram(name))?
         .try_into()
         .map_err(|source| Error::Program { name, source })
+}
+
+/// An Ethernet frame carrying IPv4 (no options) and TCP with `flags` and one byte of payload, from
+/// `src:sport` to `dst:dport`: the packet the cost measurements feed [`Datapath::test_run`].
+pub fn tcp4_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8) -> Vec<u8> {
+    let mut p = vec![0u8; 14 + 20 + 20 + 1];
+    p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut p[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&41u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let tcp = &mut p[34..54];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    p
 }

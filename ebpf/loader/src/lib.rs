@@ -12,7 +12,7 @@ mod error;
 pub mod sync;
 pub mod tables;
 
-pub use datapath::{Datapath, PinDir};
+pub use datapath::{tcp4_frame, Datapath, PinDir};
 pub use error::{Error, Result};
 pub use trellis_ebpf_common as common;
 

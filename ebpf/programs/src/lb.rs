@@ -271,16 +271,14 @@ fn try_service<F: Family>(ctx: &TcContext, t: &Tuple<F::A>, hook: Hook) -> Resul
 /// Whether the packet's destination is a frontend (every frontend has its slot 0 in the EXTERNAL scope).
 #[inline(never)]
 fn is_frontend<F: Family>(t: &Tuple<F::A>) -> bool {
-    let key = LbKey {
-        address: t.daddr,
-        dport: t.dport,
-        backend_slot: 0,
-        proto: t.proto,
-        scope: scope::EXTERNAL,
-        _pad: [0; 2],
-    };
     // SAFETY: a plain read of a map value.
-    unsafe { F::services().get(&key) }.is_some()
+    unsafe { F::services().get(&frontend_key(t)) }.is_some()
+}
+
+/// The slot-0 key, EXTERNAL scope, of the frontend a packet is addressed to.
+#[inline(always)]
+fn frontend_key<A: Copy>(t: &Tuple<A>) -> LbKey<A> {
+    LbKey { address: t.daddr, dport: t.dport, backend_slot: 0, proto: t.proto, scope: scope::EXTERNAL, _pad: [0; 2] }
 }
 
 /// Deletes the reply-direction entry a new connection with this 4-tuple would otherwise hit (its own frame: the
@@ -348,14 +346,7 @@ pub enum Pick {
 /// ClusterIP frontends are not for this client (it came from outside).
 #[inline(never)]
 pub fn pick<F: Family>(t: &Tuple<F::A>, internal: bool, external_only: bool) -> Pick {
-    let mut key = LbKey {
-        address: t.daddr,
-        dport: t.dport,
-        backend_slot: 0,
-        proto: t.proto,
-        scope: scope::EXTERNAL,
-        _pad: [0; 2],
-    };
+    let mut key = frontend_key(t);
     // SAFETY (all map reads below): plain reads of map values.
     let Some(mut svc) = (unsafe { F::services().get(&key) }).copied() else {
         return Pick::Pass;

@@ -103,6 +103,23 @@ impl Lab {
         format!("tl-{}-node-{node}", self.name)
     }
 
+    /// GET /metrics from inside the node's netns, where the agent listens on 127.0.0.1:9962.
+    pub fn metrics(&self, node: &str) -> Result<String, String> {
+        use std::io::{Read, Write};
+        let ns = Path::new("/run/netns").join(self.node_netns(node));
+        trellis_lab::nsexec::run_in(&ns, || -> Result<String, String> {
+            let addr = "127.0.0.1:9962".parse().expect("an address");
+            let mut s =
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            Ok(out)
+        })
+        .map_err(|e| e.to_string())?
+    }
+
     /// Agent logs, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
@@ -138,6 +155,11 @@ impl Drop for Lab {
             eprintln!("down {} failed: {}", self.name, text(&o));
         }
     }
+}
+
+/// The value of one series (`name` with its labels, as exposed) in a metrics text, None when it is missing.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
