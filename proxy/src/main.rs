@@ -117,6 +117,12 @@ struct Args {
     #[arg(long, action = ArgAction::Set)]
     bridge_netfilter_off: Option<bool>,
 
+    /// With --service-proxy: forward pod-to-pod traffic across nodes (inside --cluster-cidr) in the tc programs
+    /// (FIB lookup and redirect), skipping the node's IP stack and netfilter for it, as Cilium's host routing
+    /// does. Pod egress leaving the cluster still takes the stack (and its masquerade).
+    #[arg(long, action = ArgAction::Set, default_value_t = true)]
+    bpf_forwarding: bool,
+
     /// bpffs directory for this node's pinned maps and links (default: /sys/fs/bpf/trellis/<node-name>).
     #[arg(long)]
     bpf_dir: Option<PathBuf>,
@@ -230,6 +236,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         uplink: args.underlay_iface.clone(),
         cgroup: args.cgroup.clone(),
         node_port_cidrs: args.node_port_addresses.clone(),
+        forward_cidrs: if args.bpf_forwarding { vec![args.cluster_cidr] } else { vec![] },
         repair_interval: Duration::from_secs(args.repair_interval_secs),
     });
     // The worker opens its netlink socket on its own thread, in this (the node's) netns.

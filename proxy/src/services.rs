@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::Path;
 
-use trellis_ebpf::common::{LbBackend, LbKey, LbService, NodeConfig, V4, V6};
+use trellis_ebpf::common::{fwd_flags, FwdConfig, LbBackend, LbKey, LbService, NodeConfig, Prefix, V4, V6};
 use trellis_ebpf::sync::{FamilyChanged, FamilyDesired, FamilySync, Stats};
 use trellis_ebpf::tables::{KernelLbTables, LbTables, MapTable};
 use trellis_ebpf::{Datapath, PinDir};
@@ -227,6 +227,8 @@ pub struct ServiceProxy {
     pub programmer: Programmer,
     /// Host veths the pod programs are attached to.
     attached: BTreeSet<String>,
+    /// The forwarding settings last written (none yet: write them).
+    fwd: Option<FwdConfig>,
 }
 
 impl ServiceProxy {
@@ -235,7 +237,13 @@ impl ServiceProxy {
         let datapath = Datapath::load(pins.clone())?;
         let tables = KernelLbTables::open(&pins)?;
         let ids = restore_ids(&tables.be4, &tables.be6, &tables.svc4, &tables.svc6)?;
-        Ok(ServiceProxy { datapath, tables, programmer: Programmer::new(node, ids), attached: BTreeSet::new() })
+        Ok(ServiceProxy {
+            datapath,
+            tables,
+            programmer: Programmer::new(node, ids),
+            attached: BTreeSet::new(),
+            fwd: None,
+        })
     }
 
     /// Translates what changed and writes the difference into the maps.
@@ -278,6 +286,15 @@ impl ServiceProxy {
         })
     }
 
+    /// Which pod-to-pod packets the tc programs forward themselves; written only when it changed.
+    pub fn ensure_fwd_config(&mut self, cfg: &FwdConfig) -> Result<()> {
+        if self.fwd.as_ref() != Some(cfg) {
+            self.datapath.set_fwd_config(cfg)?;
+            self.fwd = Some(*cfg);
+        }
+        Ok(())
+    }
+
     /// Socket-level load balancing for every process in `cgroup` (v2) and below.
     pub fn ensure_cgroup(&mut self, cgroup: &Path) -> Result<()> {
         self.datapath.ensure_cgroup_attached(cgroup)
@@ -289,6 +306,25 @@ mod tests {
     use super::*;
     use trellis_ebpf::tables::MemTable;
     use trellis_svc::model;
+
+    #[test]
+    fn forwarding_is_on_per_family_only_with_both_the_cluster_and_the_node_cidr() {
+        let n = |s: &str| -> ipnet::IpNet { s.parse().unwrap() };
+        let c = fwd_config(&[n("10.244.0.0/16")], &[n("fd00:10:244:1::/64"), n("10.244.1.0/24")]);
+        assert_eq!(c.flags, fwd_flags::V4, "no IPv6 cluster CIDR: IPv6 stays on the stack");
+        assert_eq!(c.cluster4, Prefix { net: [10, 244, 0, 0], mask: [255, 255, 0, 0] });
+        assert_eq!(c.local4, Prefix { net: [10, 244, 1, 0], mask: [255, 255, 255, 0] });
+        assert_eq!(c.cluster6, Prefix::default());
+        // A node without its podCIDR would forward its own pods' traffic as another node's: off.
+        assert_eq!(fwd_config(&[n("10.244.0.0/16")], &[]), FwdConfig::default());
+        assert_eq!(fwd_config(&[], &[n("10.244.1.0/24")]), FwdConfig::default());
+        let d =
+            fwd_config(&[n("10.244.0.0/16"), n("fd00:10:244::/48")], &[n("10.244.1.0/24"), n("fd00:10:244:1::/64")]);
+        assert_eq!(d.flags, fwd_flags::V4 | fwd_flags::V6);
+        assert!(d.cluster6.contains(&"fd00:10:244:7::5".parse::<std::net::Ipv6Addr>().unwrap().octets()));
+        assert!(d.local6.contains(&"fd00:10:244:1::5".parse::<std::net::Ipv6Addr>().unwrap().octets()));
+        assert!(!d.local6.contains(&"fd00:10:244:2::5".parse::<std::net::Ipv6Addr>().unwrap().octets()));
+    }
 
     #[test]
     fn ids_restored_from_installed_entries_reproduce_them() {
@@ -335,6 +371,27 @@ mod tests {
     }
 }
 
+/// The forwarding settings for a node whose pods live in `local` (its podCIDRs), in a cluster whose pods live in
+/// `cluster`: a family is on only when both are known for it (without its own podCIDR a node would take its
+/// own pods for another node's). The first CIDR of each family counts.
+pub fn fwd_config(cluster: &[ipnet::IpNet], local: &[ipnet::IpNet]) -> FwdConfig {
+    use ipnet::IpNet;
+    let mut c = FwdConfig::default();
+    let v4 = |nets: &[IpNet]| nets.iter().find_map(|n| if let IpNet::V4(n) = n { Some(*n) } else { None });
+    let v6 = |nets: &[IpNet]| nets.iter().find_map(|n| if let IpNet::V6(n) = n { Some(*n) } else { None });
+    if let (Some(cl), Some(lo)) = (v4(cluster), v4(local)) {
+        c.flags |= fwd_flags::V4;
+        c.cluster4 = Prefix::new(cl.addr().octets(), cl.prefix_len());
+        c.local4 = Prefix::new(lo.addr().octets(), lo.prefix_len());
+    }
+    if let (Some(cl), Some(lo)) = (v6(cluster), v6(local)) {
+        c.flags |= fwd_flags::V6;
+        c.cluster6 = Prefix::new(cl.addr().octets(), cl.prefix_len());
+        c.local6 = Prefix::new(lo.addr().octets(), lo.prefix_len());
+    }
+    c
+}
+
 /// How the service proxy runs on this node.
 #[derive(Clone, Debug)]
 pub struct ServicesConfig {
@@ -349,6 +406,8 @@ pub struct ServicesConfig {
     pub cgroup: Option<std::path::PathBuf>,
     /// NodePorts are served on the node's InternalIPs inside these CIDRs (empty: on all of them).
     pub node_port_cidrs: Vec<ipnet::IpNet>,
+    /// Forward pod-to-pod traffic inside these cluster CIDRs in eBPF (see [`fwd_config`]); empty: off.
+    pub forward_cidrs: Vec<ipnet::IpNet>,
     pub repair_interval: std::time::Duration,
 }
 
@@ -430,6 +489,7 @@ impl ServiceWorker {
         let mut ok = true;
         let me = cluster.nodes.get(&self.cfg.node_name);
         let node_ips: Vec<IpAddr> = me.map(|n| n.internal_ips.clone()).unwrap_or_default();
+        let pod_cidrs: Vec<ipnet::IpNet> = me.map(|n| n.pod_cidrs.clone()).unwrap_or_default();
         let addrs: Vec<IpAddr> = node_ips
             .iter()
             .copied()
@@ -439,7 +499,7 @@ impl ServiceWorker {
         let node_changed = self.proxy.as_mut().expect("opened above").programmer.set_node(node, &self.state);
         // Attachments: on repair rounds, when the node changed, and when a new pod may have come (its veth).
         if repair || links || node_changed {
-            if let Err(e) = self.attach(&node_ips) {
+            if let Err(e) = self.attach(&node_ips, &pod_cidrs) {
                 self.report("attaching the datapath", &e);
                 ok = false;
             }
@@ -500,7 +560,7 @@ impl ServiceWorker {
     }
 
     /// Pod veths on the bridge, the uplink, the cgroup: attached (idempotent).
-    fn attach(&mut self, node_ips: &[IpAddr]) -> std::result::Result<(), String> {
+    fn attach(&mut self, node_ips: &[IpAddr], pod_cidrs: &[ipnet::IpNet]) -> std::result::Result<(), String> {
         use crate::metrics as m;
         let proxy = self.proxy.as_mut().expect("opened");
         let mut h = trellis_netlink::Handle::new().map_err(|e| e.to_string())?;
@@ -535,6 +595,8 @@ impl ServiceWorker {
             proxy.ensure_uplink(&up.name, up.index, ip4, ip6).map_err(|e| e.to_string())?;
             self.metrics.set(m::DATAPATH_ATTACHED, &[("kind", "uplink")], 1.0);
         }
+        let fwd = fwd_config(&self.cfg.forward_cidrs, pod_cidrs);
+        proxy.ensure_fwd_config(&fwd).map_err(|e| e.to_string())?;
         if let Some(cg) = &self.cfg.cgroup {
             proxy.ensure_cgroup(cg).map_err(|e| e.to_string())?;
             self.metrics.set(m::DATAPATH_ATTACHED, &[("kind", "cgroup")], 1.0);

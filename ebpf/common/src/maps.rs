@@ -23,8 +23,9 @@ pub mod names {
     pub const SK_FWD6: &str = "LB6_SKFWD_V1";
     pub const COUNTERS: &str = "TR_COUNTERS_V1";
     pub const NODE_CONFIG: &str = "TR_NODE_CFG_V1";
+    pub const FWD_CONFIG: &str = "TR_FWD_CFG_V1";
     /// Every map the agent pins and adopts, in creation order.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         LB4_SERVICES,
         LB6_SERVICES,
         LB4_BACKENDS,
@@ -41,6 +42,7 @@ pub mod names {
         SK_FWD6,
         COUNTERS,
         NODE_CONFIG,
+        FWD_CONFIG,
     ];
 }
 
@@ -267,6 +269,87 @@ pub struct NodeConfig {
     pub flags: u32,
 }
 
+/// Forwarding in eBPF between pods (see `FwdConfig`): which families are on.
+pub mod fwd_flags {
+    pub const V4: u32 = 1;
+    pub const V6: u32 = 2;
+}
+
+/// Which packets the tc programs forward themselves (FIB lookup and redirect) instead of handing them to the
+/// node's IP stack: pod to pod across nodes, clusterCIDR to clusterCIDR, the traffic the CNI conflist already
+/// leaves untracked. From a pod: to a pod of another node (in `cluster`, not in `local`); on the uplink: from a
+/// pod of another node to one of this node (`local`). Anything else (pod to outside, which is masqueraded; node
+/// traffic; a packet the FIB cannot place) takes the stack as before. One entry (index 0), written by the agent;
+/// all zero means off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwdConfig {
+    /// `fwd_flags`.
+    pub flags: u32,
+    pub _pad: u32,
+    pub cluster4: Prefix<V4>,
+    pub local4: Prefix<V4>,
+    pub cluster6: Prefix<V6>,
+    pub local6: Prefix<V6>,
+}
+
+/// An address prefix as network and mask, both in network byte order. The default (mask all zero) contains
+/// nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix<A> {
+    pub net: A,
+    pub mask: A,
+}
+
+impl<A: Default> Default for Prefix<A> {
+    /// Contains nothing (see [`Prefix::contains`]).
+    fn default() -> Self {
+        Prefix { net: A::default(), mask: A::default() }
+    }
+}
+
+impl<const N: usize> Prefix<[u8; N]> {
+    /// The prefix `addr/len` (host bits of `addr` cleared; `len` past the address size is the whole address).
+    pub fn new(addr: [u8; N], len: u8) -> Self {
+        let mut mask = [0u8; N];
+        let mut net = [0u8; N];
+        let mut i = 0;
+        while i < N {
+            let bits = (len as usize).saturating_sub(i * 8).min(8) as u32;
+            mask[i] = if bits == 0 { 0 } else { (0xffu16 << (8 - bits)) as u8 };
+            net[i] = addr[i] & mask[i];
+            i += 1;
+        }
+        Prefix { net, mask }
+    }
+}
+
+// `contains` works on whole words: a byte-wise loop is compiled into a branch per byte, and the BPF verifier then
+// walks 2^16 paths for an IPv6 prefix.
+impl Prefix<V4> {
+    /// Whether `addr` lies in the prefix. The all-zero prefix (mask 0, the default) contains nothing: an unset
+    /// entry must not turn into "everything".
+    #[inline(always)]
+    pub fn contains(&self, addr: &V4) -> bool {
+        let m = u32::from_ne_bytes(self.mask);
+        m != 0 && u32::from_ne_bytes(*addr) & m == u32::from_ne_bytes(self.net)
+    }
+}
+
+impl Prefix<V6> {
+    /// As for IPv4.
+    #[inline(always)]
+    pub fn contains(&self, addr: &V6) -> bool {
+        let w = |a: &V6, i: usize| {
+            u64::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4], a[i + 5], a[i + 6], a[i + 7]])
+        };
+        let (m0, m1) = (w(&self.mask, 0), w(&self.mask, 8));
+        let diff = (w(addr, 0) & m0 ^ w(&self.net, 0)) | (w(addr, 8) & m1 ^ w(&self.net, 8));
+        (m0 | m1) != 0 && diff == 0
+    }
+}
+
 /// Per-CPU counters: index into the counters array.
 pub mod counter {
     pub const PACKETS: u32 = 0;
@@ -282,10 +365,12 @@ pub mod counter {
     pub const DROP_REWRITE: u32 = 10;
     pub const SOCK_TRANSLATED: u32 = 11;
     pub const SOCK_REJECT: u32 = 12;
+    /// Packets the tc programs forwarded themselves (FIB lookup and redirect, the node's IP stack skipped).
+    pub const FORWARDED: u32 = 13;
     /// Number of counters (the array's size).
     pub const COUNT: u32 = 16;
     /// Names as the agent exports them (`trellis_datapath_<name>_total`).
-    pub const NAMES: [&str; 13] = [
+    pub const NAMES: [&str; 14] = [
         "packets",
         "bytes",
         "translated",
@@ -299,6 +384,7 @@ pub mod counter {
         "drop_rewrite",
         "sock_translated",
         "sock_reject",
+        "forwarded",
     ];
 }
 
@@ -322,6 +408,7 @@ assert_size!(Ct6Key, 40);
 assert_size!(Ct4Entry, 20);
 assert_size!(Ct6Entry, 32);
 assert_size!(NodeConfig, 28);
+assert_size!(FwdConfig, 88);
 assert_size!(Sock4Key, 16);
 assert_size!(Sock6Key, 28);
 
@@ -345,6 +432,7 @@ mod pod {
     unsafe impl aya::Pod for Ct4Entry {}
     unsafe impl aya::Pod for Ct6Entry {}
     unsafe impl aya::Pod for NodeConfig {}
+    unsafe impl aya::Pod for FwdConfig {}
     unsafe impl aya::Pod for Sock4Key {}
     unsafe impl aya::Pod for Sock6Key {}
 }
@@ -383,13 +471,38 @@ mod tests {
     }
 
     #[test]
+    fn prefixes_contain_their_addresses_and_the_unset_one_contains_nothing() {
+        let p = Prefix::new([10, 244, 7, 9], 16);
+        assert_eq!(p, Prefix { net: [10, 244, 0, 0], mask: [255, 255, 0, 0] });
+        assert!(p.contains(&[10, 244, 0, 0]) && p.contains(&[10, 244, 255, 255]));
+        assert!(!p.contains(&[10, 245, 0, 1]) && !p.contains(&[11, 244, 0, 1]));
+        let odd = Prefix::new([10, 244, 1, 130], 25);
+        assert_eq!(odd.mask, [255, 255, 255, 128]);
+        assert!(odd.contains(&[10, 244, 1, 255]) && !odd.contains(&[10, 244, 1, 127]));
+        assert_eq!(Prefix::new([10, 1, 2, 3], 32).net, [10, 1, 2, 3]);
+        assert_eq!(Prefix::new([10, 1, 2, 3], 200).mask, [255; 4], "a length past the address is all of it");
+        assert!(Prefix::new([10, 1, 2, 3], 0).mask == [0; 4] && !Prefix::new([10, 1, 2, 3], 0).contains(&[0; 4]));
+        assert!(!Prefix::<V4>::default().contains(&[0; 4]), "unset must not mean everything");
+        let mut a6 = [0u8; 16];
+        a6[..4].copy_from_slice(&[0xfd, 0, 0x10, 0x44]);
+        let p6 = Prefix::new(a6, 56);
+        let mut inside = a6;
+        inside[7] = 0xff;
+        inside[15] = 1;
+        let mut outside = a6;
+        outside[5] = 1;
+        assert!(p6.contains(&inside) && !p6.contains(&outside));
+        assert!(!Prefix::<V6>::default().contains(&[0; 16]));
+    }
+
+    #[test]
     fn names_fit_the_kernel_and_are_unique() {
         for (i, n) in names::ALL.iter().enumerate() {
             assert!(n.len() <= 15, "{n} is longer than BPF_OBJ_NAME_LEN - 1");
             assert!(n.ends_with("_V1"), "{n} carries no layout version");
             assert!(!names::ALL[..i].contains(n), "{n} twice");
         }
-        assert_eq!(counter::NAMES.len() as u32, counter::SOCK_REJECT + 1);
+        assert_eq!(counter::NAMES.len() as u32, counter::FORWARDED + 1);
         assert!(counter::NAMES.len() as u32 <= counter::COUNT);
     }
 }

@@ -176,12 +176,20 @@ impl Datapath {
 
     /// The node's settings the datapath reads (its address for SNAT).
     pub fn set_node_config(&mut self, cfg: &trellis_ebpf_common::NodeConfig) -> Result<()> {
-        let name = trellis_ebpf_common::names::NODE_CONFIG;
+        self.set_config(trellis_ebpf_common::names::NODE_CONFIG, *cfg)
+    }
+
+    /// Which pod-to-pod packets the tc programs forward themselves (all zero: none).
+    pub fn set_fwd_config(&mut self, cfg: &trellis_ebpf_common::FwdConfig) -> Result<()> {
+        self.set_config(trellis_ebpf_common::names::FWD_CONFIG, *cfg)
+    }
+
+    /// Entry 0 of a one-entry array map.
+    fn set_config<T: aya::Pod>(&mut self, name: &'static str, value: T) -> Result<()> {
         let err = |source| Error::Map { name, source };
         let map = self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
-        let mut arr: aya::maps::Array<&mut aya::maps::MapData, trellis_ebpf_common::NodeConfig> =
-            aya::maps::Array::try_from(map).map_err(err)?;
-        arr.set(0, *cfg, 0).map_err(err)
+        let mut arr: aya::maps::Array<&mut aya::maps::MapData, T> = aya::maps::Array::try_from(map).map_err(err)?;
+        arr.set(0, value, 0).map_err(err)
     }
 
     /// Detaches from a pod's host veth (gone or going). A link that is not there is success.

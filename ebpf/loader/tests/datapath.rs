@@ -553,3 +553,87 @@ fn a_pod_reaches_itself_through_its_service_hairpin() {
         assert_eq!(udp_get(&topo.a, "10.96.0.15:80".parse().unwrap()).unwrap(), "udp 169.254.42.1");
     }
 }
+
+/// Packets the node's IP stack forwarded (an nft counter on the forward hook of the node netns).
+fn stack_forwarded(ns: &str) -> u64 {
+    let o = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "chain", "inet", "trellis_test", "forwarded"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    let n = text.split("counter packets ").nth(1).and_then(|r| r.split_whitespace().next());
+    n.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no counter in {text}"))
+}
+
+/// A UDP datagram sent with `ttl` (IPv4) arrives (the echo answers) or not.
+fn udp_with_ttl(ns: &str, to: SocketAddr, ttl: u32) -> bool {
+    netns::run_in(&Topo::path(ns), || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_ttl(ttl).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut buf = [0u8; 64];
+        (0..3).any(|_| s.send_to(b"hi", to).is_ok() && s.recv_from(&mut buf).is_ok())
+    })
+    .unwrap()
+}
+
+#[test]
+fn pod_to_pod_traffic_in_the_cluster_is_forwarded_in_ebpf_without_the_node_stack() {
+    require_root!();
+    let topo = Topo::new("f");
+    let mut dp = Datapath::load(topo.pins.clone()).unwrap();
+    topo.attach(&mut dp);
+    serve(&topo.b, 8080);
+    let mut t = KernelLbTables::open(&topo.pins).unwrap();
+    add_service4(&mut t, "10.96.0.10", 80, 1, &[("10.0.2.2", 8080, 1)]);
+    // What the node's stack forwards, counted on its forward hook.
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &topo.node,
+        "nft",
+        "add table inet trellis_test; add chain inet trellis_test forwarded { type \
+         filter hook forward priority 0; }; add rule inet trellis_test forwarded counter",
+    ]);
+    let forwarded = || read_counters(&topo.pins).unwrap()[counter::FORWARDED as usize];
+    let check = |what: &str| {
+        assert_eq!(tcp_get(&topo.a, "10.0.2.2:8080".parse().unwrap()).unwrap(), "tcp 10.0.1.2", "{what}");
+        assert_eq!(tcp_get(&topo.a, "10.96.0.10:80".parse().unwrap()).unwrap(), "tcp 10.0.1.2", "{what}");
+        assert_eq!(udp_get(&topo.a, "10.96.0.10:80".parse().unwrap()).unwrap(), "udp 10.0.1.2", "{what}");
+        assert_eq!(tcp_get(&topo.a, "[fd00:2::2]:8080".parse().unwrap()).unwrap(), "tcp fd00:1::2", "{what}");
+    };
+
+    // Off (the default, all zero): the stack forwards, the programs do not.
+    check("forwarding off");
+    let stack_before = stack_forwarded(&topo.node);
+    assert!(stack_before > 0, "the stack forwarded nothing with forwarding off");
+    assert_eq!(forwarded(), 0);
+
+    // On for both families. This node routes every pod (no shared pod bridge), so no prefix is local: every pod
+    // is reached by FIB lookup and redirect, in both directions, and the stack's forward hook sees none of it.
+    let cfg = FwdConfig {
+        flags: fwd_flags::V4 | fwd_flags::V6,
+        cluster4: Prefix::new(v4("10.0.0.0"), 16),
+        cluster6: Prefix::new(v6("fd00::"), 16),
+        ..Default::default()
+    };
+    dp.set_fwd_config(&cfg).unwrap();
+    check("forwarding on");
+    assert!(forwarded() >= 16, "the programs forwarded too little: {}", forwarded());
+    assert_eq!(stack_forwarded(&topo.node), stack_before, "the node's stack still forwarded pod-to-pod packets");
+
+    // The TTL goes down by one as through a router: TTL 2 arrives, TTL 1 is the stack's (time exceeded).
+    assert!(udp_with_ttl(&topo.a, "10.0.2.2:8080".parse().unwrap(), 2), "TTL 2 should arrive");
+    let before = forwarded();
+    assert!(!udp_with_ttl(&topo.a, "10.0.2.2:8080".parse().unwrap(), 1), "TTL 1 must not be forwarded");
+    assert_eq!(forwarded(), before, "a TTL-1 packet was forwarded");
+
+    // Destinations outside the cluster CIDR keep the stack (here a cluster CIDR that holds neither pod).
+    let before = forwarded();
+    let off = FwdConfig { cluster4: Prefix::new(v4("10.0.3.0"), 24), flags: fwd_flags::V4, ..Default::default() };
+    dp.set_fwd_config(&off).unwrap();
+    assert_eq!(tcp_get(&topo.a, "10.0.2.2:8080".parse().unwrap()).unwrap(), "tcp 10.0.1.2");
+    assert_eq!(forwarded(), before, "a packet to a destination outside the cluster CIDR was forwarded");
+    assert!(stack_forwarded(&topo.node) > stack_before);
+}

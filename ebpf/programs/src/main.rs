@@ -1,5 +1,6 @@
 //! Trellis' datapath: tc programs on the pods' host veths (Service DNAT on the way out of a pod, reverse NAT on
-//! the way in). Map layout: trellis-ebpf-common.
+//! the way in, forwarding to other nodes' pods without the node's stack) and on the uplink (NodePort, and
+//! forwarding to this node's pods); socket LB on the cgroup. Map layout: trellis-ebpf-common.
 #![no_std]
 #![no_main]
 
@@ -51,12 +52,19 @@ fn from_pod_family<F: Family>(ctx: &TcContext) -> i32 {
         Ok(Some(verdict)) => verdict,
         _ => lb::service::<F>(ctx, t, lb::Hook::FromPod),
     };
-    finish::<F>(ctx, verdict)
+    finish::<F>(ctx, verdict, fwd::From::Pod)
 }
 
-/// Carries out a [`fwd::ROUTE_OUT`] verdict: at the top of the call chain, where the stack has room.
+/// Carries out a [`fwd::ROUTE_OUT`] verdict, and offers what passes to [`fwd::forward`] (unless `from` is
+/// [`fwd::From::Nowhere`]): at the top of the call chain, where the stack has room.
 #[inline(always)]
-fn finish<F: Family>(ctx: &TcContext, verdict: i32) -> i32 {
+fn finish<F: Family>(ctx: &TcContext, verdict: i32, from: fwd::From) -> i32 {
+    if verdict == TC_ACT_OK as i32 {
+        return match from {
+            fwd::From::Nowhere => verdict,
+            _ => fwd::forward::<F::A>(ctx, from),
+        };
+    }
     if verdict != fwd::ROUTE_OUT {
         return verdict;
     }
@@ -82,17 +90,17 @@ fn from_uplink_family<F: Family>(ctx: &TcContext) -> i32 {
     let Some(t) = F::parse(ctx) else {
         return TC_ACT_OK as i32;
     };
-    let verdict = match lb::reverse_nat::<F>(ctx, t) {
-        Ok(Some(verdict)) => verdict,
-        _ => lb::service::<F>(ctx, t, lb::Hook::Uplink),
+    let (verdict, from) = match lb::reverse_nat::<F>(ctx, t) {
+        Ok(Some(verdict)) => (verdict, fwd::From::UplinkReply),
+        _ => (lb::service::<F>(ctx, t, lb::Hook::Uplink), fwd::From::Uplink),
     };
-    finish::<F>(ctx, verdict)
+    finish::<F>(ctx, verdict, from)
 }
 
 #[inline(never)]
 fn to_pod_family<F: Family>(ctx: &TcContext) -> i32 {
     match F::parse(ctx).map(|t| lb::reverse_nat::<F>(ctx, t)) {
-        Some(Ok(Some(verdict))) => finish::<F>(ctx, verdict),
+        Some(Ok(Some(verdict))) => finish::<F>(ctx, verdict, fwd::From::Nowhere),
         _ => TC_ACT_OK as i32,
     }
 }

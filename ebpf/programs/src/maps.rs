@@ -40,6 +40,8 @@ pub static SK_FWD6: LruHashMap<Sock6Key, u32> = LruHashMap::pinned(cap::SOCKETS,
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
 #[map(name = "TR_NODE_CFG_V1")]
 pub static NODE_CFG: Array<NodeConfig> = Array::pinned(1, 0);
+#[map(name = "TR_FWD_CFG_V1")]
+pub static FWD_CFG: Array<FwdConfig> = Array::pinned(1, 0);
 
 /// Per-CPU scratch for the packet's tuple: kept off the stack (BPF allows 512 bytes per call chain).
 #[map]
