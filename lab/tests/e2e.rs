@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{leftovers, serial, wait_until, Lab};
+use common::{leftovers, metric_value, serial, wait_until, Lab};
 use trellis_lab::state::LabState;
 
 fn probe(lab: &Lab, from: &str, target: &str, port: &str, proto: &str) -> Result<String, String> {
@@ -418,5 +418,16 @@ fn egress_is_masqueraded_while_traffic_inside_the_cluster_is_untracked_and_unbri
     for n in &st.plan.nodes {
         let ct = conntrack(&n.netns);
         assert!(!ct.contains(&format!("src={client1} dst={web2} ")), "pod-to-pod tracked on {}:\n{ct}", n.name);
+    }
+    // Both nodes forwarded it in eBPF (sending node: pod veth to uplink; receiving node: uplink to the bridge),
+    // bypassing their IP stacks; the counter is exported at the agents' repair rounds.
+    for n in &st.plan.nodes {
+        let series = r#"trellis_datapath_counter{name="forwarded"}"#;
+        let mut last = None;
+        let ok = wait_until(Duration::from_secs(30), || {
+            last = lab.metrics(&n.name).ok().and_then(|m| metric_value(&m, series));
+            last.is_some_and(|v| v > 0.0)
+        });
+        assert!(ok, "{} forwarded no pod-to-pod packet in eBPF ({series} = {last:?})\n{}", n.name, lab.logs());
     }
 }

@@ -237,6 +237,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cgroup: args.cgroup.clone(),
         node_port_cidrs: args.node_port_addresses.clone(),
         forward_cidrs: if args.bpf_forwarding { vec![args.cluster_cidr] } else { vec![] },
+        overlay_device: (args.overlay == Mode::Vxlan).then(|| args.vxlan_device.clone()),
         repair_interval: Duration::from_secs(args.repair_interval_secs),
     });
     // The worker opens its netlink socket on its own thread, in this (the node's) netns.

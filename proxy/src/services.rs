@@ -408,6 +408,8 @@ pub struct ServicesConfig {
     pub node_port_cidrs: Vec<ipnet::IpNet>,
     /// Forward pod-to-pod traffic inside these cluster CIDRs in eBPF (see [`fwd_config`]); empty: off.
     pub forward_cidrs: Vec<ipnet::IpNet>,
+    /// The overlay's device (VXLAN), whose decapsulated packets are forwarded to pods too; none in host-gw mode.
+    pub overlay_device: Option<String>,
     pub repair_interval: std::time::Duration,
 }
 
@@ -594,6 +596,13 @@ impl ServiceWorker {
             });
             proxy.ensure_uplink(&up.name, up.index, ip4, ip6).map_err(|e| e.to_string())?;
             self.metrics.set(m::DATAPATH_ATTACHED, &[("kind", "uplink")], 1.0);
+        }
+        if let Some(dev) = self.cfg.overlay_device.as_ref().filter(|_| !self.cfg.forward_cidrs.is_empty()) {
+            // The overlay worker makes the device; until it exists there is nothing to attach to.
+            if links.iter().any(|l| &l.name == dev) {
+                proxy.datapath.ensure_overlay_attached(dev).map_err(|e| e.to_string())?;
+                self.metrics.set(m::DATAPATH_ATTACHED, &[("kind", "overlay")], 1.0);
+            }
         }
         let fwd = fwd_config(&self.cfg.forward_cidrs, pod_cidrs);
         proxy.ensure_fwd_config(&fwd).map_err(|e| e.to_string())?;

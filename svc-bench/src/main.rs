@@ -2,7 +2,8 @@
 //!
 //! Modes (each in a fixture of its own, interleaved with (a) in a plain one, reported as the median ratio to it):
 //! (a) pod to pod IP, no netfilter; (a') the same with conntrack loaded in the node; (b1) pod to ClusterIP through
-//! Trellis' tc programs; (b2) the same through its socket LB (client in the attached cgroup); (c1) kube-proxy's
+//! Trellis' tc programs; (b2) the same through its socket LB (client in the attached cgroup); (a+) pod to pod IP
+//! through the (b1) node, forwarded by its tc programs (what (b1) and (b2) ride on); (c1) kube-proxy's
 //! iptables rules through iptables-legacy-restore; (c2) the same through iptables-nft-restore; (c3) kube-proxy's
 //! nftables layout. Plus programming times of the eBPF maps, their memlock and this process' RSS.
 mod chart;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use trellis_ebpf::common::{fwd_flags, FwdConfig, Prefix};
 use trellis_ebpf::tables::KernelLbTables;
 use trellis_ebpf::{Datapath, PinDir};
 
@@ -201,6 +203,13 @@ fn main() -> Result<()> {
                     dp.ensure_pod_attached("hb")?;
                     Ok(())
                 })??;
+                // Pod-to-pod forwarding in the programs, as the agent sets it (`--bpf-forwarding`, default on). This
+                // node routes each pod on its own veth (no pod bridge), so no pod is L2-local: all are forwarded.
+                dp.set_fwd_config(&FwdConfig {
+                    flags: fwd_flags::V4,
+                    cluster4: Prefix::new([10, 0, 0, 0], 16),
+                    ..Default::default()
+                })?;
                 let cg = Cgroup::new(mode.tag())?;
                 dp.ensure_cgroup_attached(&cg.0)?;
                 let mut t = KernelLbTables::open(&pins)?;
@@ -224,6 +233,11 @@ fn main() -> Result<()> {
                     times?;
                 }
                 let cgroup = (mode == Mode::Sock).then_some(cg.0.as_path());
+                if mode == Mode::Tc && !ctx.args.program_only {
+                    let pod = SocketAddr::V4(SocketAddrV4::new(LIVE[0], TARGET_PORT));
+                    let cells = ctx.measure(&Target { fixture: &f, cgroup: None }, pod, &mut base);
+                    add(&mut rows, Mode::Fwd, "-", cells);
+                }
                 for (probe, i) in probes.iter().filter(|_| !ctx.args.program_only) {
                     let cells = ctx.measure(&Target { fixture: &f, cgroup }, vip(*i), &mut base);
                     add(&mut rows, mode, probe, cells);

@@ -174,6 +174,12 @@ impl Datapath {
         self.ensure_attached(programs::FROM_UPLINK, ifname, TcAttachType::Ingress, "in")
     }
 
+    /// Attaches `from_uplink` to the overlay's device (ingress): packets decapsulated there from other nodes' pods
+    /// are forwarded to this node's pods like those arriving on the uplink (see `FwdConfig`).
+    pub fn ensure_overlay_attached(&mut self, ifname: &str) -> Result<()> {
+        self.ensure_attached(programs::FROM_UPLINK, ifname, TcAttachType::Ingress, "in")
+    }
+
     /// The node's settings the datapath reads (its address for SNAT).
     pub fn set_node_config(&mut self, cfg: &trellis_ebpf_common::NodeConfig) -> Result<()> {
         self.set_config(trellis_ebpf_common::names::NODE_CONFIG, *cfg)
