@@ -413,6 +413,14 @@ fn egress_is_masqueraded_while_traffic_inside_the_cluster_is_untracked_and_unbri
     assert!(ct.contains(&format!("src={client1} dst={ext_ip} ")), "egress flow not tracked:\n{ct}");
 
     // ...while pod to pod across nodes keeps the client's address and leaves no conntrack entry on either node.
+    // (Once both agents forward in eBPF, which they say within a second or two of `up`.)
+    for n in &st.plan.nodes {
+        let on = r#"trellis_datapath_forwarding{family="ipv4"}"#;
+        let ok = wait_until(Duration::from_secs(15), || {
+            lab.metrics(&n.name).ok().and_then(|m| metric_value(&m, on)) == Some(1.0)
+        });
+        assert!(ok, "{} never turned eBPF forwarding on\n{}", n.name, lab.logs());
+    }
     let a = probe_json(&lab, "client-1", "web-2", "8080");
     assert_eq!((a[0]["pod"].as_str(), a[0]["client"].as_str()), (Some("web-2"), Some(client1.as_str())), "{a:?}");
     for n in &st.plan.nodes {

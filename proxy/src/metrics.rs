@@ -80,7 +80,9 @@ declare_metrics! {
     DATAPATH_UP = Gauge "trellis_datapath_up",
         "1 when the eBPF datapath is loaded and its maps are open.";
     DATAPATH_ATTACHED = Gauge "trellis_datapath_attached",
-        "Interfaces and cgroups the datapath programs are attached to, by kind (pod, uplink, cgroup).";
+        "Interfaces and cgroups the datapath programs are attached to, by kind (pod, uplink, overlay, cgroup).";
+    DATAPATH_FORWARDING = Gauge "trellis_datapath_forwarding",
+        "1 when pod-to-pod packets across nodes are forwarded by the tc programs (--bpf-forwarding), by family.";
     DATAPATH_PACKETS = Gauge "trellis_datapath_counter",
         "The datapath's own per-CPU counters, summed, by name (translated, reject_no_backend, ...).";
 }

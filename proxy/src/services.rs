@@ -606,6 +606,9 @@ impl ServiceWorker {
         }
         let fwd = fwd_config(&self.cfg.forward_cidrs, pod_cidrs);
         proxy.ensure_fwd_config(&fwd).map_err(|e| e.to_string())?;
+        for (family, bit) in [("ipv4", fwd_flags::V4), ("ipv6", fwd_flags::V6)] {
+            self.metrics.set(m::DATAPATH_FORWARDING, &[("family", family)], f64::from(u8::from(fwd.flags & bit != 0)));
+        }
         if let Some(cg) = &self.cfg.cgroup {
             proxy.ensure_cgroup(cg).map_err(|e| e.to_string())?;
             self.metrics.set(m::DATAPATH_ATTACHED, &[("kind", "cgroup")], 1.0);
