@@ -427,15 +427,18 @@ fn egress_is_masqueraded_while_traffic_inside_the_cluster_is_untracked_and_unbri
         let ct = conntrack(&n.netns);
         assert!(!ct.contains(&format!("src={client1} dst={web2} ")), "pod-to-pod tracked on {}:\n{ct}", n.name);
     }
-    // Both nodes forwarded it in eBPF (sending node: pod veth to uplink; receiving node: uplink to the bridge),
-    // bypassing their IP stacks; the counter is exported at the agents' repair rounds.
+    // Both nodes forwarded it in eBPF, bypassing their IP stacks (sending node: pod veth to uplink), and put the
+    // packets from the uplink straight into the pod once it had been seen sending ("delivered": no bridge); the
+    // counters are exported at the agents' repair rounds.
     for n in &st.plan.nodes {
-        let series = r#"trellis_datapath_counter{name="forwarded"}"#;
-        let mut last = None;
-        let ok = wait_until(Duration::from_secs(30), || {
-            last = lab.metrics(&n.name).ok().and_then(|m| metric_value(&m, series));
-            last.is_some_and(|v| v > 0.0)
-        });
-        assert!(ok, "{} forwarded no pod-to-pod packet in eBPF ({series} = {last:?})\n{}", n.name, lab.logs());
+        for name in ["forwarded", "delivered"] {
+            let series = format!(r#"trellis_datapath_counter{{name="{name}"}}"#);
+            let mut last = None;
+            let ok = wait_until(Duration::from_secs(30), || {
+                last = lab.metrics(&n.name).ok().and_then(|m| metric_value(&m, &series));
+                last.is_some_and(|v| v > 0.0)
+            });
+            assert!(ok, "{}: no pod-to-pod packet {name} in eBPF ({series} = {last:?})\n{}", n.name, lab.logs());
+        }
     }
 }

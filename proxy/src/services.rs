@@ -574,6 +574,12 @@ impl ServiceWorker {
             .map(|l| l.name.clone())
             .collect();
         proxy.ensure_pods_attached(&veths).map_err(|e| e.to_string())?;
+        let live: std::collections::HashSet<u32> = links.iter().map(|l| l.index).collect();
+        match trellis_ebpf::tables::forget_gone_pod_macs(proxy.datapath.pins(), &live) {
+            Ok(n) if n > 0 => tracing::debug!(n, "forgot the MACs of gone pods"),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
         self.metrics.set(m::DATAPATH_ATTACHED, &[("kind", "pod")], veths.len() as f64);
         let uplink = match &self.cfg.uplink {
             Some(name) => links.iter().find(|l| &l.name == name),

@@ -24,8 +24,9 @@ pub mod names {
     pub const COUNTERS: &str = "TR_COUNTERS_V1";
     pub const NODE_CONFIG: &str = "TR_NODE_CFG_V1";
     pub const FWD_CONFIG: &str = "TR_FWD_CFG_V1";
+    pub const POD_MACS: &str = "TR_POD_MAC_V1";
     /// Every map the agent pins and adopts, in creation order.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         LB4_SERVICES,
         LB6_SERVICES,
         LB4_BACKENDS,
@@ -43,6 +44,7 @@ pub mod names {
         COUNTERS,
         NODE_CONFIG,
         FWD_CONFIG,
+        POD_MACS,
     ];
 }
 
@@ -56,6 +58,8 @@ pub mod capacity {
     pub const CONNTRACK: u32 = 1 << 18;
     /// Sockets translated by the socket-level load balancer (LRU: a closed socket's entries age out).
     pub const SOCKETS: u32 = 1 << 17;
+    /// Pods of this node by MAC (LRU: learned from their packets, so a gone pod's entry ages out).
+    pub const POD_MACS: u32 = 1 << 14;
 }
 
 /// Lookup scope of a frontend entry. Every frontend has an `EXTERNAL` entry; a frontend whose external and
@@ -293,6 +297,10 @@ pub struct FwdConfig {
     pub local6: Prefix<V6>,
 }
 
+/// Key of the pod-MAC map: a pod's MAC (as in the Ethernet header), padded to 8 bytes. Value: the ifindex of the
+/// pod's host veth, learned by `from_pod` from the packets it forwards.
+pub type MacKey = [u8; 8];
+
 /// An address prefix as network and mask, both in network byte order. The default (mask all zero) contains
 /// nothing.
 #[repr(C)]
@@ -367,10 +375,12 @@ pub mod counter {
     pub const SOCK_REJECT: u32 = 12;
     /// Packets the tc programs forwarded themselves (FIB lookup and redirect, the node's IP stack skipped).
     pub const FORWARDED: u32 = 13;
+    /// Of those, packets from the uplink put straight into a pod (`bpf_redirect_peer`, the bridge skipped too).
+    pub const DELIVERED: u32 = 14;
     /// Number of counters (the array's size).
     pub const COUNT: u32 = 16;
     /// Names as the agent exports them (`trellis_datapath_<name>_total`).
-    pub const NAMES: [&str; 14] = [
+    pub const NAMES: [&str; 15] = [
         "packets",
         "bytes",
         "translated",
@@ -385,6 +395,7 @@ pub mod counter {
         "sock_translated",
         "sock_reject",
         "forwarded",
+        "delivered",
     ];
 }
 
@@ -502,7 +513,7 @@ mod tests {
             assert!(n.ends_with("_V1"), "{n} carries no layout version");
             assert!(!names::ALL[..i].contains(n), "{n} twice");
         }
-        assert_eq!(counter::NAMES.len() as u32, counter::FORWARDED + 1);
+        assert_eq!(counter::NAMES.len() as u32, counter::DELIVERED + 1);
         assert!(counter::NAMES.len() as u32 <= counter::COUNT);
     }
 }

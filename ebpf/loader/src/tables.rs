@@ -232,6 +232,24 @@ impl KernelLbTables {
     }
 }
 
+/// Drops the pod-MAC entries (see `MacKey`) whose host veth is not in `live` (ifindexes of this netns): a gone
+/// pod's packets must not be delivered to a stale interface. Returns how many went.
+pub fn forget_gone_pod_macs(dir: &PinDir, live: &std::collections::HashSet<u32>) -> Result<usize> {
+    let name = names::POD_MACS;
+    let err = |source| Error::Map { name, source };
+    let data = MapData::from_pin(dir.map(name)).map_err(err)?;
+    let mut map: AyaHash<MapData, MacKey, u32> = Map::from_map_data(data).map_err(err)?.try_into().map_err(err)?;
+    let gone: Vec<MacKey> =
+        map.iter().filter_map(|e| e.ok()).filter(|(_, ifindex)| !live.contains(ifindex)).map(|(k, _)| k).collect();
+    for k in &gone {
+        match map.remove(k) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(err(source)),
+        }
+    }
+    Ok(gone.len())
+}
+
 /// Sum of one per-CPU counter ([`counter`]) of a node.
 pub fn read_counters(dir: &PinDir) -> Result<Vec<u64>> {
     let name = names::COUNTERS;

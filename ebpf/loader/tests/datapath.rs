@@ -623,6 +623,29 @@ fn pod_to_pod_traffic_in_the_cluster_is_forwarded_in_ebpf_without_the_node_stack
     assert!(forwarded() >= 16, "the programs forwarded too little: {}", forwarded());
     assert_eq!(stack_forwarded(&topo.node), stack_before, "the node's stack still forwarded pod-to-pod packets");
 
+    // Each pod's host veth was learned from the frames it sent (by MAC); the agent drops an entry whose veth is
+    // gone, and only that one.
+    let macs = || -> Vec<(MacKey, u32)> {
+        let data = aya::maps::MapData::from_pin(topo.pins.map(names::POD_MACS)).unwrap();
+        let m: aya::maps::HashMap<_, MacKey, u32> = aya::maps::Map::from_map_data(data).unwrap().try_into().unwrap();
+        m.iter().map(|e| e.unwrap()).collect()
+    };
+    let learned = macs();
+    let veths: std::collections::HashSet<u32> = learned.iter().map(|(_, i)| *i).collect();
+    assert_eq!(veths.len(), 2, "both pods' host veths learned: {learned:?}");
+    {
+        let data = aya::maps::MapData::from_pin(topo.pins.map(names::POD_MACS)).unwrap();
+        let mut m: aya::maps::HashMap<_, MacKey, u32> =
+            aya::maps::Map::from_map_data(data).unwrap().try_into().unwrap();
+        m.insert([2, 0, 0, 0, 0, 9, 0, 0], 999_999, 0).unwrap();
+    }
+    assert_eq!(trellis_ebpf::tables::forget_gone_pod_macs(&topo.pins, &veths).unwrap(), 1);
+    let mut after = macs();
+    after.sort();
+    let mut before = learned.clone();
+    before.sort();
+    assert_eq!(after, before, "only the gone veth's entry goes");
+
     // The TTL goes down by one as through a router: TTL 2 arrives, TTL 1 is the stack's (time exceeded).
     assert!(udp_with_ttl(&topo.a, "10.0.2.2:8080".parse().unwrap(), 2), "TTL 2 should arrive");
     let before = forwarded();

@@ -9,12 +9,12 @@
 //!   which is most of what a routed pod-to-pod packet costs there. The rest keeps the stack.
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, TC_ACT_OK},
-    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
-use trellis_ebpf_common::{counter, fwd_flags, FwdConfig, V4, V6};
+use trellis_ebpf_common::{counter, fwd_flags, FwdConfig, MacKey, V4, V6};
 
-use crate::maps::{count, FWD_CFG};
+use crate::maps::{count, FWD_CFG, POD_MACS};
 use crate::pkt::ETH_LEN;
 
 /// Where a packet offered to [`forward`] comes from.
@@ -178,12 +178,45 @@ pub fn forward<A: RouteOut>(ctx: &TcContext, from: From) -> i32 {
         // SAFETY: no parameters: the kernel resolves the next hop's neighbour (and queues the packet meanwhile).
         return unsafe { bpf_redirect_neigh(p.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
     }
+    if from == From::Pod {
+        learn(ctx);
+    }
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&p.dmac);
     macs[6..].copy_from_slice(&p.smac);
     if ctx.store(0, &macs, 0).is_err() {
         return pass;
     }
+    let mut mac: MacKey = [0; 8];
+    mac[..6].copy_from_slice(&p.dmac);
+    if from != From::Pod {
+        // Towards a pod of ours: the FIB names the bridge and the pod's MAC. A pod seen sending (below) is put
+        // straight into its netns, skipping the bridge, its host veth's queue and a softirq round; the replies
+        // it gets here were reverse-NATed already, so `to_pod` has nothing left to do for them.
+        // SAFETY: a plain read of a map value.
+        if let Some(veth) = unsafe { POD_MACS.get(&mac) }.copied() {
+            count(counter::DELIVERED, 1);
+            // SAFETY: no preconditions; a veth gone since is the kernel's to drop, as the bridge would.
+            return unsafe { bpf_redirect_peer(veth, 0) } as i32;
+        }
+    }
     // SAFETY: no preconditions beyond a valid ifindex, which the FIB gave.
     unsafe { bpf_redirect(p.ifindex, 0) as i32 }
+}
+
+/// Learns a pod's host veth from a frame it sent (its MAC is the source), the way a bridge learns; written only
+/// when new or changed. The agent drops the entries of veths that are gone.
+#[inline(always)]
+fn learn(ctx: &TcContext) {
+    let Ok(src) = ctx.load::<[u8; 6]>(6) else {
+        return;
+    };
+    let mut mac: MacKey = [0; 8];
+    mac[..6].copy_from_slice(&src);
+    // SAFETY: the program's context pointer.
+    let veth = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a plain read of a map value.
+    if unsafe { POD_MACS.get(&mac) }.copied() != Some(veth) {
+        let _ = POD_MACS.insert(&mac, &veth, 0);
+    }
 }

@@ -42,6 +42,8 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
 pub static NODE_CFG: Array<NodeConfig> = Array::pinned(1, 0);
 #[map(name = "TR_FWD_CFG_V1")]
 pub static FWD_CFG: Array<FwdConfig> = Array::pinned(1, 0);
+#[map(name = "TR_POD_MAC_V1")]
+pub static POD_MACS: LruHashMap<MacKey, u32> = LruHashMap::pinned(cap::POD_MACS, 0);
 
 /// Per-CPU scratch for the packet's tuple: kept off the stack (BPF allows 512 bytes per call chain).
 #[map]
