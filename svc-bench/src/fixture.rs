@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use trellis_netlink::netns;
 
-use crate::gen::SERVER_PORTS;
+use crate::gen::{POD_PORT, SERVER_PORTS};
 
 pub struct Fixture {
     pub node: String,
@@ -133,7 +133,7 @@ fn serve(ns: &std::path::Path, cpu: Option<usize>, stop: Arc<AtomicBool>) -> Res
             nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
             pin(cpu)?;
             let mut v = Vec::new();
-            for port in SERVER_PORTS {
+            for port in SERVER_PORTS.into_iter().chain([POD_PORT]) {
                 let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
                 l.set_nonblocking(true)?;
                 v.push(l);

@@ -12,6 +12,9 @@ pub const TARGET_PORT: u16 = 8080;
 /// same backend 4-tuple (the server's TIME_WAIT from one would refuse the other's SYN: a NAT artifact of a single
 /// client, not of the path).
 pub const SERVER_PORTS: [u16; 2] = [8080, 8081];
+/// The port (a+) reaches the server on directly, for the same reason: a third one, so its connections' TIME_WAITs
+/// never meet a Service's translated 4-tuples on the same node.
+pub const POD_PORT: u16 = 8082;
 /// The cluster's pod CIDR, as kube-proxy's masquerade rule names it.
 pub const CLUSTER_CIDR: &str = "10.0.0.0/8";
 /// The server pod's two addresses: the live endpoints.

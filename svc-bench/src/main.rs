@@ -234,7 +234,7 @@ fn main() -> Result<()> {
                 }
                 let cgroup = (mode == Mode::Sock).then_some(cg.0.as_path());
                 if mode == Mode::Tc && !ctx.args.program_only {
-                    let pod = SocketAddr::V4(SocketAddrV4::new(LIVE[0], TARGET_PORT));
+                    let pod = SocketAddr::V4(SocketAddrV4::new(LIVE[0], gen::POD_PORT));
                     let cells = ctx.measure(&Target { fixture: &f, cgroup: None }, pod, &mut base);
                     add(&mut rows, Mode::Fwd, "-", cells);
                 }
