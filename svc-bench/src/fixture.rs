@@ -203,3 +203,55 @@ impl Drop for Cgroup {
         let _ = std::fs::remove_dir(&self.0);
     }
 }
+
+/// On SIGINT, SIGTERM or SIGHUP: remove what this run made (its netns, pinned maps and cgroups, all named with
+/// its pid), then exit 130. The fixtures clean up on Drop, but a signal ends the process without unwinding. Call
+/// first thing in `main`, before any thread exists: the signals are blocked in every thread but the one waiting.
+pub fn clean_up_on_signal() -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block()?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let sig = set.wait().ok();
+        eprintln!("trellis-svc-bench: {sig:?}: removing this run's namespaces, pins and cgroups");
+        remove_leftovers(std::process::id());
+        std::process::exit(130);
+    })?;
+    Ok(())
+}
+
+/// Everything named for run `pid`: netns `tsb{n,a,b}<pid><tag>`, `/sys/fs/bpf/trellis-svc-bench-<pid>-*`, cgroups
+/// `trellis-svc-bench-<pid>-*` (this process moved out of them first).
+pub fn remove_leftovers(pid: u32) {
+    let ours = |name: &str, prefix: &str| {
+        name.strip_prefix(prefix).is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+    };
+    if let Ok(dir) = std::fs::read_dir("/run/netns") {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if ["tsbn", "tsba", "tsbb"].iter().any(|p| ours(&name, &format!("{p}{pid}"))) {
+                let _ = netns::delete(&name);
+            }
+        }
+    }
+    let prefix = format!("trellis-svc-bench-{pid}");
+    if let Ok(dir) = std::fs::read_dir("/sys/fs/bpf") {
+        for e in dir.flatten() {
+            if ours(&e.file_name().to_string_lossy(), &prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let root = PathBuf::from("/sys/fs/cgroup/unified");
+    let _ = std::fs::write(root.join("cgroup.procs"), pid.to_string());
+    if let Ok(dir) = std::fs::read_dir(&root) {
+        for e in dir.flatten() {
+            if ours(&e.file_name().to_string_lossy(), &prefix) {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+    }
+}

@@ -149,6 +149,7 @@ fn main() -> Result<()> {
     }
     let args = Args::parse();
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "needs root (network namespaces, bpffs, netfilter)");
+    fixture::clean_up_on_signal()?;
     let started = Instant::now();
     let (client_cpu, server_cpu) = cpus(args.split_cpus);
     let plain = Fixture::new("p", server_cpu)?;
