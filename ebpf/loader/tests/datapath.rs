@@ -621,6 +621,9 @@ fn pod_to_pod_traffic_in_the_cluster_is_forwarded_in_ebpf_without_the_node_stack
     dp.set_fwd_config(&cfg).unwrap();
     check("forwarding on");
     assert!(forwarded() >= 16, "the programs forwarded too little: {}", forwarded());
+    // Once a pod has been seen sending, packets to it go straight into its netns (this node routes every pod).
+    let delivered = read_counters(&topo.pins).unwrap()[counter::DELIVERED as usize];
+    assert!(delivered >= 8, "too few packets delivered into the pod's netns: {delivered}");
     assert_eq!(stack_forwarded(&topo.node), stack_before, "the node's stack still forwarded pod-to-pod packets");
 
     // Each pod's host veth was learned from the frames it sent (by MAC); the agent drops an entry whose veth is

@@ -189,16 +189,15 @@ pub fn forward<A: RouteOut>(ctx: &TcContext, from: From) -> i32 {
     }
     let mut mac: MacKey = [0; 8];
     mac[..6].copy_from_slice(&p.dmac);
-    if from != From::Pod {
-        // Towards a pod of ours: the FIB names the bridge and the pod's MAC. A pod seen sending (below) is put
-        // straight into its netns, skipping the bridge, its host veth's queue and a softirq round; the replies
-        // it gets here were reverse-NATed already, so `to_pod` has nothing left to do for them.
-        // SAFETY: a plain read of a map value.
-        if let Some(veth) = unsafe { POD_MACS.get(&mac) }.copied() {
-            count(counter::DELIVERED, 1);
-            // SAFETY: no preconditions; a veth gone since is the kernel's to drop, as the bridge would.
-            return unsafe { bpf_redirect_peer(veth, 0) } as i32;
-        }
+    // Towards a pod of ours (the FIB names its MAC: from the uplink through the bridge, or from a pod on a node
+    // that routes each pod on its own veth): a pod seen sending (`learn`) is put straight into its netns, skipping
+    // the bridge, its host veth's queue and a softirq round. What it gets this way was translated or reverse-NATed
+    // already, so `to_pod` has nothing left to do for it. (From a pod to another node, the MAC is a node's: no hit.)
+    // SAFETY: a plain read of a map value.
+    if let Some(veth) = unsafe { POD_MACS.get(&mac) }.copied() {
+        count(counter::DELIVERED, 1);
+        // SAFETY: no preconditions; a veth gone since is the kernel's to drop, as the bridge would.
+        return unsafe { bpf_redirect_peer(veth, 0) } as i32;
     }
     // SAFETY: no preconditions beyond a valid ifindex, which the FIB gave.
     unsafe { bpf_redirect(p.ifindex, 0) as i32 }
