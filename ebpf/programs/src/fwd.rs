@@ -4,9 +4,10 @@
 //!   would be dropped by the kernel's forwarding as a "martian" (a local source arriving from outside); the FIB
 //!   lookup finds its way out and the kernel resolves the next hop's MAC.
 //! - [`forward`]: pod to pod across nodes (`FwdConfig`), as Cilium's host routing does: one FIB lookup, the TTL
-//!   decremented, the MACs written, and the packet redirected to the next device's egress. It skips the IP
-//!   input/forward/output path and every netfilter hook of the node (and the pod bridge on the sending node),
-//!   which is most of what a routed pod-to-pod packet costs there. The rest keeps the stack.
+//!   decremented, the MACs written, and the packet redirected to the next device's egress, or, when the next hop
+//!   is a pod of this node seen sending before, straight into that pod's netns (`bpf_redirect_peer`). It skips the
+//!   IP input/forward/output path and every netfilter hook of the node, and the pod bridge, which is most of what
+//!   a routed pod-to-pod packet costs there. The rest keeps the stack.
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, TC_ACT_OK},
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
