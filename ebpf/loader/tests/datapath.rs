@@ -650,10 +650,11 @@ fn pod_to_pod_traffic_in_the_cluster_is_forwarded_in_ebpf_without_the_node_stack
     assert_eq!(after, before, "only the gone veth's entry goes");
 
     // The TTL goes down by one as through a router: TTL 2 arrives, TTL 1 is the stack's (time exceeded).
+    // (Whether it arrives is the check: a pod takes a datagram whatever its TTL, so one forwarded with TTL 1, or
+    // decremented to 0, would be answered. The counter is no check here: late replies of the TTL-2 tries and
+    // stragglers of the TCP connections above may still be forwarded meanwhile.)
     assert!(udp_with_ttl(&topo.a, "10.0.2.2:8080".parse().unwrap(), 2), "TTL 2 should arrive");
-    let before = forwarded();
-    assert!(!udp_with_ttl(&topo.a, "10.0.2.2:8080".parse().unwrap(), 1), "TTL 1 must not be forwarded");
-    assert_eq!(forwarded(), before, "a TTL-1 packet was forwarded");
+    assert!(!udp_with_ttl(&topo.a, "10.0.2.2:8080".parse().unwrap(), 1), "a TTL-1 packet was forwarded");
 
     // Destinations outside the cluster CIDR keep the stack (here a cluster CIDR that holds neither pod).
     let before = forwarded();
