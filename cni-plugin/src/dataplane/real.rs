@@ -270,7 +270,8 @@ impl Dataplane for RealDataplane {
 /// fork failed (the caller then deletes synchronously).
 fn delete_in_background(node: &mut Handle, index: u32, locked_fd: Option<i32>) -> bool {
     // SAFETY: the plugin is single-threaded here (namespace helper threads have been joined), so the child may
-    // run arbitrary code; it only uses its copy of the netlink socket and exits with _exit.
+    // run arbitrary code; it opens a netlink socket of its own (its copy of the parent's only as a fallback) and
+    // exits with _exit.
     match unsafe { libc::fork() } {
         0 => {
             unsafe {
@@ -286,7 +287,17 @@ fn delete_in_background(node: &mut Handle, index: u32, locked_fd: Option<i32>) -
                     }
                 }
             }
-            let _ = node.delete_link(index);
+            // A socket of its own: the parent goes on using the shared one (GC deletes several links, forking a
+            // child each), and an ack read by the wrong process left this child waiting for it forever. The node
+            // handle lives in this process's own netns, where a new one opens too.
+            match Handle::new() {
+                Ok(mut own) => {
+                    let _ = own.delete_link(index);
+                }
+                Err(_) => {
+                    let _ = node.delete_link(index);
+                }
+            }
             unsafe { libc::_exit(0) }
         }
         pid if pid > 0 => true,
