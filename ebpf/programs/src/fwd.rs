@@ -13,7 +13,7 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
-use trellis_ebpf_common::{counter, fwd_flags, FwdConfig, MacKey, V4, V6};
+use trellis_ebpf_common::{counter, fwd_flags, FwdConfig, MacKey, Prefix, V4, V6};
 
 use crate::maps::{count, FWD_CFG, POD_MACS};
 use crate::pkt::ETH_LEN;
@@ -47,8 +47,9 @@ pub trait RouteOut: Sized {
     fn fill(p: &mut FibParams, src: &Self, dst: &Self);
     /// The packet's (source, destination) as it is now (after any translation).
     fn addrs(ctx: &TcContext) -> Option<(Self, Self)>;
-    /// Whether [`forward`] takes a packet from `src` to `dst` (see [`From`]).
-    fn forwarded(cfg: &FwdConfig, src: &Self, dst: &Self, from: From) -> bool;
+    /// This family's part of the config: (on, cluster CIDR, this node's podCIDR).
+    fn family(cfg: &FwdConfig) -> (bool, &Prefix<Self>, &Prefix<Self>);
+    fn contains(p: &Prefix<Self>, a: &Self) -> bool;
     /// Decrements the TTL (hop limit) as a router does; false when it would reach zero (the stack then answers
     /// with ICMP time exceeded) or the write failed.
     fn dec_ttl(ctx: &TcContext) -> bool;
@@ -66,12 +67,12 @@ impl RouteOut for V4 {
         Some(([a[0], a[1], a[2], a[3]], [a[4], a[5], a[6], a[7]]))
     }
     #[inline(always)]
-    fn forwarded(cfg: &FwdConfig, src: &V4, dst: &V4, from: From) -> bool {
-        let uplink = from != From::Pod;
-        cfg.flags & fwd_flags::V4 != 0
-            && cfg.cluster4.contains(dst)
-            && cfg.local4.contains(dst) == uplink
-            && (from != From::Uplink || cfg.cluster4.contains(src))
+    fn family(cfg: &FwdConfig) -> (bool, &Prefix<V4>, &Prefix<V4>) {
+        (cfg.flags & fwd_flags::V4 != 0, &cfg.cluster4, &cfg.local4)
+    }
+    #[inline(always)]
+    fn contains(p: &Prefix<V4>, a: &V4) -> bool {
+        p.contains(a)
     }
     #[inline(always)]
     fn dec_ttl(ctx: &TcContext) -> bool {
@@ -103,12 +104,12 @@ impl RouteOut for V6 {
         Some((s, d))
     }
     #[inline(always)]
-    fn forwarded(cfg: &FwdConfig, src: &V6, dst: &V6, from: From) -> bool {
-        let uplink = from != From::Pod;
-        cfg.flags & fwd_flags::V6 != 0
-            && cfg.cluster6.contains(dst)
-            && cfg.local6.contains(dst) == uplink
-            && (from != From::Uplink || cfg.cluster6.contains(src))
+    fn family(cfg: &FwdConfig) -> (bool, &Prefix<V6>, &Prefix<V6>) {
+        (cfg.flags & fwd_flags::V6 != 0, &cfg.cluster6, &cfg.local6)
+    }
+    #[inline(always)]
+    fn contains(p: &Prefix<V6>, a: &V6) -> bool {
+        p.contains(a)
     }
     #[inline(always)]
     fn dec_ttl(ctx: &TcContext) -> bool {
@@ -155,7 +156,7 @@ pub fn forward<A: RouteOut>(ctx: &TcContext, from: From) -> i32 {
     let Some((src, dst)) = A::addrs(ctx) else {
         return pass;
     };
-    if !A::forwarded(cfg, &src, &dst, from) {
+    if !forwarded(cfg, &src, &dst, from) {
         return pass;
     }
     // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers and unions of them).
@@ -202,6 +203,16 @@ pub fn forward<A: RouteOut>(ctx: &TcContext, from: From) -> i32 {
     }
     // SAFETY: no preconditions beyond a valid ifindex, which the FIB gave.
     unsafe { bpf_redirect(p.ifindex, 0) as i32 }
+}
+
+/// Whether [`forward`] takes a packet from `src` to `dst` (see [`From`]): from a pod, to a pod of another node; on
+/// the uplink, to a pod of this node, from a pod of another node unless it is the reply of a flow translated here.
+#[inline(always)]
+fn forwarded<A: RouteOut>(cfg: &FwdConfig, src: &A, dst: &A, from: From) -> bool {
+    let (on, cluster, local) = A::family(cfg);
+    on && A::contains(cluster, dst)
+        && A::contains(local, dst) == (from != From::Pod)
+        && (from != From::Uplink || A::contains(cluster, src))
 }
 
 /// Learns a pod's host veth from a frame it sent (its MAC is the source), the way a bridge learns; written only
