@@ -628,20 +628,15 @@ fn pod_to_pod_traffic_in_the_cluster_is_forwarded_in_ebpf_without_the_node_stack
 
     // Each pod's host veth was learned from the frames it sent (by MAC); the agent drops an entry whose veth is
     // gone, and only that one.
-    let macs = || -> Vec<(MacKey, u32)> {
+    let pod_macs = || -> aya::maps::HashMap<_, MacKey, u32> {
         let data = aya::maps::MapData::from_pin(topo.pins.map(names::POD_MACS)).unwrap();
-        let m: aya::maps::HashMap<_, MacKey, u32> = aya::maps::Map::from_map_data(data).unwrap().try_into().unwrap();
-        m.iter().map(|e| e.unwrap()).collect()
+        aya::maps::Map::from_map_data(data).unwrap().try_into().unwrap()
     };
+    let macs = || -> Vec<(MacKey, u32)> { pod_macs().iter().map(|e| e.unwrap()).collect() };
     let learned = macs();
     let veths: std::collections::HashSet<u32> = learned.iter().map(|(_, i)| *i).collect();
     assert_eq!(veths.len(), 2, "both pods' host veths learned: {learned:?}");
-    {
-        let data = aya::maps::MapData::from_pin(topo.pins.map(names::POD_MACS)).unwrap();
-        let mut m: aya::maps::HashMap<_, MacKey, u32> =
-            aya::maps::Map::from_map_data(data).unwrap().try_into().unwrap();
-        m.insert([2, 0, 0, 0, 0, 9, 0, 0], 999_999, 0).unwrap();
-    }
+    pod_macs().insert([2, 0, 0, 0, 0, 9, 0, 0], 999_999, 0).unwrap();
     assert_eq!(trellis_ebpf::tables::forget_gone_pod_macs(&topo.pins, &veths).unwrap(), 1);
     let mut after = macs();
     after.sort();
