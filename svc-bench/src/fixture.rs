@@ -30,17 +30,29 @@ pub fn sh(argv: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Names of a run's netns: one of these, the run's pid, then the fixture's tag (node, client pod, server pod).
+const NETNS_PREFIXES: [&str; 3] = ["tsbn", "tsba", "tsbb"];
+/// What a run's pinned maps and cgroups are named after: this, `-<pid>-`, then a tag.
+const RUN_NAME: &str = "trellis-svc-bench";
+const CGROUP_ROOT: &str = "/sys/fs/cgroup/unified";
+const BPF_ROOT: &str = "/sys/fs/bpf";
+
+/// `trellis-svc-bench-<pid>`: the start of every pin directory and cgroup this run makes.
+fn run_prefix(pid: u32) -> String {
+    format!("{RUN_NAME}-{pid}")
+}
+
+/// Where an eBPF node of this run pins its maps and links.
+pub fn pin_path(tag: &str) -> PathBuf {
+    PathBuf::from(BPF_ROOT).join(format!("{}-{tag}", run_prefix(std::process::id())))
+}
+
 impl Fixture {
     /// The topology, with the echo server running in `b`, pinned to `server_cpu`.
     pub fn new(tag: &str, server_cpu: Option<usize>) -> Result<Fixture> {
         let id = format!("{}{tag}", std::process::id());
-        let mut f = Fixture {
-            node: format!("tsbn{id}"),
-            a: format!("tsba{id}"),
-            b: format!("tsbb{id}"),
-            stop: Arc::new(AtomicBool::new(false)),
-            server: None,
-        };
+        let [node, a, b] = NETNS_PREFIXES.map(|p| format!("{p}{id}"));
+        let mut f = Fixture { node, a, b, stop: Arc::new(AtomicBool::new(false)), server: None };
         for ns in [&f.node, &f.a, &f.b] {
             netns::create(ns)?;
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
@@ -192,7 +204,7 @@ pub struct Cgroup(pub PathBuf);
 
 impl Cgroup {
     pub fn new(tag: &str) -> Result<Cgroup> {
-        let p = PathBuf::from(format!("/sys/fs/cgroup/unified/trellis-svc-bench-{}-{tag}", std::process::id()));
+        let p = PathBuf::from(CGROUP_ROOT).join(format!("{}-{tag}", run_prefix(std::process::id())));
         std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
         Ok(Cgroup(p))
     }
@@ -223,8 +235,8 @@ pub fn clean_up_on_signal() -> Result<()> {
     Ok(())
 }
 
-/// Everything named for run `pid`: netns `tsb{n,a,b}<pid><tag>`, `/sys/fs/bpf/trellis-svc-bench-<pid>-*`, cgroups
-/// `trellis-svc-bench-<pid>-*` (this process moved out of them first).
+/// Everything named for run `pid` (see `NETNS_PREFIXES`, `pin_path`, `Cgroup::new`): its netns, pin directories and
+/// cgroups (this process moved out of them first).
 pub fn remove_leftovers(pid: u32) {
     let ours = |name: &str, prefix: &str| {
         name.strip_prefix(prefix).is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
@@ -232,20 +244,20 @@ pub fn remove_leftovers(pid: u32) {
     if let Ok(dir) = std::fs::read_dir("/run/netns") {
         for e in dir.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if ["tsbn", "tsba", "tsbb"].iter().any(|p| ours(&name, &format!("{p}{pid}"))) {
+            if NETNS_PREFIXES.iter().any(|p| ours(&name, &format!("{p}{pid}"))) {
                 let _ = netns::delete(&name);
             }
         }
     }
-    let prefix = format!("trellis-svc-bench-{pid}");
-    if let Ok(dir) = std::fs::read_dir("/sys/fs/bpf") {
+    let prefix = run_prefix(pid);
+    if let Ok(dir) = std::fs::read_dir(BPF_ROOT) {
         for e in dir.flatten() {
             if ours(&e.file_name().to_string_lossy(), &prefix) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }
-    let root = PathBuf::from("/sys/fs/cgroup/unified");
+    let root = PathBuf::from(CGROUP_ROOT);
     let _ = std::fs::write(root.join("cgroup.procs"), pid.to_string());
     if let Ok(dir) = std::fs::read_dir(&root) {
         for e in dir.flatten() {

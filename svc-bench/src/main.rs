@@ -193,8 +193,7 @@ fn main() -> Result<()> {
         for mode in [Mode::Tc, Mode::Sock] {
             let r = (|| -> Result<()> {
                 let f = Fixture::new(mode.tag(), ctx.server_cpu)?;
-                let pins =
-                    PinDir::at(format!("/sys/fs/bpf/trellis-svc-bench-{}-{}-{n}", std::process::id(), mode.tag()));
+                let pins = PinDir::at(fixture::pin_path(&format!("{}-{n}", mode.tag())));
                 let _pins_gone = Guard(|| {
                     let _ = pins.remove();
                 });
