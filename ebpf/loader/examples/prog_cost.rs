@@ -3,9 +3,18 @@
 //! TCP (no Service): the path every packet that is not Service traffic takes, and the one socket-LB traffic takes.
 use trellis_ebpf::{programs, tcp4_frame, Datapath, PinDir};
 
+/// Removes the pins when dropped, also when a panic unwinds (println! panics on a closed pipe, e.g. `| head`).
+struct Pins(PinDir);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = self.0.remove();
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    let pins = PinDir::at(format!("/sys/fs/bpf/trellis-prog-cost-{}", std::process::id()));
-    let dp = Datapath::load(pins.clone());
+    let pins = Pins(PinDir::at(format!("/sys/fs/bpf/trellis-prog-cost-{}", std::process::id())));
+    let dp = Datapath::load(pins.0.clone());
     let result = (|| -> anyhow::Result<()> {
         let dp = dp?;
         let repeat = 2_000_000;
@@ -25,6 +34,6 @@ fn main() -> anyhow::Result<()> {
         }
         Ok(())
     })();
-    let _ = pins.remove();
+    drop(pins);
     result
 }
