@@ -16,7 +16,7 @@ use trellis_agent::metrics::{self, Metrics};
 use trellis_agent::overlay::netlink::NetlinkDataplane;
 use trellis_agent::overlay::{Mode, OverlayConfig};
 use trellis_agent::services::{services_loop, ServiceWorker, ServicesConfig};
-use trellis_ebpf::PinDir;
+use trellis_ebpf::{MapSizes, PinDir};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Source {
@@ -122,6 +122,28 @@ struct Args {
     /// does. Pod egress leaving the cluster still takes the stack (and its masquerade).
     #[arg(long, action = ArgAction::Set, default_value_t = true)]
     bpf_forwarding: bool,
+
+    /// Frontend entries per family (one per Service port and address, plus one per backend of it), and as
+    /// many reverse-NAT entries. Maps are preallocated: memlock grows with these sizes. A changed size takes
+    /// effect at the next start, with the pinned entries moved over.
+    #[arg(long, default_value_t = MapSizes::default().services, value_parser = clap::value_parser!(u32).range(1..))]
+    bpf_lb_map_max: u32,
+
+    /// Backends per family (one per endpoint address and port).
+    #[arg(long, default_value_t = MapSizes::default().backends, value_parser = clap::value_parser!(u32).range(1..))]
+    bpf_backend_map_max: u32,
+
+    /// Connection-tracking entries per family (LRU; two per Service flow translated on the tc path).
+    #[arg(long, default_value_t = MapSizes::default().conntrack, value_parser = clap::value_parser!(u32).range(1..))]
+    bpf_ct_map_max: u32,
+
+    /// Session-affinity entries per family (LRU; one per client and Service).
+    #[arg(long, default_value_t = MapSizes::default().affinity, value_parser = clap::value_parser!(u32).range(1..))]
+    bpf_affinity_map_max: u32,
+
+    /// Sockets translated by the socket LB, per family (LRU).
+    #[arg(long, default_value_t = MapSizes::default().sockets, value_parser = clap::value_parser!(u32).range(1..))]
+    bpf_sock_map_max: u32,
 
     /// bpffs directory for this node's pinned maps and links (default: /sys/fs/bpf/trellis/<node-name>).
     #[arg(long)]
@@ -239,6 +261,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         forward_cidrs: if args.bpf_forwarding { vec![args.cluster_cidr] } else { vec![] },
         overlay_device: (args.overlay == Mode::Vxlan).then(|| args.vxlan_device.clone()),
         repair_interval: Duration::from_secs(args.repair_interval_secs),
+        map_sizes: MapSizes {
+            services: args.bpf_lb_map_max,
+            backends: args.bpf_backend_map_max,
+            conntrack: args.bpf_ct_map_max,
+            affinity: args.bpf_affinity_map_max,
+            sockets: args.bpf_sock_map_max,
+            ..MapSizes::default()
+        },
     });
     // The worker opens its netlink socket on its own thread, in this (the node's) netns.
     let (to_worker, worker) = agent::spawn_worker(cfg, NetlinkDataplane::new, metrics.clone());

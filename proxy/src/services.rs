@@ -11,7 +11,7 @@ use std::path::Path;
 use trellis_ebpf::common::{fwd_flags, FwdConfig, LbBackend, LbKey, LbService, NodeConfig, Prefix, V4, V6};
 use trellis_ebpf::sync::{FamilyChanged, FamilyDesired, FamilySync, Stats};
 use trellis_ebpf::tables::{KernelLbTables, LbTables, MapTable};
-use trellis_ebpf::{Datapath, PinDir};
+use trellis_ebpf::{Datapath, MapSizes, PinDir};
 use trellis_svc::ids::{Endpoint3, Hasher};
 use trellis_svc::{translate, Desired, Endpoint, Ids, NodeContext, ServiceModel, Translator};
 
@@ -233,8 +233,8 @@ pub struct ServiceProxy {
 
 impl ServiceProxy {
     /// Loads the programs with the maps pinned in `pins` (adopting what is there) and restores the ids.
-    pub fn open(pins: PinDir, node: NodeContext) -> Result<ServiceProxy> {
-        let datapath = Datapath::load(pins.clone())?;
+    pub fn open(pins: PinDir, node: NodeContext, sizes: &MapSizes) -> Result<ServiceProxy> {
+        let datapath = Datapath::load_sized(pins.clone(), sizes)?;
         let tables = KernelLbTables::open(&pins)?;
         let ids = restore_ids(&tables.be4, &tables.be6, &tables.svc4, &tables.svc6)?;
         Ok(ServiceProxy {
@@ -411,6 +411,8 @@ pub struct ServicesConfig {
     /// The overlay's device (VXLAN), whose decapsulated packets are forwarded to pods too; none in host-gw mode.
     pub overlay_device: Option<String>,
     pub repair_interval: std::time::Duration,
+    /// Capacity of the pinned maps (`--bpf-*-map-max`).
+    pub map_sizes: MapSizes,
 }
 
 /// The service proxy's worker: one round per burst of updates, and a repair round (attachments, every entry
@@ -473,7 +475,7 @@ impl ServiceWorker {
         let mut repair = repair;
         if self.proxy.is_none() {
             let node = NodeContext { name: self.cfg.node_name.clone(), node_port_addresses: vec![] };
-            match ServiceProxy::open(PinDir::at(&self.cfg.pins), node) {
+            match ServiceProxy::open(PinDir::at(&self.cfg.pins), node, &self.cfg.map_sizes) {
                 Ok(mut p) => {
                     tracing::info!(pins = %self.cfg.pins.display(), "eBPF datapath loaded");
                     p.programmer.pending.extend(self.state.services.keys().cloned());
@@ -534,7 +536,11 @@ impl ServiceWorker {
             }
             Err(e) => {
                 self.metrics.inc(m::SERVICE_SYNC_ERRORS, &[]);
-                let e = e.to_string();
+                let mut e = e.to_string();
+                if e.contains("E2BIG") || e.contains("Argument list too long") {
+                    // A hash map refuses a new key when full: say which flag makes room.
+                    e += " (a map is full: raise --bpf-lb-map-max or --bpf-backend-map-max)";
+                }
                 self.report("writing the Service maps", &e);
                 ok = false;
             }

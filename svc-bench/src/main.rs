@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use trellis_ebpf::common::{fwd_flags, FwdConfig, Prefix};
 use trellis_ebpf::tables::KernelLbTables;
-use trellis_ebpf::{Datapath, PinDir};
+use trellis_ebpf::{Datapath, MapSizes, PinDir};
 
 use fixture::{Cgroup, Fixture};
 use gen::{Spec, LIVE, SERVICE_PORT, TARGET_PORT};
@@ -121,16 +121,21 @@ impl Ctx {
         self.once(&Target { fixture: &self.plain, cgroup: None }, to, kind)
     }
 
-    /// `rounds` interleaved pairs per metric against `to`; the (a) runs are kept for (a)'s own row.
+    /// `rounds` runs per metric against `to`, each bracketed by runs of (a) (a r a r ... a): each run compares
+    /// with the two (a) runs beside it, so a machine that drifts during the pair cancels out too. The (a) runs
+    /// are kept for (a)'s own row.
     fn measure(&self, t: &Target, to: SocketAddr, base: &mut Vec<(Kind, Run)>) -> Result<[Cell; 2]> {
         let mut out = [Cell::default(), Cell::default()];
         for (slot, kind) in [Kind::Rr, Kind::Crr].into_iter().enumerate() {
             let mut pairs = Vec::new();
+            let mut before = self.baseline(kind)?;
+            base.push((kind, before));
             for _ in 0..self.args.rounds {
-                let b = self.baseline(kind)?;
-                base.push((kind, b));
                 let r = self.once(t, to, kind)?;
-                pairs.push((r, b));
+                let after = self.baseline(kind)?;
+                base.push((kind, after));
+                pairs.push((r, Run::between(before, after)));
+                before = after;
             }
             out[slot] = Cell::Done(stats::summarize(&pairs).context("no runs")?);
         }
@@ -197,7 +202,10 @@ fn main() -> Result<()> {
                 let _pins_gone = Guard(|| {
                     let _ = pins.remove();
                 });
-                let mut dp = Datapath::load(pins.clone())?;
+                // Maps sized as an operator sizes them for N Services (--bpf-lb-map-max, --bpf-backend-map-max):
+                // per Service a slot 0 and two backend slots, and two backends; the defaults below that.
+                let sizes = MapSizes::default().fit(3 * n as u64, 2 * n as u64);
+                let mut dp = Datapath::load_sized(pins.clone(), &sizes)?;
                 trellis_netlink::netns::run_in(&Fixture::path(&f.node), || -> Result<()> {
                     dp.ensure_pod_attached("ha")?;
                     dp.ensure_pod_attached("hb")?;
@@ -334,7 +342,7 @@ fn main() -> Result<()> {
 impl Ctx {
     fn args_line(&self) -> String {
         format!(
-            "{} s per run, {} interleaved pairs per probe and metric, client on CPU {}, server on CPU {}",
+            "{} s per run, {} runs per probe and metric, each bracketed by runs of (a), client on CPU {}, server on CPU {}",
             self.args.secs,
             self.args.rounds,
             cpu_name(self.client_cpu),

@@ -168,7 +168,9 @@ pub fn render(rows: &[Row], prog: &[ProgRow], cross: &str, command: &str, how: &
          the same backend 4-tuple through two Services (the server's TIME_WAIT would turn the SYN away: an artifact \
          of a single client). Client and server are pinned to one and the same CPU (`--split-cpus` puts them on two: \
          then every request pays a cross-CPU wake-up, ~50 µs and erratic on this VM, which buries the path's own \
-         cost); the machine is shared, so absolute figures and tails carry noise: the ratios are what compares. Every mode's run is preceded by a run of (a) and reported as the median of those per-pair ratios (x (a)); rates and \
+         cost); the machine is shared, so absolute figures and tails carry noise: the ratios are what compares. \
+         Every mode's runs are bracketed by runs of (a) (a, mode, a, mode, ..., a), each compared with the geometric \
+         mean of the two (a) runs beside it, and reported as the median of those ratios (x (a)); rates and \
          latencies (p50 / p99 per operation, µs) are medians over the rounds. (a)'s row is the median of all its \
          runs at that N. (b1) and (b2) each have a node with both the tc programs and the socket LB attached, as the \
          agent sets it up; the (b2) client runs in the attached cgroup, the (b1) client outside it.\n\n",
@@ -285,7 +287,7 @@ fn goals(rows: &[Row], prog: &[ProgRow]) -> String {
         format!("- {mark} {what} (got {got})\n")
     };
     let mut out =
-        String::from("\nGoals (on this run; ratios are medians of interleaved pairs, worst probe per N):\n\n");
+        String::from("\nGoals (on this run; ratios are medians over runs bracketed by (a), worst probe per N):\n\n");
     for (mode, rr, min, what) in [
         (Mode::Tc, true, 0.95, "RR through (b1) >= 0.95 x (a) at every N"),
         (Mode::Sock, true, 0.98, "RR through (b2) >= 0.98 x (a) at every N"),

@@ -39,6 +39,12 @@ impl Run {
         }
     }
 
+    /// The baseline a run between `a` and `b` compares with: the geometric mean of their rates (a ratio to it is
+    /// the mean of the log-ratios to each, so neither side weighs more), the mean of their latencies.
+    pub fn between(a: Run, b: Run) -> Run {
+        Run { rate: (a.rate * b.rate).sqrt(), p50_us: (a.p50_us + b.p50_us) / 2.0, p99_us: (a.p99_us + b.p99_us) / 2.0 }
+    }
+
     /// The line the client prints and the parent parses.
     pub fn to_line(self) -> String {
         format!("RESULT {} {} {}", self.rate, self.p50_us, self.p99_us)
@@ -51,7 +57,7 @@ impl Run {
     }
 }
 
-/// Interleaved pairs (mode, baseline run just before it): the mode's median figures and the median of the
+/// Interleaved pairs (mode, the baseline around it: [`Run::between`]): the mode's median figures and the median of the
 /// per-pair ratios, so drift of the shared machine between pairs cancels out.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Summary {
@@ -98,6 +104,18 @@ mod tests {
         assert_eq!(r.p99_us, 100.0);
         assert_eq!(Run::parse(&format!("noise\n{}\n", r.to_line())), Some(r));
         assert_eq!(Run::parse("RESULT 1 x 2"), None);
+    }
+
+    #[test]
+    fn the_baseline_between_two_runs_is_their_geometric_mean() {
+        let b = Run::between(
+            Run { rate: 100.0, p50_us: 10.0, p99_us: 20.0 },
+            Run { rate: 400.0, p50_us: 30.0, p99_us: 40.0 },
+        );
+        assert_eq!(b, Run { rate: 200.0, p50_us: 20.0, p99_us: 30.0 });
+        // A steady machine: the baseline is the run itself.
+        let r = Run { rate: 50.0, p50_us: 1.0, p99_us: 2.0 };
+        assert_eq!(Run::between(r, r), r);
     }
 
     #[test]

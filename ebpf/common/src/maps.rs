@@ -48,12 +48,13 @@ pub mod names {
     ];
 }
 
-/// Sizes the maps are created with. Services and backends are sized for 100k Services x 2 endpoints with room
-/// for several frontends per Service; conntrack is LRU, so it never fills up, it forgets the oldest flows.
+/// The maps' default sizes, compiled into the object; the agent's loader (`MapSizes`) sets the ones the operator
+/// chose. Frontends and backends fit a cluster of a few thousand Services; conntrack, affinity and sockets are
+/// LRU, so they never fill up: they forget the oldest entries.
 pub mod capacity {
-    pub const SERVICES: u32 = 1 << 20;
-    pub const BACKENDS: u32 = 1 << 19;
-    pub const REV_NAT: u32 = 1 << 19;
+    pub const SERVICES: u32 = 1 << 16;
+    pub const BACKENDS: u32 = 1 << 16;
+    pub const REV_NAT: u32 = 1 << 16;
     pub const AFFINITY: u32 = 1 << 16;
     pub const CONNTRACK: u32 = 1 << 18;
     /// Sockets translated by the socket-level load balancer (LRU: a closed socket's entries age out).

@@ -10,7 +10,7 @@ use aya::programs::tc::TcAttachOptions;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
-use crate::{programs, Error, Result, OBJECT};
+use crate::{programs, Error, MapSizes, Result, OBJECT};
 
 /// The bpffs directory of one node: `/sys/fs/bpf/trellis/<node>` in a cluster or lab.
 #[derive(Clone, Debug)]
@@ -83,10 +83,35 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the programs; maps are created and pinned in `pins`, or adopted when already pinned there.
+    /// Loads the programs with maps of the default sizes: [`Datapath::load_sized`].
     pub fn load(pins: PinDir) -> Result<Datapath> {
+        Self::load_sized(pins, &MapSizes::default())
+    }
+
+    /// Loads the programs; maps are created and pinned in `pins`, or adopted when already pinned there. A pinned
+    /// map of another size than `sizes` asks for is replaced by one of that size holding its entries.
+    ///
+    /// A program of the previous agent still attached keeps writing into the old map until this agent's
+    /// programs replace it (its next attach round): a connection opened in that window has no conntrack entry in
+    /// the new map, and its next packet chooses its backend again (the same one, by the flow hash, while the
+    /// backends are unchanged).
+    pub fn load_sized(pins: PinDir, sizes: &MapSizes) -> Result<Datapath> {
         pins.ensure()?;
-        let mut ebpf = EbpfLoader::new().default_map_pin_directory(pins.path()).load(OBJECT)?;
+        sizes.validate().map_err(Error::Config)?;
+        let asides = crate::sizes::set_aside(&pins, sizes)?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(pins.path());
+        for (name, size) in sizes.entries() {
+            loader.map_max_entries(name, size);
+        }
+        let mut ebpf = match loader.load(OBJECT) {
+            Ok(e) => e,
+            Err(e) => {
+                crate::sizes::undo_aside(&asides);
+                return Err(e.into());
+            }
+        };
+        crate::sizes::finish_resize(&asides)?;
         for name in [programs::FROM_POD, programs::TO_POD, programs::FROM_UPLINK] {
             classifier(&mut ebpf, name)?.load().map_err(|source| Error::Program { name, source })?;
         }

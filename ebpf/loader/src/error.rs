@@ -20,6 +20,8 @@ pub enum Error {
     Link { path: PathBuf, source: aya::programs::links::LinkError },
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("map sizes: {0}")]
+    Config(String),
     #[error("bpffs is not mounted at {0}")]
     NoBpffs(PathBuf),
     /// Only the fault-injecting tables return this.

@@ -9,11 +9,13 @@
 
 mod datapath;
 mod error;
+mod sizes;
 pub mod sync;
 pub mod tables;
 
 pub use datapath::{tcp4_frame, Datapath, PinDir};
 pub use error::{Error, Result};
+pub use sizes::{max_entries, MapSizes};
 pub use trellis_ebpf_common as common;
 
 /// The datapath object: ELF with BTF, every program and map of `ebpf/programs`.

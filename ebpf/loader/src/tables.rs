@@ -194,6 +194,65 @@ fn lookup_batch<K: Pod, V: Pod>(fd: i32) -> std::io::Result<Vec<(K, V)>> {
     }
 }
 
+/// Copies every entry of map `from` into map `to` (same key and value sizes), a batch at a time: resizing a
+/// pinned map. Stops where `to` is full. Returns (entries copied, entries that did not fit).
+pub(crate) fn copy_entries(from: i32, to: i32, key_size: usize, value_size: usize) -> std::io::Result<(u64, u64)> {
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    let mut chunk = 4096usize;
+    let (mut token_in, mut token_out) = (0u64, 0u64);
+    let (mut first, mut copied, mut dropped) = (true, 0u64, 0u64);
+    loop {
+        let mut keys = vec![0u8; chunk * key_size];
+        let mut values = vec![0u8; chunk * value_size];
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &mut token_in as *mut u64 as u64 },
+            out_batch: &mut token_out as *mut u64 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: from as u32,
+            ..Default::default()
+        };
+        let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let n = (attr.count as usize).min(chunk);
+        let last = match r {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => {
+                chunk *= 4;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if n > 0 && dropped == 0 {
+            let mut put = BatchAttr {
+                keys: keys.as_ptr() as u64,
+                values: values.as_ptr() as u64,
+                count: n as u32,
+                map_fd: to as u32,
+                ..Default::default()
+            };
+            match bpf(BPF_MAP_UPDATE_BATCH, &mut put) {
+                Ok(()) => copied += n as u64,
+                // The new map is full (a hash map refuses, E2BIG): the rest is counted, not written.
+                Err(e) if e.raw_os_error() == Some(libc::E2BIG) => {
+                    copied += put.count as u64;
+                    dropped += (n - put.count as usize) as u64;
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            dropped += n as u64;
+        }
+        if last {
+            return Ok((copied, dropped));
+        }
+        token_in = token_out;
+        first = false;
+    }
+}
+
 /// Every Service map of one node, opened from its pin directory.
 pub struct LbTables<T4s, T6s, B4, B6, R4, R6, C4, C6> {
     pub svc4: T4s,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use trellis_ebpf::common::*;
 use trellis_ebpf::tables::{read_counters, KernelLbTables, MapTable};
-use trellis_ebpf::{Datapath, PinDir};
+use trellis_ebpf::{Datapath, MapSizes, PinDir};
 use trellis_netlink::netns;
 use trellis_test_support::require_root;
 
@@ -301,6 +301,51 @@ fn maps_and_attachments_outlive_the_loader_and_are_adopted() {
     // Detaching stops translation.
     netns::run_in(&Topo::path(&topo.node), || dp.detach_pod("ha").unwrap()).unwrap();
     assert!(tcp_get(&topo.a, "10.96.0.12:80".parse().unwrap()).is_err());
+}
+
+#[test]
+fn a_restarted_agent_with_other_map_sizes_resizes_them_keeping_their_entries() {
+    require_root!();
+    let topo = Topo::new("z");
+    let small = MapSizes { services: 64, backends: 64, conntrack: 128, ..MapSizes::default() };
+    let mut dp = Datapath::load_sized(topo.pins.clone(), &small).unwrap();
+    topo.attach(&mut dp);
+    serve(&topo.b, 8080);
+    let mut t = KernelLbTables::open(&topo.pins).unwrap();
+    add_service4(&mut t, "10.96.0.13", 80, 3, &[("10.0.2.2", 8080, 5)]);
+    assert_eq!(tcp_get(&topo.a, "10.96.0.13:80".parse().unwrap()).unwrap(), "tcp 10.0.1.2");
+    let (svc, ct) = (t.svc4.entries().unwrap().len(), t.ct4.entries().unwrap().len());
+    assert!(ct >= 2, "the connection left its conntrack entries ({ct})");
+    drop((t, dp));
+    let size = |name| trellis_ebpf::max_entries(&topo.pins.map(name), name).unwrap();
+    assert_eq!((size(names::LB4_SERVICES), size(names::CT4)), (64, 128));
+
+    // Larger: new maps of the new size, every entry moved, nothing left aside, traffic as before.
+    let big = MapSizes { services: 4096, conntrack: 1024, ..small };
+    let mut dp = Datapath::load_sized(topo.pins.clone(), &big).unwrap();
+    assert_eq!((size(names::LB4_SERVICES), size(names::CT4), size(names::LB4_BACKENDS)), (4096, 1024, 64));
+    let t = KernelLbTables::open(&topo.pins).unwrap();
+    assert_eq!(t.svc4.entries().unwrap().len(), svc);
+    assert_eq!(t.ct4.entries().unwrap().len(), ct);
+    assert_eq!(t.be4.get(&5).unwrap().map(|b| b.address), Some(v4("10.0.2.2")));
+    let leftovers: Vec<_> = std::fs::read_dir(topo.pins.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with("_RESIZE"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    topo.attach(&mut dp);
+    assert_eq!(tcp_get(&topo.a, "10.96.0.13:80".parse().unwrap()).unwrap(), "tcp 10.0.1.2");
+    drop((t, dp));
+
+    // Smaller than what it holds: the map keeps what fits, and the load still succeeds.
+    let tiny = MapSizes { services: 2, ..big };
+    let dp = Datapath::load_sized(topo.pins.clone(), &tiny).unwrap();
+    assert_eq!(size(names::LB4_SERVICES), 2);
+    let t = KernelLbTables::open(&topo.pins).unwrap();
+    assert_eq!(t.svc4.entries().unwrap().len(), 2.min(svc));
+    drop((t, dp));
+    assert!(Datapath::load_sized(topo.pins.clone(), &MapSizes { conntrack: 0, ..big }).is_err());
 }
 
 /// What a client in `ns` gets from `to` when nothing serves it: TCP connect and a connected UDP socket's receive.
