@@ -205,7 +205,9 @@ pub fn render(rows: &[Row], prog: &[ProgRow], cross: &str, command: &str, how: &
          and flip one endpoint = the whole change (translation + compare + writes; entries written); flip p50 / \
          p99: over 200 flips. from_pod / to_pod: one run of each pod program on a pod-to-pod TCP \
          packet (what every packet that is no Service traffic pays, socket-LB traffic included), measured in the \
-         kernel with `BPF_PROG_TEST_RUN`, best of 5 x 1M runs. memlock: `bytes_memlock` of the node's pinned maps as bpftool shows it. RSS: the \
+         kernel with `BPF_PROG_TEST_RUN`, best of 5 x 1M runs. memlock: `bytes_memlock` of the node's pinned maps \
+         as bpftool shows it, the maps sized as an operator sizes them for N (the agent's defaults, 64k frontend \
+         entries and 64k backends, grown to hold N Services: `--bpf-lb-map-max`, `--bpf-backend-map-max`). RSS: the \
          bench process, which holds what the agent would (objects, ids, translation, desired entries). \
          Baselines: the time to load their rules from empty.\n\n",
     );
