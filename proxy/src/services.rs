@@ -536,8 +536,9 @@ impl ServiceWorker {
             }
             Err(e) => {
                 self.metrics.inc(m::SERVICE_SYNC_ERRORS, &[]);
+                let full = e.errno() == Some(libc::E2BIG);
                 let mut e = e.to_string();
-                if e.contains("E2BIG") || e.contains("Argument list too long") {
+                if full {
                     // A hash map refuses a new key when full: say which flag makes room.
                     e += " (a map is full: raise --bpf-lb-map-max or --bpf-backend-map-max)";
                 }

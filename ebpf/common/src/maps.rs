@@ -61,6 +61,8 @@ pub mod capacity {
     pub const SOCKETS: u32 = 1 << 17;
     /// Pods of this node by MAC (LRU: learned from their packets, so a gone pod's entry ages out).
     pub const POD_MACS: u32 = 1 << 14;
+    /// Fragmented datagrams in flight (LRU, not pinned): the ports their first fragment carried.
+    pub const FRAGMENTS: u32 = 1 << 13;
 }
 
 /// Lookup scope of a frontend entry. Every frontend has an `EXTERNAL` entry; a frontend whose external and

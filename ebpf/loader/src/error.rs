@@ -12,7 +12,7 @@ pub enum Error {
     MissingProgram(&'static str),
     #[error("map {0} is missing from the datapath object")]
     MissingMap(&'static str),
-    #[error("map {name}: {source}")]
+    #[error("map {name}: {source}{}", os_error(source))]
     Map { name: &'static str, source: aya::maps::MapError },
     #[error("link pin {path}: {source}")]
     LinkPin { path: PathBuf, source: aya::pin::PinError },
@@ -30,6 +30,15 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// aya's syscall errors print only the call's name: the kernel's reason (`: Argument list too long (os error 7)`)
+/// is what an operator needs.
+fn os_error(e: &aya::maps::MapError) -> String {
+    match e {
+        aya::maps::MapError::SyscallError(s) => format!(": {}", s.io_error),
+        _ => String::new(),
+    }
+}
 
 impl Error {
     /// The errno behind the error, when the kernel gave one.

@@ -342,10 +342,113 @@ fn a_restarted_agent_with_other_map_sizes_resizes_them_keeping_their_entries() {
     let tiny = MapSizes { services: 2, ..big };
     let dp = Datapath::load_sized(topo.pins.clone(), &tiny).unwrap();
     assert_eq!(size(names::LB4_SERVICES), 2);
-    let t = KernelLbTables::open(&topo.pins).unwrap();
+    let mut t = KernelLbTables::open(&topo.pins).unwrap();
     assert_eq!(t.svc4.entries().unwrap().len(), 2.min(svc));
+    // A full map refuses a new key with E2BIG, and the error says so (the agent names the flag to raise).
+    let more = |i: u16| (LbKey { address: v4("10.96.9.9"), dport: i, ..Default::default() }, LbService::default());
+    let e = t.svc4.put_many(&[more(1), more(2), more(3)]).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::E2BIG), "{e}");
+    assert!(e.to_string().contains("os error 7"), "{e}");
+    drop((t, dp));
+
+    // An agent that died halfway through a resize (the old map set aside, no map at the pin): the next start
+    // puts the old map back, entries and all.
+    std::fs::rename(topo.pins.map(names::LB4_BACKENDS), topo.pins.map(&format!("{}_RESIZE", names::LB4_BACKENDS)))
+        .unwrap();
+    let dp = Datapath::load_sized(topo.pins.clone(), &tiny).unwrap();
+    let t = KernelLbTables::open(&topo.pins).unwrap();
+    assert_eq!(t.be4.get(&5).unwrap().map(|b| b.address), Some(v4("10.0.2.2")));
+    assert!(!topo.pins.map(&format!("{}_RESIZE", names::LB4_BACKENDS)).exists());
     drop((t, dp));
     assert!(Datapath::load_sized(topo.pins.clone(), &MapSizes { conntrack: 0, ..big }).is_err());
+}
+
+/// A UDP server in `ns` that sends every datagram back as it came (any size).
+fn serve_udp_echo(ns: &str, port: u16) {
+    let p = Topo::path(ns);
+    std::thread::spawn(move || {
+        netns::run_in(&p, || {
+            let udp = UdpSocket::bind(format!("[::]:{port}").parse::<SocketAddr>().unwrap()).unwrap();
+            let mut buf = vec![0u8; 65536];
+            loop {
+                if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(&buf[..n], from);
+                }
+            }
+        })
+        .unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+/// Sends `payload` from `ns` to `to` on a connected UDP socket (which takes replies from `to` only) and returns
+/// what came back; `hop_by_hop`: with an IPv6 hop-by-hop options header (a PadN option).
+fn udp_roundtrip(ns: &str, to: SocketAddr, payload: &[u8], hop_by_hop: bool) -> std::io::Result<Vec<u8>> {
+    netns::run_in(&Topo::path(ns), || {
+        use std::os::fd::AsRawFd;
+        let bind: SocketAddr = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().unwrap();
+        let s = UdpSocket::bind(bind)?;
+        if hop_by_hop {
+            // next header (the kernel's), length 0 (8 bytes), PadN of 4.
+            let hbh = [0u8, 0, 1, 4, 0, 0, 0, 0];
+            // SAFETY: a valid socket and an 8-byte buffer, as the length says.
+            let r = unsafe {
+                libc::setsockopt(s.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_HOPOPTS, hbh.as_ptr().cast(), 8)
+            };
+            assert_eq!(r, 0, "IPV6_HOPOPTS: {}", std::io::Error::last_os_error());
+        }
+        s.connect(to)?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let mut buf = vec![0u8; 65536];
+        let mut got = Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        for _ in 0..4 {
+            s.send(payload)?;
+            got = s.recv(&mut buf);
+            if got.is_ok() {
+                break;
+            }
+        }
+        Ok(buf[..got?].to_vec())
+    })
+    .unwrap()
+}
+
+#[test]
+fn fragmented_datagrams_and_ipv6_extension_headers_are_translated_both_ways() {
+    require_root!();
+    let topo = Topo::new("f");
+    let mut dp = Datapath::load(topo.pins.clone()).unwrap();
+    topo.attach(&mut dp);
+    serve_udp_echo(&topo.b, 9090);
+    let mut t = KernelLbTables::open(&topo.pins).unwrap();
+    add_service4(&mut t, "10.96.0.15", 90, 4, &[("10.0.2.2", 9090, 7)]);
+    let key = |slot| LbKey {
+        address: v6("fd00:96::15"),
+        dport: 90u16.to_be(),
+        backend_slot: slot,
+        proto: proto::UDP,
+        scope: scope::EXTERNAL,
+        _pad: [0; 2],
+    };
+    t.be6.put(&8, &LbBackend { address: v6("fd00:2::2"), port: 9090u16.to_be(), proto: proto::UDP, flags: 0 }).unwrap();
+    t.svc6.put(&key(1), &LbService { backend_id: 8, rev_nat_id: 5, ..Default::default() }).unwrap();
+    t.svc6.put(&key(0), &LbService { count: 1, rev_nat_id: 5, ..Default::default() }).unwrap();
+    t.rnat6.put(&5, &RevNat { address: v6("fd00:96::15"), port: 90u16.to_be(), _pad: 0 }).unwrap();
+
+    // 3000 bytes over 1500-byte links: the client sends fragments, so does the server's reply. The later
+    // fragments carry no ports: they must follow their first one to the backend and back from the VIP, or
+    // the datagram never reassembles.
+    let big: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+    for vip in ["10.96.0.15:90", "[fd00:96::15]:90"] {
+        let got = udp_roundtrip(&topo.a, vip.parse().unwrap(), &big, false).unwrap_or_else(|e| panic!("{vip}: {e}"));
+        assert!(got == big, "{vip}: {} bytes back", got.len());
+    }
+    // An IPv6 hop-by-hop header before UDP: the ports are found behind it.
+    let got = udp_roundtrip(&topo.a, "[fd00:96::15]:90".parse().unwrap(), b"hbh", true).unwrap();
+    assert_eq!(got, b"hbh");
+    // Both, fragmented behind a hop-by-hop header.
+    let got = udp_roundtrip(&topo.a, "[fd00:96::15]:90".parse().unwrap(), &big, true).unwrap();
+    assert!(got == big, "{} bytes back", got.len());
 }
 
 /// What a client in `ns` gets from `to` when nothing serves it: TCP connect and a connected UDP socket's receive.

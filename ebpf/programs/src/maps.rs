@@ -5,7 +5,7 @@ use aya_ebpf::{
 };
 use trellis_ebpf_common::{capacity as cap, counter, *};
 
-use crate::pkt::Tuple;
+use crate::pkt::{FragKey, Tuple};
 
 // Names are literals (the macro wants them); the loader's tests check them against `names::ALL`.
 #[map(name = "LB4_SVC_V1")]
@@ -50,6 +50,13 @@ pub static POD_MACS: LruHashMap<MacKey, u32> = LruHashMap::pinned(cap::POD_MACS,
 pub static TUPLE4: PerCpuArray<Tuple<V4>> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static TUPLE6: PerCpuArray<Tuple<V6>> = PerCpuArray::with_max_entries(1, 0);
+
+/// Ports of fragmented datagrams, by their first fragment (see `pkt::FragKey`). Not pinned: a datagram in flight
+/// while the agent restarts is all that a new map forgets.
+#[map]
+pub static FRAG4: LruHashMap<FragKey<V4>, [u16; 2]> = LruHashMap::with_max_entries(cap::FRAGMENTS, 0);
+#[map]
+pub static FRAG6: LruHashMap<FragKey<V6>, [u16; 2]> = LruHashMap::with_max_entries(cap::FRAGMENTS, 0);
 
 /// Per-CPU slot for a packet that must be routed out by us (src, dst): see `fwd.rs`.
 #[map]

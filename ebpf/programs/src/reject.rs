@@ -93,7 +93,8 @@ fn tcp_header(sport: u16, dport: u16, seq: u32, ack: u32, flags: u8) -> [u8; 20]
 /// IPv4: a RST for TCP, ICMP port unreachable for UDP. Packets with IP options, and RSTs, are dropped instead.
 #[inline(never)]
 pub fn reject4(ctx: &TcContext, t: &Tuple<V4>) -> Result<i32, i64> {
-    if t.l4_off != ETH_LEN + 20 || t.tcp_flags & TCP_RST != 0 {
+    // A later fragment: its first fragment was answered already.
+    if t.l4_off != ETH_LEN + 20 || t.tcp_flags & TCP_RST != 0 || !t.l4_here {
         return Ok(TC_ACT_SHOT as i32);
     }
     let eth = eth_back(ctx, 0x0800)?;
@@ -177,14 +178,16 @@ fn pseudo6(src: &V6, dst: &V6, next: u8, len: u32) -> Result<u64, i64> {
 /// IPv6: a RST for TCP, ICMPv6 port unreachable for UDP.
 #[inline(never)]
 pub fn reject6(ctx: &TcContext, t: &Tuple<V6>) -> Result<i32, i64> {
-    if t.tcp_flags & TCP_RST != 0 {
+    if t.tcp_flags & TCP_RST != 0 || !t.l4_here {
         return Ok(TC_ACT_SHOT as i32);
     }
     let eth = eth_back(ctx, 0x86DD)?;
     if t.proto == proto::TCP {
+        // The payload length counts any extension headers before TCP's.
         let plen = u16::from_be(ctx.load::<u16>(ETH_LEN + 4)?) as u32;
+        let ext = t.l4_off.saturating_sub(ETH_LEN + 40) as u32;
         let doff = ((ctx.load::<u8>(t.l4_off + 12)? >> 4) as u32) * 4;
-        let (seq, ack, flags) = rst_numbers(ctx, t.tcp_flags, t.l4_off, plen.saturating_sub(doff))?;
+        let (seq, ack, flags) = rst_numbers(ctx, t.tcp_flags, t.l4_off, plen.saturating_sub(ext + doff))?;
         let ip = ip6_header(t.daddr, t.saddr, proto::TCP, 20);
         let mut tcp = tcp_header(t.dport, t.sport, seq, ack, flags);
         let c = fold(pseudo6(&t.daddr, &t.saddr, proto::TCP, 20)? + sum(&mut tcp)?);

@@ -106,7 +106,7 @@ pub fn forward<F: SockFamily>(ctx: &SockAddrContext) -> i32 {
         // SAFETY: the kernel's socket of this call; read only after the null check.
         let sk = unsafe { sa.__bindgen_anon_1.sk };
         let sport = if sk.is_null() { 0 } else { (unsafe { (*sk).src_port } as u16).to_be() };
-        let t = Tuple { saddr: F::client(netns), daddr: addr, sport, dport: port, proto, tcp_flags: 0, l4_off: 0 };
+        let t = Tuple { saddr: F::client(netns), daddr: addr, sport, dport: port, proto, tcp_flags: 0, l4_here: true, l4_off: 0 };
         match pick::<F>(&t, true, false) {
             Pick::Pass => return ALLOW,
             Pick::Reject => {
