@@ -359,7 +359,14 @@ fn a_restarted_agent_with_other_map_sizes_resizes_them_keeping_their_entries() {
     let t = KernelLbTables::open(&topo.pins).unwrap();
     assert_eq!(t.be4.get(&5).unwrap().map(|b| b.address), Some(v4("10.0.2.2")));
     assert!(!topo.pins.map(&format!("{}_RESIZE", names::LB4_BACKENDS)).exists());
+    let ct = t.ct4.entries().unwrap().len();
     drop((t, dp));
+
+    // A load that fails (the kernel refuses a map that large) puts the maps it set aside back, entries and all.
+    assert!(Datapath::load_sized(topo.pins.clone(), &MapSizes { conntrack: 1 << 31, ..tiny }).is_err());
+    assert_eq!(size(names::CT4), 1024);
+    assert_eq!(KernelLbTables::open(&topo.pins).unwrap().ct4.entries().unwrap().len(), ct);
+    assert!(!topo.pins.map(&format!("{}_RESIZE", names::CT4)).exists());
     assert!(Datapath::load_sized(topo.pins.clone(), &MapSizes { conntrack: 0, ..big }).is_err());
 }
 
