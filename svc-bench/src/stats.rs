@@ -69,7 +69,8 @@ pub fn summarize(pairs: &[(Run, Run)]) -> Option<Summary> {
     let m = |f: fn(&Run) -> f64| median(pairs.iter().map(|(r, _)| f(r)).collect());
     Some(Summary {
         run: Run { rate: m(|r| r.rate)?, p50_us: m(|r| r.p50_us)?, p99_us: m(|r| r.p99_us)? },
-        ratio: median(pairs.iter().filter(|(_, b)| b.rate > 0.0).map(|(r, b)| r.rate / b.rate).collect())?,
+        // A baseline that did nothing (rate 0) gives an infinite or NaN ratio, which `median` leaves out.
+        ratio: median(pairs.iter().map(|(r, b)| r.rate / b.rate).collect())?,
     })
 }
 
@@ -104,6 +105,8 @@ mod tests {
         assert_eq!(r.p99_us, 100.0);
         assert_eq!(Run::parse(&format!("noise\n{}\n", r.to_line())), Some(r));
         assert_eq!(Run::parse("RESULT 1 x 2"), None);
+        // No time: no rate (rather than an infinite one).
+        assert_eq!(Run::from_latencies(vec![1000], 0.0).rate, 0.0);
     }
 
     #[test]
@@ -127,5 +130,8 @@ mod tests {
         assert_eq!(s.run.rate, 50.0);
         assert_eq!(s.run.p50_us, 5.0);
         assert!(summarize(&[]).is_none());
+        // A baseline run that did nothing is left out of the ratio, not counted as infinitely slow.
+        let s = summarize(&[(r(50.0), r(0.0)), (r(0.0), r(0.0)), (r(25.0), r(50.0))]).unwrap();
+        assert_eq!(s.ratio, 0.5);
     }
 }
