@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{apply, one, probe, serial, spread, text, wait_until, Lab, LAB};
+use common::{apply, metric_value, one, probe, serial, spread, text, wait_until, Lab, LAB};
 
 const SERVICES: &str = r#"
 apiVersion: v1
@@ -77,6 +77,14 @@ fn clusterip_nodeport_affinity_rejects_and_hairpin() {
     let lab = Lab::up("svclb", &[]);
     apply(&lab, SERVICES);
     wait_served(&lab);
+    // How full the Service maps are meant to be, for the operator: some of the default 64k frontend entries and
+    // backends in use, none in the IPv6 maps of this IPv4 lab.
+    let m = lab.metrics("node1").unwrap();
+    let pressure = |map: &str| metric_value(&m, &format!("trellis_datapath_map_pressure{{map=\"{map}\"}}"));
+    for map in ["LB4_SVC_V1", "LB4_BE_V1", "LB4_RNAT_V1"] {
+        assert!(pressure(map).is_some_and(|p| p > 0.0 && p < 0.01), "{map}: {:?}", pressure(map));
+    }
+    assert_eq!(pressure("LB6_SVC_V1"), Some(0.0));
 
     // Spread: from pods on both nodes, TCP and UDP, every backend answers and none takes (nearly) everything.
     for from in ["client-1", "client-2"] {

@@ -83,6 +83,8 @@ declare_metrics! {
         "Interfaces and cgroups the datapath programs are attached to, by kind (pod, uplink, overlay, cgroup).";
     DATAPATH_FORWARDING = Gauge "trellis_datapath_forwarding",
         "1 when pod-to-pod packets across nodes are forwarded by the tc programs (--bpf-forwarding), by family.";
+    DATAPATH_MAP_PRESSURE = Gauge "trellis_datapath_map_pressure",
+        "Entries the Services want in a Service map over its capacity (--bpf-lb-map-max, --bpf-backend-map-max), by map; above 1 the map is full and some are missing.";
     DATAPATH_PACKETS = Gauge "trellis_datapath_counter",
         "The datapath's own per-CPU counters, summed, by name (translated, reject_no_backend, ...).";
 }

@@ -220,6 +220,21 @@ impl Programmer {
     }
 }
 
+/// How full each Service map is meant to be: the entries the translation wants over the map's capacity (above 1:
+/// the map cannot hold them all). Conntrack, affinity and sockets are LRU: they never fill, so they are not here.
+pub fn map_pressure(d: &Desired, sizes: &MapSizes) -> [(&'static str, f64); 6] {
+    use trellis_ebpf::common::names::*;
+    let p = |len: usize, name: &str| len as f64 / f64::from(sizes.of(name).unwrap_or(1).max(1));
+    [
+        (LB4_SERVICES, p(d.v4.services.len(), LB4_SERVICES)),
+        (LB6_SERVICES, p(d.v6.services.len(), LB6_SERVICES)),
+        (LB4_BACKENDS, p(d.v4.backends.len(), LB4_BACKENDS)),
+        (LB6_BACKENDS, p(d.v6.backends.len(), LB6_BACKENDS)),
+        (LB4_REV_NAT, p(d.v4.rev_nat.len(), LB4_REV_NAT)),
+        (LB6_REV_NAT, p(d.v6.rev_nat.len(), LB6_REV_NAT)),
+    ]
+}
+
 /// The node's service proxy over the real datapath.
 pub struct ServiceProxy {
     pub datapath: Datapath,
@@ -548,6 +563,9 @@ impl ServiceWorker {
         }
         let proxy = self.proxy.as_ref().expect("opened above");
         self.metrics.set(m::SERVICES, &[], self.state.services.len() as f64);
+        for (map, p) in map_pressure(proxy.programmer.translator.desired(), &self.cfg.map_sizes) {
+            self.metrics.set(m::DATAPATH_MAP_PRESSURE, &[("map", map)], p);
+        }
         let conflicts = proxy.programmer.conflicts();
         if conflicts.len() as f64 != self.metrics.get(m::SERVICE_FRONTEND_CONFLICTS, &[]) {
             for c in &conflicts {
@@ -800,6 +818,30 @@ mod programmer_tests {
             vec![SvcChange::Service("ns/s1".into(), None), svc(6, true), slice(6, &[(4, true), (1, true)])],
             vec![SvcChange::Slice("ns/s2-1".into(), None), slice(5, &[]), svc(1, false)],
         ]
+    }
+
+    #[test]
+    fn map_pressure_is_wanted_entries_over_capacity_per_map() {
+        let mut st = ServiceState::default();
+        for c in [svc(1, false), slice(1, &[(1, true), (2, true)]), svc(2, true), slice(2, &[(2, true)])] {
+            st.apply(c);
+        }
+        let mut p = Programmer::new(node(), Ids::default());
+        p.pending.extend(st.services.keys().cloned());
+        let faults = Rc::new(RefCell::new(Faults::default()));
+        p.sync(&st, &mut tables(&faults)).unwrap();
+        let d = p.translator.desired();
+        let sizes = MapSizes { services: 4, backends: 4, ..MapSizes::default() };
+        let got: BTreeMap<_, _> = map_pressure(d, &sizes).into_iter().collect();
+        use trellis_ebpf::common::names::*;
+        assert_eq!(got[LB4_SERVICES], d.v4.services.len() as f64 / 4.0);
+        // Over 1 when the map cannot hold what is wanted: s1's slot 0 and two backend slots, s2's ClusterIP and
+        // NodePort with a slot 0 and one backend slot each.
+        assert!(got[LB4_SERVICES] > 1.0, "{got:?}");
+        assert_eq!(got[LB4_BACKENDS], 2.0 / 4.0);
+        assert_eq!(got[LB4_REV_NAT], d.v4.rev_nat.len() as f64 / 4.0);
+        assert!(got[LB4_REV_NAT] > 0.0);
+        assert_eq!((got[LB6_SERVICES], got[LB6_BACKENDS], got[LB6_REV_NAT]), (0.0, 0.0, 0.0));
     }
 
     #[allow(clippy::type_complexity)]
