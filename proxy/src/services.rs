@@ -492,7 +492,7 @@ impl ServiceWorker {
             let node = NodeContext { name: self.cfg.node_name.clone(), node_port_addresses: vec![] };
             match ServiceProxy::open(PinDir::at(&self.cfg.pins), node, &self.cfg.map_sizes) {
                 Ok(mut p) => {
-                    tracing::info!(pins = %self.cfg.pins.display(), "eBPF datapath loaded");
+                    tracing::info!(pins = %self.cfg.pins.display(), sizes = ?self.cfg.map_sizes, "eBPF datapath loaded");
                     p.programmer.pending.extend(self.state.services.keys().cloned());
                     self.proxy = Some(p);
                     repair = true;
