@@ -28,6 +28,12 @@ fn sh(argv: &[&str]) {
 
 impl Topo {
     fn new(tag: &str) -> Topo {
+        // Tests run in parallel in one process: two tests with one tag would fight over the same names.
+        static TAGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let mut tags = TAGS.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(!tags.contains(&tag.to_string()), "Topo tag {tag:?} is used by another test");
+        tags.push(tag.into());
+        drop(tags);
         let id = format!("{}{}", tag, std::process::id());
         let t = Topo {
             node: format!("tbn{id}"),
@@ -423,7 +429,7 @@ fn udp_roundtrip(ns: &str, to: SocketAddr, payload: &[u8], hop_by_hop: bool) -> 
 #[test]
 fn fragmented_datagrams_and_ipv6_extension_headers_are_translated_both_ways() {
     require_root!();
-    let topo = Topo::new("f");
+    let topo = Topo::new("u");
     let mut dp = Datapath::load(topo.pins.clone()).unwrap();
     topo.attach(&mut dp);
     serve_udp_echo(&topo.b, 9090);
