@@ -37,10 +37,12 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = vec![10usize, 1000, 10_000, 100_000])]
     services: Vec<usize>,
     /// Seconds per timed run.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.25)]
     secs: f64,
-    /// Interleaved (baseline, mode) pairs per probed Service and metric.
-    #[arg(long, default_value_t = 5)]
+    /// Runs per probed Service and metric, each bracketed by runs of (a). Seven short runs rather than five longer
+    /// ones: this VM's noise comes in bursts that a longer run does not average out, while a median over more
+    /// runs drops them.
+    #[arg(long, default_value_t = 7)]
     rounds: usize,
     /// Also 100k Services for iptables-nft (c2) and nftables (c3).
     #[arg(long)]
