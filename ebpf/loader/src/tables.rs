@@ -93,7 +93,7 @@ impl<K: Pod, V: Pod> MapTable<K, V> for KernelTable<K, V> {
         for chunk in entries.chunks(CHUNK) {
             let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
             let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
-            if let Err(io_error) = update_batch(fd, &keys, &values) {
+            if let Err((io_error, _)) = update_batch(fd, keys.as_ptr().cast(), values.as_ptr().cast(), keys.len()) {
                 // A kernel or map type without batch support: one entry at a time.
                 if matches!(io_error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | 524)) {
                     chunk.iter().try_for_each(|(k, v)| self.put(k, v))?;
@@ -114,17 +114,18 @@ impl<K: Pod, V: Pod> MapTable<K, V> for KernelTable<K, V> {
     }
 }
 
-/// `BPF_MAP_UPDATE_BATCH` (kernel 5.6+): `keys` and `values` side by side, all or an error.
-fn update_batch<K, V>(fd: i32, keys: &[K], values: &[V]) -> std::io::Result<()> {
+/// `BPF_MAP_UPDATE_BATCH` (kernel 5.6+): `n` keys and `n` values, each packed side by side; all, or an error with
+/// how many were written before it.
+fn update_batch(fd: i32, keys: *const u8, values: *const u8, n: usize) -> Result<(), (std::io::Error, usize)> {
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
     let mut attr = BatchAttr {
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count: keys.len() as u32,
+        keys: keys as u64,
+        values: values as u64,
+        count: n as u32,
         map_fd: fd as u32,
         ..Default::default()
     };
-    bpf(BPF_MAP_UPDATE_BATCH, &mut attr)
+    bpf(BPF_MAP_UPDATE_BATCH, &mut attr).map_err(|e| (e, (attr.count as usize).min(n)))
 }
 
 /// The batch part of `union bpf_attr`.
@@ -151,18 +152,22 @@ fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Every entry of a hash map through `BPF_MAP_LOOKUP_BATCH` (kernel 5.6+).
-fn lookup_batch<K: Pod, V: Pod>(fd: i32) -> std::io::Result<Vec<(K, V)>> {
+/// Walks a hash map with `BPF_MAP_LOOKUP_BATCH` (kernel 5.6+): `each` gets every batch as (keys, values, n), the
+/// keys and the values packed side by side at `key_size` and `value_size` bytes each.
+fn lookup_batches(
+    fd: i32,
+    key_size: usize,
+    value_size: usize,
+    mut each: impl FnMut(&[u8], &[u8], usize) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     let mut chunk = 4096usize;
-    let mut out = Vec::new();
     // The position token: a bucket index for hash maps (u32); room for more does no harm.
     let (mut token_in, mut token_out) = (0u64, 0u64);
     let mut first = true;
     loop {
-        // SAFETY: K and V are Pod (plain bytes, any bit pattern valid).
-        let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; chunk];
-        let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; chunk];
+        let mut keys = vec![0u8; chunk * key_size];
+        let mut values = vec![0u8; chunk * value_size];
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { &mut token_in as *mut u64 as u64 },
             out_batch: &mut token_out as *mut u64 as u64,
@@ -174,83 +179,69 @@ fn lookup_batch<K: Pod, V: Pod>(fd: i32) -> std::io::Result<Vec<(K, V)>> {
         };
         let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
         let n = (attr.count as usize).min(chunk);
-        match r {
-            Ok(()) => {}
+        let last = match r {
+            Ok(()) => false,
             // The end of the map (the last batch may still hold entries).
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                out.extend(keys.into_iter().zip(values).take(n));
-                return Ok(out);
-            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
             // One bucket holds more than `chunk`: again with more room.
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => {
                 chunk *= 4;
                 continue;
             }
             Err(e) => return Err(e),
+        };
+        if n > 0 {
+            each(&keys[..n * key_size], &values[..n * value_size], n)?;
         }
-        out.extend(keys.into_iter().zip(values).take(n));
+        if last {
+            return Ok(());
+        }
         token_in = token_out;
         first = false;
     }
 }
 
+/// Every entry of a hash map, a batch per syscall.
+fn lookup_batch<K: Pod, V: Pod>(fd: i32) -> std::io::Result<Vec<(K, V)>> {
+    let (ks, vs) = (std::mem::size_of::<K>(), std::mem::size_of::<V>());
+    let mut out = Vec::new();
+    lookup_batches(fd, ks, vs, |keys, values, n| {
+        for i in 0..n {
+            // SAFETY: K and V are Pod (plain bytes, any bit pattern valid), and the slices hold n of each.
+            let (k, v) = unsafe {
+                (
+                    std::ptr::read_unaligned(keys[i * ks..].as_ptr().cast::<K>()),
+                    std::ptr::read_unaligned(values[i * vs..].as_ptr().cast::<V>()),
+                )
+            };
+            out.push((k, v));
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 /// Copies every entry of map `from` into map `to` (same key and value sizes), a batch at a time: resizing a
 /// pinned map. Stops where `to` is full. Returns (entries copied, entries that did not fit).
 pub(crate) fn copy_entries(from: i32, to: i32, key_size: usize, value_size: usize) -> std::io::Result<(u64, u64)> {
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-    let mut chunk = 4096usize;
-    let (mut token_in, mut token_out) = (0u64, 0u64);
-    let (mut first, mut copied, mut dropped) = (true, 0u64, 0u64);
-    loop {
-        let mut keys = vec![0u8; chunk * key_size];
-        let mut values = vec![0u8; chunk * value_size];
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { &mut token_in as *mut u64 as u64 },
-            out_batch: &mut token_out as *mut u64 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: chunk as u32,
-            map_fd: from as u32,
-            ..Default::default()
-        };
-        let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        let n = (attr.count as usize).min(chunk);
-        let last = match r {
-            Ok(()) => false,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => {
-                chunk *= 4;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        if n > 0 && dropped == 0 {
-            let mut put = BatchAttr {
-                keys: keys.as_ptr() as u64,
-                values: values.as_ptr() as u64,
-                count: n as u32,
-                map_fd: to as u32,
-                ..Default::default()
-            };
-            match bpf(BPF_MAP_UPDATE_BATCH, &mut put) {
-                Ok(()) => copied += n as u64,
-                // The new map is full (a hash map refuses, E2BIG): the rest is counted, not written.
-                Err(e) if e.raw_os_error() == Some(libc::E2BIG) => {
-                    copied += put.count as u64;
-                    dropped += (n - put.count as usize) as u64;
-                }
-                Err(e) => return Err(e),
-            }
-        } else {
+    let (mut copied, mut dropped) = (0u64, 0u64);
+    lookup_batches(from, key_size, value_size, |keys, values, n| {
+        if dropped > 0 {
             dropped += n as u64;
+            return Ok(());
         }
-        if last {
-            return Ok((copied, dropped));
+        match update_batch(to, keys.as_ptr(), values.as_ptr(), n) {
+            Ok(()) => copied += n as u64,
+            // The new map is full (a hash map refuses, E2BIG): the rest is counted, not written.
+            Err((e, done)) if e.raw_os_error() == Some(libc::E2BIG) => {
+                copied += done as u64;
+                dropped += (n - done) as u64;
+            }
+            Err((e, _)) => return Err(e),
         }
-        token_in = token_out;
-        first = false;
-    }
+        Ok(())
+    })?;
+    Ok((copied, dropped))
 }
 
 /// Every Service map of one node, opened from its pin directory.
