@@ -144,26 +144,7 @@ fn tcp_get(ns: &str, to: SocketAddr) -> std::io::Result<String> {
 }
 
 fn udp_get(ns: &str, to: SocketAddr) -> std::io::Result<String> {
-    netns::run_in(&Topo::path(ns), || {
-        let bind: SocketAddr = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().unwrap();
-        let s = UdpSocket::bind(bind)?;
-        s.set_read_timeout(Some(Duration::from_secs(1)))?;
-        let mut buf = [0u8; 64];
-        // Datagrams may be lost (the first one while neighbours resolve): a few tries.
-        let mut got = Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
-        for _ in 0..4 {
-            s.send_to(b"hi", to)?;
-            got = s.recv_from(&mut buf);
-            if got.is_ok() {
-                break;
-            }
-        }
-        let (n, from) = got?;
-        // The reply must come from the VIP, or the client's socket would not take it (reverse NAT).
-        assert_eq!(from, to, "reply source");
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-    })
-    .unwrap()
+    udp_roundtrip(ns, to, b"hi", false).map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 fn v4(s: &str) -> V4 {
@@ -173,11 +154,17 @@ fn v6(s: &str) -> V6 {
     s.parse::<std::net::Ipv6Addr>().unwrap().octets()
 }
 
-/// Writes one frontend with its backends (ids from `first_id`) for both protocols.
-fn add_service4(t: &mut KernelLbTables, vip: &str, port: u16, rev: u32, backends: &[(&str, u16, u32)]) {
+/// Writes one frontend with its backends (address, port, id) for both protocols into one family's maps.
+fn add_service<A: Copy>(
+    svc: &mut impl MapTable<LbKey<A>, LbService>,
+    be: &mut impl MapTable<u32, LbBackend<A>>,
+    rnat: &mut impl MapTable<u32, RevNat<A>>,
+    (vip, port, rev): (A, u16, u32),
+    backends: &[(A, u16, u32)],
+) {
     for proto in [proto::TCP, proto::UDP] {
         let key = |slot| LbKey {
-            address: v4(vip),
+            address: vip,
             dport: port.to_be(),
             backend_slot: slot,
             proto,
@@ -185,24 +172,28 @@ fn add_service4(t: &mut KernelLbTables, vip: &str, port: u16, rev: u32, backends
             _pad: [0; 2],
         };
         for (i, (ip, bport, id)) in backends.iter().enumerate() {
-            t.be4.put(id, &LbBackend { address: v4(ip), port: bport.to_be(), proto, flags: 0 }).unwrap();
-            t.svc4
-                .put(&key(i as u16 + 1), &LbService { backend_id: *id, rev_nat_id: rev, ..Default::default() })
-                .unwrap();
+            be.put(id, &LbBackend { address: *ip, port: bport.to_be(), proto, flags: 0 }).unwrap();
+            svc.put(&key(i as u16 + 1), &LbService { backend_id: *id, rev_nat_id: rev, ..Default::default() }).unwrap();
         }
-        t.svc4
-            .put(
-                &key(0),
-                &LbService {
-                    count: backends.len() as u16,
-                    rev_nat_id: rev,
-                    flags: svc_flags::CLUSTER_IP,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let slot0 = LbService {
+            count: backends.len() as u16,
+            rev_nat_id: rev,
+            flags: svc_flags::CLUSTER_IP,
+            ..Default::default()
+        };
+        svc.put(&key(0), &slot0).unwrap();
     }
-    t.rnat4.put(&rev, &RevNat { address: v4(vip), port: port.to_be(), _pad: 0 }).unwrap();
+    rnat.put(&rev, &RevNat { address: vip, port: port.to_be(), _pad: 0 }).unwrap();
+}
+
+fn add_service4(t: &mut KernelLbTables, vip: &str, port: u16, rev: u32, backends: &[(&str, u16, u32)]) {
+    let backends: Vec<_> = backends.iter().map(|(ip, p, id)| (v4(ip), *p, *id)).collect();
+    add_service(&mut t.svc4, &mut t.be4, &mut t.rnat4, (v4(vip), port, rev), &backends);
+}
+
+fn add_service6(t: &mut KernelLbTables, vip: &str, port: u16, rev: u32, backends: &[(&str, u16, u32)]) {
+    let backends: Vec<_> = backends.iter().map(|(ip, p, id)| (v6(ip), *p, *id)).collect();
+    add_service(&mut t.svc6, &mut t.be6, &mut t.rnat6, (v6(vip), port, rev), &backends);
 }
 
 #[test]
@@ -214,20 +205,7 @@ fn clusterip_dnat_and_reverse_nat_over_tcp_and_udp_v4_and_v6() {
     serve(&topo.b, 8080);
     let mut t = KernelLbTables::open(&topo.pins).unwrap();
     add_service4(&mut t, "10.96.0.10", 80, 1, &[("10.0.2.2", 8080, 1)]);
-    for proto in [proto::TCP, proto::UDP] {
-        let key = |slot| LbKey {
-            address: v6("fd00:96::10"),
-            dport: 80u16.to_be(),
-            backend_slot: slot,
-            proto,
-            scope: scope::EXTERNAL,
-            _pad: [0; 2],
-        };
-        t.be6.put(&2, &LbBackend { address: v6("fd00:2::2"), port: 8080u16.to_be(), proto, flags: 0 }).unwrap();
-        t.svc6.put(&key(1), &LbService { backend_id: 2, rev_nat_id: 2, ..Default::default() }).unwrap();
-        t.svc6.put(&key(0), &LbService { count: 1, rev_nat_id: 2, ..Default::default() }).unwrap();
-    }
-    t.rnat6.put(&2, &RevNat { address: v6("fd00:96::10"), port: 80u16.to_be(), _pad: 0 }).unwrap();
+    add_service6(&mut t, "fd00:96::10", 80, 2, &[("fd00:2::2", 8080, 2)]);
 
     // The backend sees the client's own address (no SNAT on the ClusterIP path).
     assert_eq!(tcp_get(&topo.a, "10.96.0.10:80".parse().unwrap()).unwrap(), "tcp 10.0.1.2");
@@ -394,8 +372,8 @@ fn serve_udp_echo(ns: &str, port: u16) {
     std::thread::sleep(Duration::from_millis(100));
 }
 
-/// Sends `payload` from `ns` to `to` on a connected UDP socket (which takes replies from `to` only) and returns
-/// what came back; `hop_by_hop`: with an IPv6 hop-by-hop options header (a PadN option).
+/// Sends `payload` from `ns` to `to` over UDP and returns what came back, which must come from `to`;
+/// `hop_by_hop`: with an IPv6 hop-by-hop options header (a PadN option).
 fn udp_roundtrip(ns: &str, to: SocketAddr, payload: &[u8], hop_by_hop: bool) -> std::io::Result<Vec<u8>> {
     netns::run_in(&Topo::path(ns), || {
         use std::os::fd::AsRawFd;
@@ -410,18 +388,21 @@ fn udp_roundtrip(ns: &str, to: SocketAddr, payload: &[u8], hop_by_hop: bool) -> 
             };
             assert_eq!(r, 0, "IPV6_HOPOPTS: {}", std::io::Error::last_os_error());
         }
-        s.connect(to)?;
         s.set_read_timeout(Some(Duration::from_secs(1)))?;
         let mut buf = vec![0u8; 65536];
+        // Datagrams may be lost (the first one while neighbours resolve): a few tries.
         let mut got = Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
         for _ in 0..4 {
-            s.send(payload)?;
-            got = s.recv(&mut buf);
+            s.send_to(payload, to)?;
+            got = s.recv_from(&mut buf);
             if got.is_ok() {
                 break;
             }
         }
-        Ok(buf[..got?].to_vec())
+        let (n, from) = got?;
+        // The reply must come from the VIP, or the client's socket would not take it (reverse NAT).
+        assert_eq!(from, to, "reply source");
+        Ok(buf[..n].to_vec())
     })
     .unwrap()
 }
@@ -435,18 +416,7 @@ fn fragmented_datagrams_and_ipv6_extension_headers_are_translated_both_ways() {
     serve_udp_echo(&topo.b, 9090);
     let mut t = KernelLbTables::open(&topo.pins).unwrap();
     add_service4(&mut t, "10.96.0.15", 90, 4, &[("10.0.2.2", 9090, 7)]);
-    let key = |slot| LbKey {
-        address: v6("fd00:96::15"),
-        dport: 90u16.to_be(),
-        backend_slot: slot,
-        proto: proto::UDP,
-        scope: scope::EXTERNAL,
-        _pad: [0; 2],
-    };
-    t.be6.put(&8, &LbBackend { address: v6("fd00:2::2"), port: 9090u16.to_be(), proto: proto::UDP, flags: 0 }).unwrap();
-    t.svc6.put(&key(1), &LbService { backend_id: 8, rev_nat_id: 5, ..Default::default() }).unwrap();
-    t.svc6.put(&key(0), &LbService { count: 1, rev_nat_id: 5, ..Default::default() }).unwrap();
-    t.rnat6.put(&5, &RevNat { address: v6("fd00:96::15"), port: 90u16.to_be(), _pad: 0 }).unwrap();
+    add_service6(&mut t, "fd00:96::15", 90, 5, &[("fd00:2::2", 9090, 8)]);
 
     // 3000 bytes over 1500-byte links: the client sends fragments, so does the server's reply. The later
     // fragments carry no ports: they must follow their first one to the backend and back from the VIP, or
@@ -489,17 +459,7 @@ fn a_frontend_without_backends_is_refused_at_once_tcp_rst_and_icmp() {
     topo.attach(&mut dp);
     let mut t = KernelLbTables::open(&topo.pins).unwrap();
     add_service4(&mut t, "10.96.0.13", 80, 9, &[]);
-    for proto in [proto::TCP, proto::UDP] {
-        let key = LbKey {
-            address: v6("fd00:96::13"),
-            dport: 80u16.to_be(),
-            backend_slot: 0,
-            proto,
-            scope: scope::EXTERNAL,
-            _pad: [0; 2],
-        };
-        t.svc6.put(&key, &LbService { count: 0, rev_nat_id: 10, ..Default::default() }).unwrap();
-    }
+    add_service6(&mut t, "fd00:96::13", 80, 10, &[]);
     for vip in ["10.96.0.13:80", "[fd00:96::13]:80"] {
         let (tcp, took, udp) = refused(&topo.a, vip.parse().unwrap());
         eprintln!("{vip}: tcp {tcp:?} after {took:?}, udp {udp:?}");
@@ -586,19 +546,7 @@ fn socket_lb_translates_at_connect_and_shows_the_frontend() {
     serve(&topo.b, 8080);
     let mut t = KernelLbTables::open(&topo.pins).unwrap();
     add_service4(&mut t, "10.96.0.14", 80, 11, &[("10.0.2.2", 8080, 21)]);
-    for proto in [proto::TCP, proto::UDP] {
-        let key = |slot| LbKey {
-            address: v6("fd00:96::14"),
-            dport: 80u16.to_be(),
-            backend_slot: slot,
-            proto,
-            scope: scope::EXTERNAL,
-            _pad: [0; 2],
-        };
-        t.be6.put(&22, &LbBackend { address: v6("fd00:2::2"), port: 8080u16.to_be(), proto, flags: 0 }).unwrap();
-        t.svc6.put(&key(1), &LbService { backend_id: 22, rev_nat_id: 12, ..Default::default() }).unwrap();
-        t.svc6.put(&key(0), &LbService { count: 1, rev_nat_id: 12, ..Default::default() }).unwrap();
-    }
+    add_service6(&mut t, "fd00:96::14", 80, 12, &[("fd00:2::2", 8080, 22)]);
     assert_eq!(
         sock_client(&cg, &topo.a, "10.96.0.14:80"),
         "tcp=tcp 10.0.1.2|peer=10.96.0.14:80|udp=udp 10.0.1.2|from=10.96.0.14:80"
